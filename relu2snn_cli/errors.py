@@ -1,0 +1,48 @@
+"""The exception hierarchy of relu2snn.
+
+Library code raises these where the problem is known; the CLI catches the base
+class only and turns it into a one-line message and an exit code
+(``exit_code``: 2 for bad input or usage, 1 for a failed verification).
+"""
+
+from __future__ import annotations
+
+
+class Relu2SnnError(Exception):
+    """Base class of every error relu2snn raises on purpose."""
+
+    exit_code = 2
+
+
+class ModelError(Relu2SnnError):
+    """Raised when an ONNX model cannot be read or is not a supported ReLU network."""
+
+
+class UnsupportedOperatorError(ModelError):
+    """Raised when a graph holds operators or patterns without an exact spiking mapping.
+
+    ``nodes`` lists every offending (node name, op type) so the user sees all of
+    them at once.
+    """
+
+    def __init__(self, message: str, nodes: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.nodes = nodes
+
+
+class DataError(Relu2SnnError):
+    """Raised when calibration or test data is missing, malformed or does not fit the model."""
+
+
+class ArtifactError(Relu2SnnError):
+    """Raised when a ``.snn.h5`` file is not ours, is from a newer format, truncated or inconsistent."""
+
+
+class GraphError(Relu2SnnError):
+    """Raised when an IR or spiking node is built with inconsistent fields (shapes, windows)."""
+
+
+class VerificationFailed(Relu2SnnError):
+    """Raised when ``verify`` finds the spiking network's agreement below the required minimum."""
+
+    exit_code = 1

@@ -1,0 +1,73 @@
+"""NumPy kernels shared by the ANN forward pass and the spiking simulator.
+
+Batch axis first, channels next (N, C, H, W); explicit float64 in, float64 out.
+Padding follows ONNX: ``pads = (top, left, bottom, right)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Pair = tuple[int, int]
+Quad = tuple[int, int, int, int]
+
+
+def out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+             dilation: int, ceil_mode: bool = False) -> int:
+    """Output length of a sliding window: ⌊(size + pads − ((k−1)·d + 1)) / s⌋ + 1 (⌈·⌉ with ceil_mode).
+
+    With ``ceil_mode`` a last window that would start in the end padding is dropped,
+    as ONNX (and PyTorch) define it.
+    """
+    span = (kernel - 1) * dilation + 1
+    room = size + pad_begin + pad_end - span
+    n = (-(-room // stride) if ceil_mode else room // stride) + 1
+    if ceil_mode and (n - 1) * stride >= size + pad_begin:
+        n -= 1
+    return n
+
+
+def windows(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
+            pad_value: float, ceil_mode: bool = False) -> np.ndarray:
+    """View of every sliding window: (N, C, H, W) → (N, C, Ho, Wo, kh, kw).
+
+    Positions outside the input read ``pad_value``. The result is a strided view of a
+    padded copy, so it costs one copy of the input.
+    """
+    n, c, h, w = x.shape
+    ho = out_size(h, kernel[0], strides[0], pads[0], pads[2], dilations[0], ceil_mode)
+    wo = out_size(w, kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode)
+    span_h = (kernel[0] - 1) * dilations[0] + 1
+    span_w = (kernel[1] - 1) * dilations[1] + 1
+    need_h = (ho - 1) * strides[0] + span_h
+    need_w = (wo - 1) * strides[1] + span_w
+    extra_h = max(0, need_h - (h + pads[0] + pads[2]))
+    extra_w = max(0, need_w - (w + pads[1] + pads[3]))
+    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2] + extra_h), (pads[1], pads[3] + extra_w)),
+                    constant_values=pad_value)
+    view = np.lib.stride_tricks.sliding_window_view(padded, (span_h, span_w), axis=(2, 3))
+    return view[:, :, :need_h - span_h + 1:strides[0], :need_w - span_w + 1:strides[1],
+                ::dilations[0], ::dilations[1]]
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, strides: Pair, pads: Quad, dilations: Pair) -> np.ndarray:
+    """2-D cross-correlation without bias: y[n,o,i,j] = Σ_{c,u,v} w[o,c,u,v]·x_pad[n,c,i·s+u·d, j·s+v·d].
+
+    x (N, C, H, W), weight (O, C, kh, kw) → (N, O, Ho, Wo); zero padding. One matrix
+    product over all positions (im2col), so BLAS does the work.
+    """
+    patches = windows(x, weight.shape[2:], strides, pads, dilations, 0.0)
+    y = np.tensordot(patches, weight, axes=([1, 4, 5], [1, 2, 3]))  # (N, Ho, Wo, O)
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+
+def max_pool2d(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
+               ceil_mode: bool = False) -> np.ndarray:
+    """Max over each window, padded positions ignored (they read −∞)."""
+    return windows(x, kernel, strides, pads, dilations, -np.inf, ceil_mode).max(axis=(4, 5))
+
+
+def min_pool2d(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
+               ceil_mode: bool = False) -> np.ndarray:
+    """Min over each window, padded positions ignored (they read +∞): the earliest spike."""
+    return windows(x, kernel, strides, pads, dilations, np.inf, ceil_mode).min(axis=(4, 5))
