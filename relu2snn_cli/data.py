@@ -1,0 +1,80 @@
+"""Sample data from disk, read lazily: ``.npy`` (memory-mapped), ``.npz`` (``file.npz`` or
+``file.npz:name``) and HDF5 datasets (``file.h5:/dataset``). Nothing is unpickled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+
+def _split(spec: str) -> tuple[Path, str | None]:
+    text = str(spec)
+    for ext in (".npz:", ".h5:", ".hdf5:"):
+        if ext in text:
+            head, _, name = text.partition(ext)
+            return Path(head + ext[:-1]), name
+    return Path(text), None
+
+
+def load_array(spec: str):
+    """An array-like (supports len, shape, dtype and slicing) for a data file spec."""
+    path, name = _split(spec)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                if name is None and len(keys) != 1:
+                    raise DataError(f"{path}: holds arrays {keys}; name one as {path}:NAME")
+                key = name or keys[0]
+                if key not in keys:
+                    raise DataError(f"{path}: no array {key!r} (it holds {keys})")
+                return archive[key]
+        if suffix in (".h5", ".hdf5"):
+            import h5py
+            f = h5py.File(path, "r")
+            if not name or name not in f or not isinstance(f[name], h5py.Dataset):
+                raise DataError(f"{path}: name a dataset as {path}:/DATASET")
+            return f[name]
+    except DataError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DataError(f"{path}: holds Python objects; relu2snn never loads pickles — save a numeric array") from None
+        raise DataError(f"{path}: cannot read ({e})") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    raise DataError(f"{path}: unknown data format {suffix!r}; use .npy, .npz or .h5:/dataset")
+
+
+def check_inputs(data, shape: tuple[int, ...], spec: str) -> None:
+    """Float data of shape (N, *shape) with N ≥ 1, or a DataError saying what was expected."""
+    if np.dtype(data.dtype).kind != "f":
+        raise DataError(f"{spec}: has dtype {data.dtype}; the model needs floating-point inputs (convert with .astype(np.float32))")
+    if len(data.shape) == 0 or data.shape[0] == 0:
+        raise DataError(f"{spec}: holds no samples")
+    if tuple(data.shape[1:]) != tuple(shape):
+        raise DataError(f"{spec}: samples have shape {tuple(data.shape[1:])}, the model expects {tuple(shape)} "
+                        f"(array shape (N, {', '.join(map(str, shape))}))")
+
+
+def check_finite(batch: np.ndarray, start: int, spec: str) -> None:
+    """Reject NaN or infinite values, naming the first bad sample."""
+    bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"{spec}: sample {start + int(np.argmax(bad))} holds NaN or infinite values")
+
+
+def load_labels(spec: str, n: int):
+    """Integer class labels, one per sample."""
+    labels = np.asarray(load_array(spec))
+    if labels.dtype.kind not in "iu" or labels.shape != (n,):
+        raise DataError(f"{spec}: labels must be {n} integers, got dtype {labels.dtype} and shape {labels.shape}")
+    return labels

@@ -1,0 +1,149 @@
+"""The ``.snn.h5`` artifact (DESIGN §6): one generic dataclass ↔ HDF5 writer and reader.
+
+Layout (documented in docs/artifact.md):
+- root attributes: ``format`` = "relu2snn.ttfs", ``format_version``, and the network's
+  ``meta`` (tool version, neuron model, source model, calibration, ζ, s_min, s_max, input
+  range, latency, removed output ops, ...);
+- group ``/nodes`` with one subgroup per node in topological order, named ``000``, ``001``, …;
+  each has attribute ``kind`` (the dataclass name) and one attribute per scalar, string or
+  tuple field, one dataset per array field.
+
+Writes go to a temporary file in the target directory, renamed on success; no object
+carries a timestamp, so the same network gives the same bytes. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import typing
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import snn
+from .errors import ArtifactError, GraphError
+
+FORMAT = "relu2snn.ttfs"
+FORMAT_VERSION = 1
+
+
+def _to_attr(value):
+    if isinstance(value, (tuple, list)):
+        if value and all(isinstance(v, str) for v in value):
+            return np.array(value, dtype=h5py.string_dtype())
+        return np.asarray(value, dtype=np.float64 if any(isinstance(v, float) for v in value) else np.int64)
+    if isinstance(value, bool):
+        return np.bool_(value)
+    return value
+
+
+def _from_attr(value, hint):
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        cast = args[0] if args else float
+        return tuple(cast(v) for v in np.atleast_1d(value))
+    if hint is bool:
+        return bool(value)
+    if hint in (int, float):
+        return hint(value)
+    if hint is str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+    return value
+
+
+def _plain(value):
+    """An HDF5 attribute value as plain Python data."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write(path, net: snn.Network) -> None:
+    """Write a network atomically: a temporary file in the target directory, then a rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ArtifactError(f"{path}: the directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            for key in sorted(net.meta):
+                f.attrs[key] = _to_attr(net.meta[key])
+            nodes = f.create_group("nodes")
+            for i, node in enumerate(net.nodes):
+                g = nodes.create_group(f"{i:03d}")
+                g.attrs["kind"] = type(node).__name__
+                for fld in dataclasses.fields(node):
+                    value = getattr(node, fld.name)
+                    if isinstance(value, np.ndarray):
+                        g.create_dataset(fld.name, data=value, track_times=False)
+                    else:
+                        g.attrs[fld.name] = _to_attr(value)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read(path) -> snn.Network:
+    """Read and validate a ``.snn.h5`` file; any problem is an ArtifactError naming the file and the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise ArtifactError(f"{path}: not an HDF5 file, or truncated") from None
+    try:
+        with f:
+            return _read(f)
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e}") from None
+    except (GraphError, KeyError, ValueError, TypeError, OSError) as e:
+        raise ArtifactError(f"{path}: corrupt or inconsistent artifact ({e})") from None
+
+
+def _read(f: h5py.File) -> snn.Network:
+    fmt = _plain(f.attrs.get("format", ""))
+    if fmt != FORMAT:
+        raise ArtifactError(f"not a relu2snn artifact (format {fmt!r}, expected {FORMAT!r})")
+    version = int(f.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"format version {version} is newer than this relu2snn reads ({FORMAT_VERSION}); upgrade relu2snn")
+    if version < 1:
+        raise ArtifactError(f"invalid format version {version}")
+    meta = {k: _plain(v) for k, v in f.attrs.items() if k not in ("format", "format_version")}
+    if "nodes" not in f:
+        raise ArtifactError("missing group /nodes")
+    nodes = [_read_node(name, f["nodes"][name]) for name in sorted(f["nodes"])]
+    return snn.Network(tuple(nodes), meta)
+
+
+def _read_node(key: str, g: h5py.Group):
+    kind = _plain(g.attrs.get("kind", ""))
+    cls = snn.KINDS.get(kind)
+    if cls is None:
+        raise ArtifactError(f"node {key}: unknown kind {kind!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for fld in dataclasses.fields(cls):
+        hint = hints[fld.name]
+        if hint is np.ndarray:
+            if fld.name not in g:
+                raise ArtifactError(f"node {key} ({kind}): missing dataset {fld.name!r}")
+            kwargs[fld.name] = g[fld.name][()]
+        elif fld.name in g.attrs:
+            kwargs[fld.name] = _from_attr(g.attrs[fld.name], hint)
+        elif fld.default is dataclasses.MISSING:
+            raise ArtifactError(f"node {key} ({kind}): missing attribute {fld.name!r}")
+    return cls(**kwargs)

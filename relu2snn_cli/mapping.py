@@ -1,0 +1,144 @@
+"""The exact ReLU → TTFS mapping of DESIGN §3 as pure functions, and ``map_graph`` that applies them.
+
+Every function works in float64 and names the formula it computes. Time is in τ_c;
+activation = window end − spike time (see ``snn``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ir, snn
+from .errors import GraphError
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    """The knobs of DESIGN §3: ζ (window headroom) and the band [s_min, s_max] for incoming sums."""
+
+    zeta: float = 0.5
+    s_min: float = -10.0
+    s_max: float = 0.99
+
+    def __post_init__(self):
+        if not self.zeta >= 0:
+            raise GraphError(f"zeta must be ≥ 0, got {self.zeta}")
+        if not (self.s_min < 0 < self.s_max < 1):
+            raise GraphError(f"need s_min < 0 < s_max < 1, got s_min={self.s_min}, s_max={self.s_max}")
+
+
+def encoding_range(lo: float, hi: float, zeta: float) -> tuple[float, float]:
+    """Input range [p, q] from the calibration data's min and max, widened by ζ/2 of the span on each side.
+
+    p = lo − ζ/2·(hi − lo), q = hi + ζ/2·(hi − lo): the total span (1 + ζ)·(hi − lo) gives
+    the input the same headroom as a hidden window B = (1 + ζ)·X (DESIGN §3.3, §4), so test
+    inputs slightly beyond the calibration extremes stay exact. A constant input gets a span of 1.
+    """
+    span = hi - lo if hi > lo else 1.0
+    margin = 0.5 * zeta * span if hi > lo else 0.5
+    return float(lo - margin), float(hi + margin)
+
+
+def scale_layer(s: np.ndarray, s_min: float, s_max: float) -> np.ndarray:
+    """Scaling factor c_i of DESIGN §3.1: s_max/s_i where s_i > s_max, s_min/s_i where s_i < s_min, else 1."""
+    s = np.asarray(s, dtype=np.float64)
+    c = np.ones_like(s)
+    high, low = s > s_max, s < s_min
+    c[high] = s_max / s[high]
+    c[low] = s_min / s[low]
+    return c
+
+
+def window_length(x_max: float, zeta: float) -> float:
+    """B_n = (1 + ζ)·X_n, or 1 when the layer never activates (X_n = 0) — DESIGN §3.3."""
+    return (1.0 + zeta) * x_max if x_max > 0 else 1.0
+
+
+def synaptic_weights(weight: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """J_ij = W_ij / (1 − s_i) — DESIGN §3.2 (s per output neuron or channel, axis 0 of weight)."""
+    return weight / (1.0 - s).reshape((-1,) + (1,) * (weight.ndim - 1))
+
+
+def spike_threshold(bias: np.ndarray, s: np.ndarray, b_in: float, b_out: float) -> np.ndarray:
+    """ϑ_i = B_in + (B_out − b_i) / (1 − s_i) — DESIGN §3.2 (bias a vector or a per-position map)."""
+    s = s.reshape((-1,) + (1,) * (bias.ndim - 1))
+    return b_in + (b_out - bias) / (1.0 - s)
+
+
+def static_certificate(J: np.ndarray, theta: np.ndarray, alpha: np.ndarray, b_in: float) -> np.ndarray:
+    """Neurons that cannot fire before their last input window ends, for every input in the window.
+
+    With every a_j ≤ B_in: V_i(t) ≤ α_i·B_in + B_in·Σ_j max(J_ij, 0) on [T_in, T_in + B_in];
+    certified where that bound is below ϑ_i (DESIGN §3, "No early spike"). Same shape as theta.
+    """
+    pos = np.clip(J, 0, None).reshape(J.shape[0], -1).sum(axis=1)
+    shape = (-1,) + (1,) * (theta.ndim - 1)
+    alpha = alpha if alpha.ndim == theta.ndim else alpha.reshape(shape)
+    return alpha * b_in + b_in * pos.reshape(shape) < theta
+
+
+def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
+    """α = b / B_in for the readout, so that V(T_out) = α·B_in + Σ J·a = W·a + b — DESIGN §3.4."""
+    return bias / b_in
+
+
+def _synapse_attrs(layer: ir.Linear, in_shape: tuple[int, ...]) -> dict:
+    attrs = {"name": layer.name, "input": layer.input, "in_shape": tuple(in_shape)}
+    if isinstance(layer, ir.Conv):
+        attrs.update(strides=layer.strides, pads=layer.pads, dilations=layer.dilations)
+    return attrs
+
+
+def map_graph(graph: ir.Graph, maxima: dict[str, np.ndarray], input_range: tuple[float, float],
+              options: MappingOptions = MappingOptions()) -> tuple:
+    """The spiking nodes of a ReLU graph (DESIGN §3, §4).
+
+    ``maxima[name]`` is the calibrated per-channel maximum of every ReLU layer's activation;
+    ``input_range`` is [p, q] of the input encoding. Walks the graph in order, keeping for
+    every population the affine map from its spike code to the ANN value (x = (q − p)·a + p
+    for the input, a_ANN = a / c for a scaled layer) and folding it into the next layer.
+    """
+    low, high = input_range
+    enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(low), float(high))
+    nodes = [enc]
+    code = {enc.name: (np.full(enc.shape, high - low), np.full(enc.shape, float(low)))}
+    window = {enc.name: enc.window}
+    shapes = {enc.name: enc.shape}
+    for node in graph.nodes[1:]:
+        in_shape, (t_in, b_in) = shapes[node.input], window[node.input]
+        if isinstance(node, (ir.Dense, ir.Conv)):
+            layer = ir.fold_input_affine(node, in_shape, *code[node.input])
+            if node.relu:
+                c = scale_layer(ir.incoming_sum(layer), options.s_min, options.s_max)
+                layer = ir.scale_outputs(layer, c)
+                s = ir.incoming_sum(layer)
+                x_max = np.asarray(maxima[node.name], dtype=np.float64).reshape(-1)
+                b_out = window_length(float(np.max(c * x_max, initial=0.0)), options.zeta)
+                J = synaptic_weights(layer.weight, s)
+                theta = spike_threshold(layer.bias, s, b_in, b_out)
+                alpha = np.ones(layer.shape[0])
+                out = snn.SpikingLayer(**_synapse_attrs(layer, in_shape), J=J, alpha=alpha,
+                                       window=(t_in + b_in, b_out), theta=theta,
+                                       certified=static_certificate(J, theta, alpha, b_in),
+                                       scale=c, x_max=x_max, source=node.source)
+                code[node.name] = (np.broadcast_to((1.0 / c).reshape((-1,) + (1,) * (len(out.shape) - 1)), out.shape),
+                                   np.zeros(out.shape))
+            else:
+                out = snn.Readout(**_synapse_attrs(layer, in_shape), J=layer.weight,
+                                  alpha=readout_drive(layer.bias, b_in), window=(t_in, b_in), source=node.source)
+        elif isinstance(node, ir.MaxPool):
+            out = snn.SpikePool(node.name, node.input, node.in_shape, node.kernel, node.strides, (t_in, b_in),
+                                node.pads, node.dilations, node.ceil_mode)
+            scale, shift = code[node.input]
+            code[node.name] = (np.broadcast_to(scale[:, :1, :1], out.shape), np.broadcast_to(shift[:, :1, :1], out.shape))
+        elif isinstance(node, ir.Flatten):
+            out = snn.Flatten(node.name, node.input, node.in_shape, (t_in, b_in))
+            code[node.name] = tuple(np.asarray(v).reshape(-1) for v in code[node.input])
+        else:
+            raise GraphError(f"no spiking mapping for {type(node).__name__}")
+        nodes.append(out)
+        window[out.name] = out.window
+        shapes[out.name] = out.shape
+    return tuple(nodes)
