@@ -15,6 +15,7 @@ carries a timestamp, so the same network gives the same bytes. Nothing is pickle
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 import typing
@@ -147,3 +148,19 @@ def _read_node(key: str, g: h5py.Group):
         elif fld.default is dataclasses.MISSING:
             raise ArtifactError(f"node {key} ({kind}): missing attribute {fld.name!r}")
     return cls(**kwargs)
+
+
+def content_hash(net: snn.Network) -> str:
+    """sha256 of the parameters: every node's kind and fields (arrays as dtype, shape and bytes), in order."""
+    digest = hashlib.sha256()
+    for node in net.nodes:
+        digest.update(type(node).__name__.encode())
+        for fld in dataclasses.fields(node):
+            value = getattr(node, fld.name)
+            if isinstance(value, np.ndarray):
+                arr = np.ascontiguousarray(value)
+                digest.update(f"{fld.name}:{arr.dtype.str}:{arr.shape}".encode())
+                digest.update(arr.tobytes())
+            else:
+                digest.update(f"{fld.name}={value!r}".encode())
+    return digest.hexdigest()

@@ -214,3 +214,16 @@ class Network:
     def latency(self) -> float:
         """T_out: the end of the readout's input window."""
         return float(sum(self.nodes[-1].window))
+
+
+def layer_table(net: Network) -> list[dict]:
+    """One row per node: kind, shape, window [T, T + B], scaled X_n and the share of statically certified neurons."""
+    rows = []
+    for node in net.nodes:
+        row = {"name": node.name, "kind": type(node).__name__, "shape": list(node.shape),
+               "window": [node.window[0], node.window[0] + node.window[1]], "x_max": None, "certified": None}
+        if isinstance(node, SpikingLayer):
+            row["x_max"] = float(np.max(node.scale * node.x_max, initial=0.0))
+            row["certified"] = float(np.mean(node.certified))
+        rows.append(row)
+    return rows

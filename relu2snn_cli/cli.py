@@ -1,0 +1,225 @@
+"""The ``relu2snn`` command line: parse, call the library, print text or ``--json``.
+
+Exit status: 0 success, 1 verification failed, 2 bad usage or bad input, 3 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import Relu2SnnError, VerificationFailed
+
+EXAMPLES = """
+\b
+Examples:
+  relu2snn convert model.onnx --calib calib.npy -o model.snn.h5
+  relu2snn verify model.snn.h5 --onnx model.onnx --data test.npy --labels labels.npy
+  relu2snn simulate model.snn.h5 --data test.npy -o out.npz
+  relu2snn inspect model.snn.h5
+"""
+
+
+class Progress:
+    """A click progress bar on stderr that appears only once a run has lasted a second."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.start, self.done, self.bar = time.monotonic(), 0, None
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and time.monotonic() - self.start > 1.0:
+            self.bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+            self.bar.update(self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _count(spec: str) -> int:
+    from .data import load_array
+    return len(load_array(spec))
+
+
+def _run(fn, total_spec: str, label: str, quiet: bool, **kwargs):
+    progress = Progress(_count(total_spec), label, not quiet)
+    try:
+        return fn(progress=progress, **kwargs)
+    finally:
+        progress.close()
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return "n/a" if value is None else str(value)
+
+
+def _print(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=float))
+    else:
+        width = max(map(len, report))
+        for key, value in report.items():
+            click.echo(f"{key:<{width}}  {_fmt(value)}")
+
+
+def _check_output(path: Path, force: bool) -> None:
+    from .errors import DataError
+    if path.exists() and not force:
+        raise DataError(f"{path}: exists; pass --force to replace it")
+
+
+class Group(click.Group):
+    """Turns our errors into one line on stderr and an exit code; --debug shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Relu2SnnError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"relu2snn: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except OSError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"relu2snn: error: {e.filename or ''}: {e.strerror or e}", err=True)
+            ctx.exit(2)
+        except Exception as e:  # a bug: one line, not a traceback, unless asked for
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"relu2snn: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                       err=True)
+            ctx.exit(3)
+
+
+@click.group(cls=Group, epilog=EXAMPLES)
+@click.version_option(__version__, prog_name="relu2snn")
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
+def cli(debug: bool) -> None:
+    """Convert trained ReLU networks (ONNX) into exactly equivalent single-spike (TTFS) spiking networks."""
+
+
+@cli.command(epilog="""
+\b
+Example:
+  relu2snn convert model.onnx --calib calib.npy -o model.snn.h5 --zeta 0.5
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", "calib", required=True, metavar="DATA",
+              help="Calibration inputs: file.npy, file.npz[:NAME] or file.h5:/DATASET, shape (N, *input shape).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .snn.h5 [default: MODEL with .snn.h5].")
+@click.option("--zeta", type=float, default=0.5, show_default=True, help="Window headroom: B = (1 + zeta)·X.")
+@click.option("--s-max", type=float, default=0.99, show_default=True, help="Largest allowed incoming weight sum.")
+@click.option("--s-min", type=float, default=-10.0, show_default=True, help="Smallest allowed incoming weight sum.")
+@click.option("--input-range", type=(float, float), metavar="P Q",
+              help="Input range coded in the input window [default: calibration min/max widened by zeta/2 each side].")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def convert(model, calib, output, zeta, s_max, s_min, input_range, batch_size, force, as_json, quiet):
+    """Convert MODEL (ONNX) into a spiking network (.snn.h5), calibrating activation bounds on --calib."""
+    from .convert import convert as run_convert
+    from .mapping import MappingOptions
+    out = Path(output) if output else Path(model).with_suffix(".snn.h5")
+    _check_output(out, force)
+    report = _run(run_convert, calib, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
+                  options=MappingOptions(zeta, s_min, s_max), input_range=input_range, batch_size=batch_size)
+    _print(report, as_json)
+
+
+@cli.command(epilog="""
+\b
+Example:
+  relu2snn verify model.snn.h5 --onnx model.onnx --data test.npy --labels labels.npy --json
+""")
+@click.argument("snn_file", type=click.Path(dir_okay=False))
+@click.option("--onnx", "onnx_file", required=True, type=click.Path(dir_okay=False), help="The source ONNX model.")
+@click.option("--data", required=True, metavar="DATA", help="Test inputs (.npy, .npz[:NAME], .h5:/DATASET).")
+@click.option("--labels", metavar="DATA", help="Integer labels of the test inputs, for accuracies.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Exit 1 when the share of argmax equal to onnxruntime's is below this.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify(snn_file, onnx_file, data, labels, min_agreement, batch_size, as_json, quiet):
+    """Check SNN_FILE against onnxruntime and the float64 ReLU forward pass on --data."""
+    from .verify import verify as run_verify
+    report = _run(run_verify, data, "verifying", quiet, snn_path=snn_file, onnx_path=onnx_file, data_spec=data,
+                  labels_spec=labels, min_agreement=min_agreement, batch_size=batch_size)
+    _print(report, as_json)
+    if not report["passed"]:
+        raise VerificationFailed(f"agreement {report['agreement']:.6g} is below --min-agreement {min_agreement}")
+
+
+@cli.command(epilog="""
+\b
+Example:
+  relu2snn simulate model.snn.h5 --data test.npy -o out.npz --times
+""")
+@click.argument("snn_file", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, metavar="DATA", help="Inputs (.npy, .npz[:NAME], .h5:/DATASET).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
+@click.option("--times", is_flag=True, help="Also save every population's spike times (times/<node>).")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def simulate(snn_file, data, output, times, batch_size, force, as_json, quiet):
+    """Run SNN_FILE on --data and save the readout potentials (logits) to an .npz."""
+    from .simulator import simulate_file
+    _check_output(Path(output), force)
+    report = _run(simulate_file, data, "simulating", quiet, snn_path=snn_file, data_spec=data, out_path=output,
+                  keep_times=times, batch_size=batch_size)
+    _print(report, as_json)
+
+
+@cli.command(epilog="""
+\b
+Example:
+  relu2snn inspect model.snn.h5
+""")
+@click.argument("snn_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as one JSON object.")
+def inspect(snn_file, as_json):
+    """Describe SNN_FILE: one row per layer with its window, X_n and share of statically certified neurons."""
+    from . import h5io, snn
+    net = h5io.read(snn_file)
+    rows = snn.layer_table(net)
+    if as_json:
+        click.echo(json.dumps({"meta": net.meta, "content_sha256": h5io.content_hash(net), "layers": rows},
+                              indent=2, default=float))
+        return
+    for key in ("source_model_name", "source_model_sha256", "calibration_samples", "input_range", "zeta",
+                "removed_output_ops", "latency"):
+        click.echo(f"{key:<20} {_fmt(net.meta.get(key))}")
+    click.echo(f"{'content_sha256':<20} {h5io.content_hash(net)}")
+    click.echo(f"\n{'layer':<24} {'kind':<13} {'shape':<14} {'window [T, T+B]':<22} {'X_n':>10} {'certified':>9}")
+    for r in rows:
+        window = f"[{r['window'][0]:.4g}, {r['window'][1]:.4g}]"
+        x = "" if r["x_max"] is None else f"{r['x_max']:.4g}"
+        cert = "" if r["certified"] is None or math.isnan(r["certified"]) else f"{100 * r['certified']:.1f}%"
+        click.echo(f"{r['name'][:24]:<24} {r['kind']:<13} {str(tuple(r['shape'])):<14} {window:<22} {x:>10} {cert:>9}")
+
+
+def main() -> None:
+    cli(prog_name="relu2snn")
