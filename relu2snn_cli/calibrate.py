@@ -1,5 +1,14 @@
-"""Activation bounds with onnxruntime: every ReLU output exposed as an extra graph output,
-the calibration data streamed through in batches, per-channel maxima kept (DESIGN §1, §3.3)."""
+"""Activation bounds with onnxruntime (DESIGN §1, §3.3).
+
+Two streaming passes over the calibration data, batch by batch (a ``.npy`` stays memory-mapped):
+
+1. ``input_stats``: the inputs' min and max (for the input range), sha256, NaN/Inf check;
+2. ``calibrate``: onnxruntime with every ReLU output exposed as an extra graph output. Per
+   ReLU layer it keeps the per-channel maximum activation and, for the (sample, neuron)
+   pairs whose certificate bound b + Σ_j max(W_ij, 0)·a_j exceeds the bound found so far,
+   the exact no-early-spike requirement ``mapping.required_window`` — so that the window
+   chosen from these bounds makes no calibration sample fire early.
+"""
 
 from __future__ import annotations
 
@@ -11,27 +20,34 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import ir
+from . import ir, ops
 from .data import check_finite, check_inputs
 from .errors import ModelError
+from .mapping import Scaled, required_window
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
+
+
+@dataclass(frozen=True)
+class InputStats:
+    low: float
+    high: float
+    n_samples: int
+    sha256: str
 
 
 @dataclass(frozen=True)
 class Calibration:
     """What the calibration data says about the network.
 
-    ``maxima[node]``: per-channel maximum of each ReLU layer's activation; ``input_min`` /
-    ``input_max``: extremes of the inputs; ``forward_error``: max |float64 IR logits −
-    onnxruntime logits| on the first samples, with ``max_logit`` their largest |logit|.
+    ``x_max[layer]``: per-channel maximum ANN activation; ``drive_max[layer]``: per-channel
+    maximum of the no-early-spike requirement (code units; 0 where the certificate bound
+    never exceeded the layer's running maximum); ``forward_error``: max |float64 IR logits −
+    onnxruntime logits| on the first samples, whose largest |logit| is ``max_logit``.
     """
 
-    maxima: dict
-    input_min: float
-    input_max: float
-    n_samples: int
-    sha256: str
+    x_max: dict
+    drive_max: dict
     forward_error: float
     max_logit: float
 
@@ -58,29 +74,78 @@ def channel_max(y: np.ndarray) -> np.ndarray:
     return y.max(axis=(0,) + tuple(range(2, y.ndim)))
 
 
-def calibrate(model_path, graph: ir.Graph, data, spec: str = "calibration data", batch_size: int = 256,
-              progress=None) -> Calibration:
-    """Run the model over ``data`` (N, *input shape) in batches and collect the activation bounds."""
-    check_inputs(data, graph.input.shape, spec)
-    layers = [n for n in graph.nodes if isinstance(n, (ir.Dense, ir.Conv)) and n.relu]
-    names = [graph.output_name] + [n.source for n in layers]
-    sess = session(model_path, list(dict.fromkeys(names)))
-    dtype = input_dtype(sess)
-    maxima = {n.name: np.full(n.shape[0], -np.inf) for n in layers}
+def batches(data, batch_size: int, spec: str):
+    """(start, float batch) over an array-like, rejecting NaN/Inf."""
+    for start in range(0, len(data), batch_size):
+        batch = np.asarray(data[start:start + batch_size])
+        check_finite(batch, start, spec)
+        yield start, batch
+
+
+def input_stats(data, shape: tuple[int, ...], spec: str, batch_size: int = 1024) -> InputStats:
+    """Pass 1: min, max and sha256 of the inputs (float32 bytes, C order)."""
+    check_inputs(data, shape, spec)
     lo, hi = np.inf, -np.inf
     digest = hashlib.sha256()
-    forward_error = max_logit = 0.0
-    for start in range(0, len(data), batch_size):
-        batch = np.ascontiguousarray(data[start:start + batch_size], dtype=dtype)
-        check_finite(batch, start, spec)
-        digest.update(batch.tobytes())
+    for _, batch in batches(data, batch_size, spec):
+        digest.update(np.ascontiguousarray(batch, dtype=np.float32).tobytes())
         lo, hi = min(lo, float(batch.min())), max(hi, float(batch.max()))
-        out = dict(zip(dict.fromkeys(names), sess.run(None, {graph.input_name: batch})))
-        for n in layers:
-            maxima[n.name] = np.maximum(maxima[n.name], channel_max(out[n.source]))
+    return InputStats(lo, hi, len(data), digest.hexdigest())
+
+
+def update_drive(layer: ir.Linear, a: np.ndarray, found: np.ndarray, running: float) -> float:
+    """Raise ``found`` (per channel) to the no-early-spike requirement of the pairs that need it.
+
+    a: the layer's input codes (N, *in_shape). Pairs whose bound b + Σ_j max(W_ij,0)·a_j is
+    at most ``running`` cannot raise the layer's maximum; the others get the exact
+    ``required_window``. Returns the new running maximum.
+    """
+    positive = ir.apply_linear(ir.replace(layer, weight=np.clip(layer.weight, 0, None)), a)
+    rows, cols = np.nonzero(positive.reshape(len(a), -1) > running)
+    if not len(rows):
+        return running
+    s = ir.incoming_sum(layer)
+    bias = ir.full_bias(layer).reshape(-1)
+    per_channel = int(np.prod(layer.shape[1:]))
+    source = (ops.windows(a, layer.weight.shape[2:], layer.strides, layer.pads, layer.dilations, 0.0)
+              if isinstance(layer, ir.Conv) else a)
+    step = max(1, (1 << 20) // int(np.prod(layer.weight.shape[1:])))
+    for lo in range(0, len(rows), step):
+        r, c = rows[lo:lo + step], cols[lo:lo + step]
+        inputs, weights = ops.gather_fan_in(source, layer.weight, layer.shape, r, c)
+        channel = c // per_channel
+        need = required_window(inputs, weights, bias[c], s[channel])
+        np.maximum.at(found, channel, need)
+    return max(running, float(found.max(initial=0.0)))
+
+
+def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
+              spec: str = "calibration data", batch_size: int = 256, progress=None) -> Calibration:
+    """Pass 2: run the model over ``data`` in batches and collect the bounds of every ReLU layer."""
+    layers = [n for n in scaled.graph.nodes if isinstance(n, (ir.Dense, ir.Conv)) and n.relu]
+    names = list(dict.fromkeys([graph.output_name] + [n.source for n in layers]))
+    sess = session(model_path, names)
+    dtype = input_dtype(sess)
+    x_max = {n.name: np.zeros(n.shape[0]) for n in layers}
+    drive = {n.name: np.zeros(n.shape[0]) for n in layers}
+    running = {n.name: 0.0 for n in layers}
+    low, high = input_range
+    forward_error = max_logit = 0.0
+    for start, batch in batches(data, batch_size, spec):
+        out = dict(zip(names, sess.run(None, {graph.input_name: batch.astype(dtype)})))
+        codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
+        for node in scaled.graph.nodes[1:]:
+            if isinstance(node, (ir.Dense, ir.Conv)) and node.relu:
+                act = out[node.source].astype(np.float64)
+                x_max[node.name] = np.maximum(x_max[node.name], channel_max(act))
+                c = scaled.scales[node.name].reshape((-1,) + (1,) * (act.ndim - 2))
+                running[node.name] = max(running[node.name], float(np.max(c * x_max[node.name].reshape(c.shape))))
+                running[node.name] = update_drive(node, codes[node.input], drive[node.name], running[node.name])
+                codes[node.name] = c * act
+            elif isinstance(node, (ir.MaxPool, ir.Flatten)):
+                codes[node.name] = ir.apply(node, codes[node.input])
         if start == 0:
-            check = batch[:CHECK_SAMPLES]
-            ref = ir.forward(graph, check)
+            ref = ir.forward(graph, batch[:CHECK_SAMPLES])
             onnx_logits = out[graph.output_name][:CHECK_SAMPLES].astype(np.float64)
             if onnx_logits.shape != ref.shape:
                 raise ModelError(f"{model_path}: logits of shape {onnx_logits.shape[1:]} from onnxruntime, "
@@ -89,5 +154,4 @@ def calibrate(model_path, graph: ir.Graph, data, spec: str = "calibration data",
             max_logit = float(np.max(np.abs(onnx_logits)))
         if progress is not None:
             progress(len(batch))
-    return Calibration({k: np.maximum(v, 0.0) for k, v in maxima.items()}, lo, hi, len(data),
-                       digest.hexdigest(), forward_error, max_logit)
+    return Calibration(x_max, drive, forward_error, max_logit)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, h5io, mapping, snn
-from .calibrate import calibrate
+from .calibrate import calibrate, input_stats
 from .data import load_array
 from .onnx_import import import_model
 
@@ -26,19 +26,20 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
 
     clock = time.perf_counter()
     data = load_array(calib_spec)
-    cal = calibrate(model_path, graph, data, calib_spec, batch_size, progress)
+    stats = input_stats(data, graph.input.shape, calib_spec)
+    low, high = input_range if input_range is not None else mapping.encoding_range(stats.low, stats.high, options.zeta)
+    scaled = mapping.scale_graph(graph, (low, high), options)
+    cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress)
     seconds["calibration"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    low, high = input_range if input_range is not None else mapping.encoding_range(cal.input_min, cal.input_max,
-                                                                                   options.zeta)
-    nodes = mapping.map_graph(graph, cal.maxima, (low, high), options)
+    nodes = mapping.spiking_nodes(scaled, cal.x_max, cal.drive_max, (low, high), options)
     layout = "NCHW" if len(graph.input.shape) == 3 else "NC"
     meta = {
         "tool": "relu2snn", "tool_version": __version__, "neuron_model": NEURON_MODEL,
         "source_model_name": imported.file_name, "source_model_sha256": imported.sha256, "source_opset": imported.opset,
         "source_input": graph.input_name, "source_logits": graph.output_name,
-        "calibration_samples": cal.n_samples, "calibration_sha256": cal.sha256,
+        "calibration_samples": stats.n_samples, "calibration_sha256": stats.sha256,
         "zeta": options.zeta, "s_min": options.s_min, "s_max": options.s_max,
         "input_range": (low, high), "input_shape": tuple(graph.input.shape), "input_layout": layout,
         "removed_output_ops": tuple(graph.removed),
@@ -55,7 +56,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
         "layers": len([n for n in nodes if isinstance(n, snn.SpikingLayer)]),
         "latency": net.latency,
         "input_range": [low, high],
-        "calibration_samples": cal.n_samples,
+        "calibration_samples": stats.n_samples,
         "removed_output_ops": list(graph.removed),
         "forward_max_abs_error_vs_onnxruntime": cal.forward_error,
         "forward_max_abs_logit": cal.max_logit,

@@ -6,7 +6,7 @@ activation = window end − spike time (see ``snn``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -84,6 +84,69 @@ def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
     return bias / b_in
 
 
+def required_window(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The smallest B_out for which a neuron does not fire before its last input window ends.
+
+    With J = W/(1 − s), α = 1 and ϑ = B_in + (B_out − b)/(1 − s) (DESIGN §3.2), the potential
+    σ before the end of the input window stays below ϑ exactly when
+    R(σ) = b + Σ_j w_j·max(0, a_j − σ) − (1 − s)·σ < B_out. R is piecewise linear with
+    breakpoints at the a_j and falls beyond them, so R* = max over σ ∈ {0} ∪ {a_j}; R(0) = z,
+    the pre-activation. a, w: (P, K) inputs (codes) and weights of P neurons; b, s: (P,).
+    """
+    order = np.argsort(-a, axis=1, kind="stable")
+    a = np.take_along_axis(a, order, axis=1)
+    w = np.take_along_axis(w, order, axis=1)
+    zero = np.zeros((a.shape[0], 1))
+    above_w = np.concatenate([zero, np.cumsum(w, axis=1)[:, :-1]], axis=1)        # Σ w_j over a_j > a_(k)
+    above_wa = np.concatenate([zero, np.cumsum(w * a, axis=1)[:, :-1]], axis=1)   # Σ w_j·a_j over a_j > a_(k)
+    r = b[:, None] + above_wa - a * above_w - (1.0 - s)[:, None] * a
+    z = b + np.sum(w * a, axis=1)
+    return np.maximum(z, r.max(axis=1, initial=-np.inf))
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """The ReLU network rewritten on spike codes (DESIGN §3.1, §4): its input is the input code
+    a ∈ [0, 1] and each ReLU layer's output is its code c·a. ``scales[name]`` is c per output channel."""
+
+    graph: ir.Graph
+    scales: dict
+
+
+def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: MappingOptions = MappingOptions()) -> Scaled:
+    """Fold the input encoding and every scaling compensation into the next layer, and scale each ReLU layer.
+
+    Walks the graph in order, keeping for every population the affine map from its code to
+    the ANN value (x = (q − p)·a + p for the input, a_ANN = a / c for a scaled layer) and
+    folding it into the next linear layer; then c = scale_layer(s) for a ReLU layer.
+    """
+    low, high = input_range
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise GraphError(f"input range [{low}, {high}] must be finite and non-empty")
+    shape = tuple(graph.input.shape)
+    code = {graph.input.name: (np.full(shape, high - low), np.full(shape, float(low)))}
+    nodes, scales = [graph.input], {}
+    for node in graph.nodes[1:]:
+        scale, shift = code[node.input]
+        if isinstance(node, (ir.Dense, ir.Conv)):
+            node = ir.fold_input_affine(node, scale.shape, scale, shift)
+            c = np.ones(node.shape[0])
+            if node.relu:
+                c = scale_layer(ir.incoming_sum(node), options.s_min, options.s_max)
+                node = ir.scale_outputs(node, c)
+                scales[node.name] = c
+            inverse = (1.0 / c).reshape((-1,) + (1,) * (len(node.shape) - 1))
+            code[node.name] = (np.broadcast_to(inverse, node.shape), np.zeros(node.shape))
+        elif isinstance(node, ir.MaxPool):
+            code[node.name] = (np.broadcast_to(scale[:, :1, :1], node.shape), np.broadcast_to(shift[:, :1, :1], node.shape))
+        elif isinstance(node, ir.Flatten):
+            code[node.name] = (scale.reshape(-1), shift.reshape(-1))
+        else:
+            raise GraphError(f"no spiking mapping for {type(node).__name__}")
+        nodes.append(node)
+    return Scaled(replace(graph, nodes=tuple(nodes)), scales)
+
+
 def _synapse_attrs(layer: ir.Linear, in_shape: tuple[int, ...]) -> dict:
     attrs = {"name": layer.name, "input": layer.input, "in_shape": tuple(in_shape)}
     if isinstance(layer, ir.Conv):
@@ -91,53 +154,41 @@ def _synapse_attrs(layer: ir.Linear, in_shape: tuple[int, ...]) -> dict:
     return attrs
 
 
-def map_graph(graph: ir.Graph, maxima: dict[str, np.ndarray], input_range: tuple[float, float],
-              options: MappingOptions = MappingOptions()) -> tuple:
-    """The spiking nodes of a ReLU graph (DESIGN §3, §4).
+def spiking_nodes(scaled: Scaled, x_max: dict, drive_max: dict, input_range: tuple[float, float],
+                  options: MappingOptions = MappingOptions()) -> tuple:
+    """The spiking network's nodes (DESIGN §3.2–3.4) from the scaled graph and its calibrated bounds.
 
-    ``maxima[name]`` is the calibrated per-channel maximum of every ReLU layer's activation;
-    ``input_range`` is [p, q] of the input encoding. Walks the graph in order, keeping for
-    every population the affine map from its spike code to the ANN value (x = (q − p)·a + p
-    for the input, a_ANN = a / c for a scaled layer) and folding it into the next layer.
+    ``x_max[name]``: per-channel maximum of a ReLU layer's ANN activation; ``drive_max[name]``:
+    per-channel maximum of ``required_window`` over the calibration data (code units). The
+    window is B = (1 + ζ)·X with X = max(c·x_max, drive_max): no calibration sample fires early.
     """
-    low, high = input_range
-    enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(low), float(high))
+    graph = scaled.graph
+    enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(input_range[0]), float(input_range[1]))
     nodes = [enc]
-    code = {enc.name: (np.full(enc.shape, high - low), np.full(enc.shape, float(low)))}
-    window = {enc.name: enc.window}
-    shapes = {enc.name: enc.shape}
+    window, shapes = {enc.name: enc.window}, {enc.name: enc.shape}
     for node in graph.nodes[1:]:
         in_shape, (t_in, b_in) = shapes[node.input], window[node.input]
-        if isinstance(node, (ir.Dense, ir.Conv)):
-            layer = ir.fold_input_affine(node, in_shape, *code[node.input])
-            if node.relu:
-                c = scale_layer(ir.incoming_sum(layer), options.s_min, options.s_max)
-                layer = ir.scale_outputs(layer, c)
-                s = ir.incoming_sum(layer)
-                x_max = np.asarray(maxima[node.name], dtype=np.float64).reshape(-1)
-                b_out = window_length(float(np.max(c * x_max, initial=0.0)), options.zeta)
-                J = synaptic_weights(layer.weight, s)
-                theta = spike_threshold(layer.bias, s, b_in, b_out)
-                alpha = np.ones(layer.shape[0])
-                out = snn.SpikingLayer(**_synapse_attrs(layer, in_shape), J=J, alpha=alpha,
-                                       window=(t_in + b_in, b_out), theta=theta,
-                                       certified=static_certificate(J, theta, alpha, b_in),
-                                       scale=c, x_max=x_max, source=node.source)
-                code[node.name] = (np.broadcast_to((1.0 / c).reshape((-1,) + (1,) * (len(out.shape) - 1)), out.shape),
-                                   np.zeros(out.shape))
-            else:
-                out = snn.Readout(**_synapse_attrs(layer, in_shape), J=layer.weight,
-                                  alpha=readout_drive(layer.bias, b_in), window=(t_in, b_in), source=node.source)
+        if isinstance(node, (ir.Dense, ir.Conv)) and node.relu:
+            c = scaled.scales[node.name]
+            xm = np.asarray(x_max[node.name], dtype=np.float64).reshape(-1)
+            x = max(float(np.max(c * xm, initial=0.0)), float(np.max(drive_max[node.name], initial=0.0)))
+            b_out = window_length(x, options.zeta)
+            s = ir.incoming_sum(node)
+            J = synaptic_weights(node.weight, s)
+            theta = spike_threshold(node.bias, s, b_in, b_out)
+            alpha = np.ones(node.shape[0])
+            out = snn.SpikingLayer(**_synapse_attrs(node, in_shape), J=J, alpha=alpha, window=(t_in + b_in, b_out),
+                                   theta=theta, certified=static_certificate(J, theta, alpha, b_in),
+                                   scale=c, x_max=xm, drive_max=np.asarray(drive_max[node.name], dtype=np.float64),
+                                   source=node.source)
+        elif isinstance(node, (ir.Dense, ir.Conv)):
+            out = snn.Readout(**_synapse_attrs(node, in_shape), J=node.weight,
+                              alpha=readout_drive(node.bias, b_in), window=(t_in, b_in), source=node.source)
         elif isinstance(node, ir.MaxPool):
             out = snn.SpikePool(node.name, node.input, node.in_shape, node.kernel, node.strides, (t_in, b_in),
                                 node.pads, node.dilations, node.ceil_mode)
-            scale, shift = code[node.input]
-            code[node.name] = (np.broadcast_to(scale[:, :1, :1], out.shape), np.broadcast_to(shift[:, :1, :1], out.shape))
-        elif isinstance(node, ir.Flatten):
-            out = snn.Flatten(node.name, node.input, node.in_shape, (t_in, b_in))
-            code[node.name] = tuple(np.asarray(v).reshape(-1) for v in code[node.input])
         else:
-            raise GraphError(f"no spiking mapping for {type(node).__name__}")
+            out = snn.Flatten(node.name, node.input, node.in_shape, (t_in, b_in))
         nodes.append(out)
         window[out.name] = out.window
         shapes[out.name] = out.shape

@@ -71,3 +71,17 @@ def min_pool2d(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations
                ceil_mode: bool = False) -> np.ndarray:
     """Min over each window, padded positions ignored (they read +∞): the earliest spike."""
     return windows(x, kernel, strides, pads, dilations, np.inf, ceil_mode).min(axis=(4, 5))
+
+
+def gather_fan_in(source: np.ndarray, weight: np.ndarray, shape: tuple[int, ...], samples: np.ndarray,
+                  neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and weights of P (sample, flat neuron index) pairs, as two (P, K) arrays.
+
+    Dense: ``source`` is the input (N, K) and ``weight`` (out, K). Convolution: ``source`` is
+    ``windows(...)`` of the input (N, C, Ho, Wo, kh, kw) — its padded taps read the pad value —
+    and ``weight`` (O, C, kh, kw); ``shape`` is the output shape (O, Ho, Wo).
+    """
+    if weight.ndim == 2:
+        return source[samples], weight[neurons]
+    o, i, j = np.unravel_index(neurons, shape)
+    return source[samples, :, i, j].reshape(len(samples), -1), weight.reshape(weight.shape[0], -1)[o]

@@ -45,19 +45,6 @@ def drive(layer: snn._Synapses, a: np.ndarray, J: np.ndarray | None = None) -> n
     return a @ J.T
 
 
-def fan_in(layer: snn._Synapses, source: np.ndarray, samples: np.ndarray,
-           neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Input spike times and weights of each (sample, flat neuron index) pair: two (P, K) arrays.
-
-    ``source`` is the input spike times (N, K) for dense synapses, or for a convolution
-    their sliding windows (``conv_windows``) whose K taps include the virtual padded inputs.
-    """
-    if not layer.is_conv:
-        return source[samples], layer.J[neurons]
-    o, i, j = np.unravel_index(neurons, layer.shape)
-    return source[samples, :, i, j].reshape(len(samples), -1), layer.J.reshape(layer.J.shape[0], -1)[o]
-
-
 def conv_windows(layer: snn._Synapses, t_in: np.ndarray, t_pad: float) -> np.ndarray:
     """Each output position's input spike times (N, C, Ho, Wo, kh, kw); padded taps fire at ``t_pad``."""
     return ops.windows(t_in, layer.J.shape[2:], layer.strides, layer.pads, layer.dilations, t_pad)
@@ -138,7 +125,7 @@ class CompiledLayer:
             step = max(1, SCAN_CHUNK // self.j_pos[0].size)
             for lo in range(0, len(rows), step):
                 r, c = rows[lo:lo + step], cols[lo:lo + step]
-                times, weights = fan_in(self.layer, source, r, c)
+                times, weights = ops.gather_fan_in(source, self.layer.J, self.layer.shape, r, c)
                 t[r, c] = first_crossing(times, weights, self.alpha[c], self.theta[c], self.t_in)
                 early += int(np.count_nonzero(t[r, c] < self.t_start))
         t = np.minimum(t, self.t_end)

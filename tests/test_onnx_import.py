@@ -1,0 +1,742 @@
+"""ONNX → IR import: every supported op and form against onnxruntime, and the import errors.
+
+Each test builds a small ReLU network with ``GraphBuilder`` (ending in a linear
+readout unless stated), saves it, imports it with ``import_model`` and checks that
+the float64 IR forward pass ``ir.forward`` equals onnxruntime's float32 output on
+random inputs with negative values, for batches of 1 and 7 (the batch axis is
+dynamic, "N"). Tolerance: rtol 1e-4 and atol 1e-4 · max|ORT output|.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from functools import lru_cache
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from builders import GraphBuilder, run_ort, save
+from relu2snn_cli import ir
+from relu2snn_cli.errors import ModelError, UnsupportedOperatorError
+from relu2snn_cli.onnx_import import import_model
+
+DOC = "docs/supported-operators.md"
+BATCHES = (1, 7)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def assert_close(got, want, rel=1e-4):
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"IR shape {got.shape} != ORT shape {want.shape}"
+    scale = max(float(np.max(np.abs(want))), 1e-6)
+    np.testing.assert_allclose(got, want, rtol=rel, atol=rel * scale)
+
+
+def check(model, tmp_path, reference=None, batches=BATCHES, seed=0, name="model.onnx"):
+    """Import ``model`` and compare ir.forward with ORT (on ``reference`` if given) for each batch size."""
+    path = save(model, tmp_path / name)
+    imp = import_model(path)
+    in_shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+    assert imp.graph.input.shape == in_shape
+    rng = np.random.default_rng(seed)
+    for n in batches:
+        x = (2.0 * rng.standard_normal((n, *in_shape))).astype(np.float32)
+        want = run_ort(reference if reference is not None else model, x)
+        got = ir.forward(imp.graph, x)
+        assert got.dtype == np.float64
+        assert_close(got, want)
+    return imp
+
+
+def rnd(rng, *shape):
+    """Random weights scaled by 1/√fan-in so activations stay O(1)."""
+    fan = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return rng.standard_normal(shape) / np.sqrt(fan)
+
+
+def shape_of(b: GraphBuilder, tensor: str) -> tuple[int, ...]:
+    """The shape (batch omitted) of a tensor of the graph built so far, from onnxruntime."""
+    nb = copy.copy(b)
+    nb.nodes = [n for n in b.nodes if n.name != "out_identity"]  # works after b.build too
+    nb.inits = list(b.inits)
+    return run_ort(nb.build(tensor, out_name="probe_out"), np.zeros((1, *b.in_shape), np.float32)).shape[1:]
+
+
+def gemm(b, rng, x, n_out, k=None, **attrs):
+    """Gemm with transB=1: W (n_out, k), bias (n_out,)."""
+    k = k or int(np.prod(shape_of(b, x)))
+    return b.op("Gemm", [x, b.const(rnd(rng, n_out, k)), b.const(0.5 * rng.standard_normal(n_out))],
+                transB=1, **attrs)
+
+
+def conv(b, rng, x, c_out, kernel=(3, 3), bias=True, **attrs):
+    c_in = shape_of(b, x)[0]
+    inputs = [x, b.const(rnd(rng, c_out, c_in, *kernel))]
+    if bias:
+        inputs.append(b.const(0.5 * rng.standard_normal(c_out)))
+    return b.op("Conv", inputs, kernel_shape=list(kernel), **attrs)
+
+
+def bn(b, rng, x, positive=False, negative_channel=False):
+    c = shape_of(b, x)[0]
+    gamma = rng.uniform(0.5, 1.5, c) * (1.0 if positive else rng.choice([-1.0, 1.0], c))
+    if negative_channel:
+        gamma[0] = -abs(gamma[0])
+    return b.op("BatchNormalization",
+                [x, b.const(gamma), b.const(rng.standard_normal(c)), b.const(0.5 * rng.standard_normal(c)),
+                 b.const(rng.uniform(0.5, 2.0, c))], epsilon=1e-3)
+
+
+def readout(b, rng, x, n_out=3):
+    """Flatten (if the tensor is an image) and a Gemm: the linear readout; returns the built model."""
+    if len(shape_of(b, x)) > 1:
+        x = b.op("Flatten", [x])
+    return b.build(gemm(b, rng, x, n_out))
+
+
+def ir_kinds(graph) -> list[str]:
+    return [type(n).__name__ + ("+relu" if getattr(n, "relu", False) else "") for n in graph.nodes]
+
+
+def one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert msg and "\n" not in msg and "\r" not in msg, f"message is not a single line: {msg!r}"
+    return msg
+
+
+# ----------------------------------------------------------------------------- Gemm
+
+C_FORMS = ["vector", "row", "scalar", "absent"]
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, -2.0)])
+@pytest.mark.parametrize("c_form", C_FORMS)
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_forms(tmp_path, trans_b, c_form, alpha, beta):
+    rng = np.random.default_rng(1)
+    b = GraphBuilder((6,))
+
+    def layer(x, k, n):
+        w = rnd(rng, n, k)  # (out, in)
+        inputs = [x, b.const(w.T if trans_b == 0 else w)]
+        c = {"vector": rng.standard_normal(n), "row": rng.standard_normal((1, n)),
+             "scalar": np.asarray(rng.standard_normal()), "absent": None}[c_form]
+        if c is not None:
+            inputs.append(b.const(c))
+        return b.op("Gemm", inputs, transB=trans_b, alpha=alpha, beta=beta)
+
+    h = b.op("Relu", [layer("x", 6, 5)])
+    imp = check(b.build(layer(h, 5, 3)), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
+    assert imp.graph.nodes[-1].shape == (3,)
+
+
+# ----------------------------------------------------------------------------- MatMul + Add
+
+@pytest.mark.parametrize("bias_shape", ["vector", "row"])
+@pytest.mark.parametrize("const_first", [False, True])
+def test_matmul_add_bias(tmp_path, const_first, bias_shape):
+    rng = np.random.default_rng(2)
+    b = GraphBuilder((6,))
+
+    def layer(x, k, n):
+        y = b.op("MatMul", [x, b.const(rnd(rng, n, k).T)])
+        c = b.const(rng.standard_normal(n if bias_shape == "vector" else (1, n)))
+        return b.op("Add", [c, y] if const_first else [y, c])
+
+    h = b.op("Relu", [layer("x", 6, 8)])
+    imp = check(b.build(layer(h, 8, 4)), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
+    assert np.any(imp.graph.nodes[1].bias != 0)
+
+
+def test_matmul_without_bias(tmp_path):
+    rng = np.random.default_rng(3)
+    b = GraphBuilder((5,))
+    h = b.op("Relu", [b.op("MatMul", ["x", b.const(rnd(rng, 5, 7))])])
+    check(b.build(b.op("MatMul", [h, b.const(rnd(rng, 7, 2))])), tmp_path)
+
+
+# ----------------------------------------------------------------------------- Conv
+
+CONV_CASES = {
+    "k1": dict(kernel=(1, 1)),
+    "k3-pad1": dict(kernel=(3, 3), pads=[1, 1, 1, 1]),
+    "k5-s2-asym": dict(kernel=(5, 5), strides=[2, 2], pads=[2, 1, 0, 2]),
+    "k3-s1x2-d2-asym": dict(kernel=(3, 3), strides=[1, 2], dilations=[2, 2], pads=[0, 1, 2, 0]),
+    "k2x3-s3": dict(kernel=(2, 3), strides=[3, 3]),
+    "k3-d2x1": dict(kernel=(3, 3), dilations=[2, 1], pads=[2, 1, 2, 1]),
+    "same_upper-k3-s2": dict(kernel=(3, 3), strides=[2, 2], auto_pad="SAME_UPPER"),
+    "same_upper-k2-s1": dict(kernel=(2, 2), auto_pad="SAME_UPPER"),
+    "same_lower-k4-s2": dict(kernel=(4, 4), strides=[2, 2], auto_pad="SAME_LOWER"),
+    "same_lower-k2x3-s1": dict(kernel=(2, 3), auto_pad="SAME_LOWER"),
+    "valid-k3-s2": dict(kernel=(3, 3), strides=[2, 2], auto_pad="VALID"),
+    "no-bias-k3-pad1": dict(kernel=(3, 3), pads=[1, 1, 1, 1], bias=False),
+    "no-bias-k5": dict(kernel=(5, 5), bias=False),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_forms(tmp_path, case):
+    """The geometry under test is used by both convolutions: on the raw input and after a ReLU."""
+    cfg = dict(CONV_CASES[case])
+    rng = np.random.default_rng(4)
+    b = GraphBuilder((2, 12, 11))
+    h = b.op("Relu", [conv(b, rng, "x", 4, **cfg)])
+    h = b.op("Relu", [conv(b, rng, h, 3, **cfg)])
+    imp = check(readout(b, rng, h), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+relu", "Flatten", "Dense"]
+    for node in imp.graph.nodes[1:3]:
+        assert node.shape == shape_of(b, node.source)
+
+
+def test_conv_readout_without_flatten(tmp_path):
+    """A Conv as the readout (no ReLU): logits of shape (O, H, W)."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    imp = check(b.build(conv(b, rng, h, 2, kernel=(2, 2), strides=[2, 2])), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv"]
+
+
+# ----------------------------------------------------------------------------- BatchNormalization
+
+@pytest.mark.parametrize("net", ["cnn", "mlp"])
+def test_batchnorm_before_relu_folds_backward(tmp_path, net):
+    rng = np.random.default_rng(6)
+    if net == "cnn":
+        b = GraphBuilder((2, 8, 7))
+        h = b.op("Relu", [bn(b, rng, conv(b, rng, "x", 4, pads=[1, 0, 0, 1]))])
+        h = b.op("Relu", [bn(b, rng, conv(b, rng, h, 3, bias=False))])
+        kinds = ["Input", "Conv+relu", "Conv+relu", "Flatten", "Dense"]
+    else:
+        b = GraphBuilder((6,))
+        h = b.op("Relu", [bn(b, rng, gemm(b, rng, "x", 8))])
+        kinds = ["Input", "Dense+relu", "Dense"]
+    imp = check(readout(b, rng, h), tmp_path)
+    assert ir_kinds(imp.graph) == kinds
+
+
+FORWARD_FOLD_CONVS = {
+    "pad1": dict(pads=[1, 1, 1, 1]),
+    "asym-s2": dict(pads=[0, 2, 1, 0], strides=[2, 2]),
+    "pad2-d2": dict(pads=[2, 2, 2, 2], dilations=[2, 2]),
+    "same_upper-k2": dict(kernel=(2, 2), auto_pad="SAME_UPPER"),
+    "same_lower-k4-s2": dict(kernel=(4, 4), strides=[2, 2], auto_pad="SAME_LOWER"),
+}
+
+
+@pytest.mark.parametrize("case", FORWARD_FOLD_CONVS)
+def test_batchnorm_after_relu_folds_forward_into_padded_conv(tmp_path, case):
+    """Conv → ReLU → BN → padded Conv: the BN shift folds into the next conv as a bias MAP (O, Ho, Wo)."""
+    rng = np.random.default_rng(7)
+    b = GraphBuilder((2, 9, 8))
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3)]))
+    y = conv(b, rng, h, 4, **FORWARD_FOLD_CONVS[case])
+    imp = check(readout(b, rng, b.op("Relu", [y])), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+relu", "Flatten", "Dense"]
+    folded = imp.graph.nodes[2]  # the padded conv right after the BN
+    assert folded.shape == shape_of(b, y)
+    assert folded.bias.shape == folded.shape  # (O, Ho, Wo): the border positions differ
+    assert folded.bias.ndim == 3 and folded.bias.shape[0] == 4
+    assert imp.graph.nodes[1].bias.shape == (3,)  # the conv before the ReLU keeps a vector bias
+
+
+def test_batchnorm_on_input_folds_into_first_padded_conv(tmp_path):
+    """Input → BN → padded Conv: the first conv's IR node gets the bias map."""
+    rng = np.random.default_rng(8)
+    b = GraphBuilder((2, 7, 6))
+    y = conv(b, rng, bn(b, rng, "x"), 3, pads=[1, 1, 1, 1])
+    imp = check(readout(b, rng, b.op("Relu", [y])), tmp_path)
+    first = imp.graph.nodes[1]
+    assert isinstance(first, ir.Conv) and first.bias.shape == (3, 7, 6)
+
+
+def test_batchnorm_before_unpadded_conv_gives_vector_bias(tmp_path):
+    rng = np.random.default_rng(9)
+    b = GraphBuilder((2, 7, 6))
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3)]))
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 4)])), tmp_path)
+    assert imp.graph.nodes[2].bias.shape == (4,)
+
+
+@pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
+def test_batchnorm_after_relu_before_flatten_gemm(tmp_path, flatten):
+    rng = np.random.default_rng(10)
+    b = GraphBuilder((2, 6, 5))
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])]))
+    h = b.op("Flatten", [h]) if flatten == "Flatten" else b.op("Reshape", [h, b.int_const([0, -1])])
+    imp = check(b.build(gemm(b, rng, h, 4)), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Flatten", "Dense"]
+
+
+def test_batchnorm1d_after_relu_before_gemm(tmp_path):
+    rng = np.random.default_rng(11)
+    b = GraphBuilder((6,))
+    h = bn(b, rng, b.op("Relu", [gemm(b, rng, "x", 7)]))
+    check(b.build(gemm(b, rng, h, 3)), tmp_path)
+
+
+# ----------------------------------------------------------------------------- Mul / Add / Sub / Div
+
+ARITH = [(op, first) for op in ("Mul", "Add", "Sub", "Div") for first in (False, True)
+         if not (op == "Div" and first)]
+
+
+def _arith_const(rng, op, shape):
+    if op in ("Mul", "Div"):
+        return rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+    return rng.standard_normal(shape)
+
+
+def _arith(b, rng, x, op, const_first, shape):
+    c = b.const(_arith_const(rng, op, shape))
+    return b.op(op, [c, x] if const_first else [x, c])
+
+
+@pytest.mark.parametrize("where", ["before_relu", "after_relu"])
+@pytest.mark.parametrize("op,const_first", ARITH, ids=[f"{o}-{'cx' if f else 'xc'}" for o, f in ARITH])
+def test_arithmetic_cnn(tmp_path, op, const_first, where):
+    """Conv → [op c] → ReLU → [op c] → padded Conv → ReLU → Flatten → Gemm."""
+    rng = np.random.default_rng(12)
+    b = GraphBuilder((2, 7, 6))
+    h = conv(b, rng, "x", 3, pads=[1, 1, 1, 1])
+    if where == "before_relu":
+        # Mul/Div must be per channel to fold into weights; Add/Sub may vary per position (bias map)
+        h = _arith(b, rng, h, op, const_first, (3, 1, 1) if op in ("Mul", "Div") else (3, 7, 6))
+    h = b.op("Relu", [h])
+    if where == "after_relu":
+        h = _arith(b, rng, h, op, const_first, (1, 3, 1, 1) if op in ("Mul", "Div") else (3, 1, 1))
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, pads=[0, 1, 1, 0])])), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+relu", "Flatten", "Dense"]
+
+
+@pytest.mark.parametrize("where", ["before_relu", "after_relu"])
+@pytest.mark.parametrize("op,const_first", ARITH, ids=[f"{o}-{'cx' if f else 'xc'}" for o, f in ARITH])
+def test_arithmetic_mlp(tmp_path, op, const_first, where):
+    """Gemm → [op c] → ReLU → [op c] → Gemm, with a per-feature constant before and a scalar after."""
+    rng = np.random.default_rng(13)
+    b = GraphBuilder((5,))
+    h = gemm(b, rng, "x", 6)
+    if where == "before_relu":
+        h = _arith(b, rng, h, op, const_first, (6,))
+    h = b.op("Relu", [h])
+    if where == "after_relu":
+        h = _arith(b, rng, h, op, const_first, ())
+    imp = check(b.build(gemm(b, rng, h, 3)), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
+
+
+def test_chained_affine_maps_before_and_after_relu(tmp_path):
+    rng = np.random.default_rng(14)
+    b = GraphBuilder((2, 6, 6))
+    h = conv(b, rng, "x", 3, pads=[1, 1, 1, 1])
+    h = b.op("Sub", [b.op("Mul", [h, b.const(np.array([2.0, -0.5, 1.5]).reshape(3, 1, 1))]), b.const(0.3)])
+    h = bn(b, rng, b.op("Relu", [bn(b, rng, h)]))
+    h = b.op("Div", [b.op("Sub", [b.const(1.0), h]), b.const(np.array([4.0, -2.0, 0.5]).reshape(3, 1, 1))])
+    h = b.op("Relu", [conv(b, rng, h, 2, pads=[1, 2, 0, 1], strides=[2, 1])])
+    check(readout(b, rng, h), tmp_path)
+
+
+def test_affine_map_on_the_raw_input(tmp_path):
+    """x·c − d before the first Gemm (input normalisation) folds into the first layer."""
+    rng = np.random.default_rng(15)
+    b = GraphBuilder((5,))
+    h = b.op("Sub", [b.op("Mul", ["x", b.const(rng.uniform(0.5, 2, 5))]), b.const(rng.standard_normal(5))])
+    check(b.build(gemm(b, rng, b.op("Relu", [gemm(b, rng, h, 4)]), 2)), tmp_path)
+
+
+# ----------------------------------------------------------------------------- MaxPool
+
+POOL_CASES = {
+    "k2-s2": dict(kernel_shape=[2, 2], strides=[2, 2]),
+    "k3-s2-pad1": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    "k2x3-s1x2-asym-ceil": dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 1, 1, 0], ceil_mode=1),
+    "k3-s3-ceil": dict(kernel_shape=[3, 3], strides=[3, 3], ceil_mode=1),
+    "k2-s2-ceil-pad": dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 0, 0, 1], ceil_mode=1),
+    "k3-s1-d2": dict(kernel_shape=[3, 3], dilations=[2, 2]),
+    "k2-default-stride": dict(kernel_shape=[2, 2]),
+    "same_upper-k3-s2": dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+}
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_maxpool_forms(tmp_path, case):
+    rng = np.random.default_rng(16)
+    b = GraphBuilder((2, 11, 10))
+    p = b.op("MaxPool", [b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])], **POOL_CASES[case])
+    h = b.op("Relu", [conv(b, rng, p, 4, kernel=(2, 2))])
+    # A 1×1 Conv readout rather than Flatten+Gemm: with ceil_mode, onnx's shape inference can disagree
+    # with onnxruntime's MaxPool output size (ORT drops a window starting in the end padding), and
+    # ORT then refuses a Gemm sized from the real output.
+    imp = check(b.build(conv(b, rng, h, 2, kernel=(1, 1))), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "MaxPool", "Conv+relu", "Conv"]
+    assert imp.graph.nodes[2].shape == shape_of(b, p)
+
+
+def test_maxpool_ceil_mode_dropping_last_window(tmp_path):
+    """ceil_mode where ORT drops a last window that would start in the end padding (5 → 2, not 3)."""
+    rng = np.random.default_rng(17)
+    b = GraphBuilder((1, 5, 5))
+    h = b.op("Relu", [conv(b, rng, "x", 2, kernel=(1, 1))])
+    p = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[3, 3], pads=[0, 0, 1, 1], ceil_mode=1)
+    assert shape_of(b, p) == (2, 2, 2)
+    imp = check(b.build(conv(b, rng, p, 2, kernel=(2, 2))), tmp_path)
+    assert imp.graph.nodes[2].shape == (2, 2, 2)
+
+
+def test_maxpool_after_positive_batchnorm(tmp_path):
+    rng = np.random.default_rng(18)
+    b = GraphBuilder((2, 8, 8))
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])]), positive=True)
+    h = b.op("MaxPool", [h], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, pads=[1, 1, 1, 1])])), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "MaxPool", "Conv+relu", "Flatten", "Dense"]
+
+
+def test_maxpool_on_the_raw_input(tmp_path):
+    rng = np.random.default_rng(19)
+    b = GraphBuilder((1, 6, 6))
+    h = b.op("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0])
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2)])), tmp_path)
+    assert ir_kinds(imp.graph)[:2] == ["Input", "MaxPool"]
+
+
+def test_maxpool_then_relu_and_flatten_into_gemm(tmp_path):
+    rng = np.random.default_rng(20)
+    b = GraphBuilder((2, 7, 7))
+    h = b.op("MaxPool", [b.op("Relu", [conv(b, rng, "x", 3)])], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    h = b.op("Relu", [h])  # ReLU of a ReLU output: the identity
+    imp = check(readout(b, rng, h), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "MaxPool", "Flatten", "Dense"]
+
+
+# ----------------------------------------------------------------------------- Flatten / Reshape / Dropout / Identity / Constant
+
+@pytest.mark.parametrize("kind", ["Flatten", "Reshape[0,-1]", "Reshape[-1,n]", "Reshape[0,n]", "Reshape[-1,C,H,W]"])
+def test_flatten_and_reshape(tmp_path, kind):
+    rng = np.random.default_rng(21)
+    b = GraphBuilder((2, 5, 4))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    n = int(np.prod(shape_of(b, h)))
+    if kind == "Flatten":
+        f = b.op("Flatten", [h])
+    else:
+        target = {"Reshape[0,-1]": [0, -1], "Reshape[-1,n]": [-1, n], "Reshape[0,n]": [0, n],
+                  "Reshape[-1,C,H,W]": [-1, 3, 5, 4]}[kind]
+        f = b.op("Reshape", [h, b.int_const(target)])
+    imp = check(readout(b, rng, f), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Flatten", "Dense"]
+
+
+def test_flatten_of_a_vector_is_the_identity(tmp_path):
+    rng = np.random.default_rng(22)
+    b = GraphBuilder((5,))
+    h = b.op("Flatten", [b.op("Relu", [gemm(b, rng, "x", 4)])])
+    h = b.op("Reshape", [h, b.int_const([-1, 4])])
+    imp = check(b.build(gemm(b, rng, h, 2)), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
+
+
+def test_dropout_and_identity(tmp_path):
+    rng = np.random.default_rng(23)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Dropout", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("Identity", [b.op("Relu", [b.op("Identity", [h])])])
+    h = b.op("Dropout", [b.op("Flatten", [b.op("Dropout", [h])])])
+    h = b.op("Identity", [b.op("Relu", [gemm(b, rng, h, 5)])])
+    out = b.op("Dropout", [b.op("Identity", [gemm(b, rng, h, 3)])])
+    imp = check(b.build(out), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Flatten", "Dense+relu", "Dense"]
+
+
+def test_constant_node_feeding_gemm_weight(tmp_path):
+    rng = np.random.default_rng(24)
+    b = GraphBuilder((4,))
+    w1 = rnd(rng, 6, 4).astype(np.float32)
+    b.nodes.append(helper.make_node("Constant", [], ["w_const"], name="W1",
+                                    value=numpy_helper.from_array(w1, "w1")))
+    b.nodes.append(helper.make_node("Constant", [], ["s_const"], name="S", value_float=-1.5))
+    h = b.op("Relu", [b.op("Gemm", ["x", "w_const"], transB=1)])
+    h = b.op("Mul", [h, "s_const"])
+    imp = check(b.build(gemm(b, rng, h, 3)), tmp_path)
+    np.testing.assert_array_equal(imp.graph.nodes[1].weight, w1.astype(np.float64))
+
+
+# ----------------------------------------------------------------------------- Softmax / LogSoftmax
+
+def _softmax_model(op, net, with_softmax):
+    rng = np.random.default_rng(25)
+    if net == "mlp":
+        b = GraphBuilder((6,))
+        h = b.op("Relu", [gemm(b, rng, "x", 5)])
+    else:
+        b = GraphBuilder((2, 5, 5))
+        h = b.op("Flatten", [b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])])
+    logits = gemm(b, rng, h, 4)
+    if not with_softmax:
+        return b.build(logits), logits
+    return b.build(b.op(op, [logits], axis=1)), logits
+
+
+def _np_softmax(z, log=False):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True)) if log else np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_at_output_is_removed(tmp_path, op, net):
+    model, logits = _softmax_model(op, net, with_softmax=True)
+    reference, logits2 = _softmax_model(op, net, with_softmax=False)
+    assert logits == logits2
+    imp = check(model, tmp_path, reference=reference)  # IR logits == ORT tensor before the softmax
+    assert imp.graph.removed == (op,)
+    assert imp.graph.output_name == logits
+    softmax_node = next(n for n in model.graph.node if n.op_type == op)
+    assert imp.graph.output_name == softmax_node.input[0]
+    # and the softmax of the IR logits is the model's output
+    x = np.random.default_rng(26).standard_normal((7, *imp.graph.input.shape)).astype(np.float32)
+    np.testing.assert_allclose(_np_softmax(ir.forward(imp.graph, x), log=op == "LogSoftmax"),
+                               run_ort(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_no_softmax_means_nothing_removed(tmp_path):
+    model, logits = _softmax_model("Softmax", "mlp", with_softmax=False)
+    imp = check(model, tmp_path)
+    assert imp.graph.removed == ()
+    assert logits != "y"
+    assert imp.graph.output_name == "y"  # the graph output (the Identity after the logits Gemm)
+    assert imp.graph.nodes[-1].source == "y"
+
+
+# ----------------------------------------------------------------------------- ReLU at the output
+
+def test_relu_as_last_op_gets_identity_readout(tmp_path):
+    rng = np.random.default_rng(27)
+    b = GraphBuilder((5,))
+    h = b.op("Relu", [gemm(b, rng, "x", 6)])
+    imp = check(b.build(b.op("Relu", [gemm(b, rng, h, 4)])), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense+relu", "Dense"]
+    readout_node = imp.graph.nodes[-1]
+    np.testing.assert_array_equal(readout_node.weight, np.eye(4))
+    np.testing.assert_array_equal(readout_node.bias, np.zeros(4))
+
+
+def test_cnn_ending_in_gemm_relu(tmp_path):
+    rng = np.random.default_rng(28)
+    b = GraphBuilder((1, 6, 6))
+    h = b.op("Flatten", [b.op("Relu", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1])])])
+    imp = check(b.build(b.op("Relu", [gemm(b, rng, h, 3)])), tmp_path)
+    assert ir_kinds(imp.graph)[-2:] == ["Dense+relu", "Dense"]
+
+
+def test_relu_then_affine_map_at_output(tmp_path):
+    """ReLU → Mul → Add as the last ops: the identity readout takes the pending affine map."""
+    rng = np.random.default_rng(29)
+    b = GraphBuilder((5,))
+    h = b.op("Relu", [gemm(b, rng, "x", 4)])
+    h = b.op("Add", [b.op("Mul", [h, b.const([2.0, -1.0, 0.5, 3.0])]), b.const(0.25)])
+    imp = check(b.build(h), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
+
+
+# ----------------------------------------------------------------------------- opsets, dynamic batch, metadata
+
+@lru_cache(maxsize=None)
+def newest_opset() -> int:
+    """The newest default-domain opset onnx knows that onnxruntime also loads."""
+    for opset in range(onnx.defs.onnx_opset_version(), 16, -1):
+        try:
+            b = GraphBuilder((3,), opset=opset)
+            run_ort(b.build(b.op("Gemm", ["x", b.const(np.ones((3, 2)))])), np.ones((1, 3), np.float32))
+            return opset
+        except Exception:
+            continue
+    return 17
+
+
+def _full_cnn(opset, softmax=True):
+    rng = np.random.default_rng(30)
+    b = GraphBuilder((2, 10, 9), opset=opset)
+    h = b.op("Relu", [bn(b, rng, conv(b, rng, "x", 4, pads=[1, 1, 1, 1]))])
+    h = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, h, 3, pads=[0, 1, 1, 0], strides=[1, 2])]))
+    h = b.op("Reshape", [h, b.int_const([0, -1])])
+    h = b.op("Dropout", [b.op("Relu", [gemm(b, rng, h, 6)])])
+    logits = gemm(b, rng, h, 3)
+    return b.build(b.op("Softmax", [logits], axis=1) if softmax else logits)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, newest_opset()])
+def test_opsets_and_dynamic_batch(tmp_path, opset):
+    model = _full_cnn(opset)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    imp = check(model, tmp_path, reference=_full_cnn(opset, softmax=False), batches=(1, 7, 3))
+    assert imp.opset == opset
+    assert imp.file_name == "model.onnx"
+    assert imp.sha256 == hashlib.sha256((tmp_path / "model.onnx").read_bytes()).hexdigest()
+    assert imp.graph.removed == ("Softmax",)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "MaxPool", "Conv+relu", "Flatten", "Dense+relu", "Dense"]
+
+
+def test_newest_opset_is_recent():
+    assert newest_opset() >= 17
+
+
+# ----------------------------------------------------------------------------- errors
+
+def _mlp_with(op_types, rng=None):
+    """x(6) → Gemm → op₁ → Gemm → op₂ → … → Gemm."""
+    rng = rng or np.random.default_rng(31)
+    b = GraphBuilder((6,))
+    h = "x"
+    names = []
+    for op in op_types:
+        h = b.op(op, [gemm(b, rng, h, 5)])
+        names.append(b.nodes[-1].name)
+    return b.build(gemm(b, rng, h, 3)), names
+
+
+def test_unsupported_ops_are_all_listed(tmp_path):
+    model, (sig, tanh) = _mlp_with(["Sigmoid", "Tanh"])
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    msg = one_line(info.value)
+    for part in ("Sigmoid", sig, "Tanh", tanh, DOC):
+        assert part in msg
+    assert set(info.value.nodes) == {(sig, "Sigmoid"), (tanh, "Tanh")}
+    assert len(info.value.nodes) == 2
+    assert isinstance(info.value, ModelError)
+
+
+def test_residual_add_of_two_activations(tmp_path):
+    rng = np.random.default_rng(32)
+    b = GraphBuilder((2, 5, 5))
+    r1 = b.op("Relu", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1])])
+    r2 = b.op("Relu", [conv(b, rng, r1, 2, pads=[1, 1, 1, 1])])
+    s = b.op("Add", [r1, r2])
+    add_name = b.nodes[-1].name
+    model = readout(b, rng, s)
+    run_ort(model, np.zeros((1, 2, 5, 5), np.float32))  # a valid model
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    msg = one_line(info.value)
+    assert add_name in msg and DOC in msg
+    assert info.value.nodes == ((add_name, "Add"),)
+
+
+def test_grouped_conv(tmp_path):
+    rng = np.random.default_rng(33)
+    b = GraphBuilder((2, 5, 5))
+    h = b.op("Conv", ["x", b.const(rnd(rng, 4, 1, 3, 3))], kernel_shape=[3, 3], group=2)
+    name = b.nodes[-1].name
+    model = readout(b, rng, b.op("Relu", [h]))
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    msg = one_line(info.value)
+    assert name in msg and "group" in msg
+    assert info.value.nodes == ((name, "Conv"),)
+
+
+def test_maxpool_after_batchnorm_with_negative_scale(tmp_path):
+    rng = np.random.default_rng(34)
+    b = GraphBuilder((2, 6, 6))
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])]), positive=True, negative_channel=True)
+    h = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    name = b.nodes[-1].name
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(readout(b, rng, h), tmp_path / "m.onnx"))
+    msg = one_line(info.value)
+    assert name in msg and "MaxPool" in msg
+    assert info.value.nodes == ((name, "MaxPool"),)
+
+
+def test_gemm_with_trans_a(tmp_path):
+    rng = np.random.default_rng(35)
+    b = GraphBuilder((6,))
+    h = b.op("Gemm", ["x", b.const(rnd(rng, 6, 6))], transA=1)
+    name = b.nodes[-1].name
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(b.build(h), tmp_path / "m.onnx"))
+    msg = one_line(info.value)
+    assert name in msg and "transA" in msg
+
+
+def test_not_an_onnx_file(tmp_path):
+    path = tmp_path / "noise.onnx"
+    path.write_bytes(np.random.default_rng(36).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ModelError) as info:
+        import_model(path)
+    msg = one_line(info.value)
+    assert "noise.onnx" in msg
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError) as info:
+        import_model(tmp_path / "absent.onnx")
+    assert "absent.onnx" in one_line(info.value)
+
+
+def test_two_inputs(tmp_path):
+    model, _ = _mlp_with(["Relu"])
+    model.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["N", 6]))
+    onnx.checker.check_model(model)
+    with pytest.raises(ModelError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    assert "2 inputs" in one_line(info.value)
+
+
+def test_dynamic_non_batch_dimension(tmp_path):
+    rng = np.random.default_rng(37)
+    b = GraphBuilder((2, 5, 5))
+    model = readout(b, rng, b.op("Relu", [conv(b, rng, "x", 2)]))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[2]
+    dim.Clear()
+    dim.dim_param = "H"
+    onnx.checker.check_model(model)
+    with pytest.raises(ModelError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    msg = one_line(info.value)
+    assert "dynamic" in msg and "'H'" in msg
+
+
+def test_opset_10_is_rejected(tmp_path):
+    rng = np.random.default_rng(38)
+    b = GraphBuilder((6,), opset=10)
+    model = b.build(gemm(b, rng, b.op("Relu", [gemm(b, rng, "x", 5)]), 3))
+    with pytest.raises(ModelError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    msg = one_line(info.value)
+    assert "opset 10" in msg and "11" in msg
+
+
+def test_division_by_an_activation(tmp_path):
+    rng = np.random.default_rng(39)
+    b = GraphBuilder((6,))
+    h = b.op("Div", [b.const(1.0), b.op("Relu", [gemm(b, rng, "x", 5)])])
+    name = b.nodes[-1].name
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(b.build(gemm(b, rng, h, 3)), tmp_path / "m.onnx"))
+    assert name in one_line(info.value)
+
+
+def test_softmax_not_at_the_output(tmp_path):
+    model, (name,) = _mlp_with(["Softmax"])
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    assert name in one_line(info.value)
+
+
+def test_relu_of_a_conv_at_the_output(tmp_path):
+    """A ReLU on an image at the output has no vector readout: ModelError."""
+    rng = np.random.default_rng(40)
+    b = GraphBuilder((1, 4, 4))
+    model = b.build(b.op("Relu", [conv(b, rng, "x", 2)]))
+    with pytest.raises(ModelError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    one_line(info.value)
