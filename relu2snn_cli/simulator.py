@@ -117,7 +117,8 @@ class CompiledLayer:
         n = t_in.shape[0]
         a = (self.t_start - t_in)
         u = drive(self.layer, a).reshape(n, -1)
-        t = self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope
+        with np.errstate(divide="ignore"):  # a non-rising potential (slope ≤ 0) never crosses after T
+            t = np.where(self.slope > 0, self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope, np.inf)
         rows, cols = np.nonzero(self._uncertified(a))
         early = 0
         if len(rows):

@@ -1,0 +1,190 @@
+"""The production simulator against the slow event-by-event reference (tests/reference.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference
+from builders import GraphBuilder, save
+from relu2snn_cli import convert, h5io, ir, simulator, snn
+from relu2snn_cli.onnx_import import import_model
+from strategies import relu_stacks
+
+TOL = 1e-9
+
+
+def close(a, b, tol=TOL):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    same_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
+    with np.errstate(invalid="ignore"):
+        return bool(np.all(same_inf | (np.abs(a - b) <= tol * (1 + np.abs(b)))))
+
+
+# ----------------------------------------------------------------------------- one neuron
+
+@settings(max_examples=300, deadline=None)
+@given(k=st.integers(1, 6), seed=st.integers(0, 2**31 - 1),
+       alpha=st.floats(-1, 2, allow_subnormal=False), theta=st.floats(-1, 5, allow_subnormal=False),
+       t0=st.floats(0, 1))
+def test_first_crossing_matches_reference(k, seed, alpha, theta, t0):
+    rng = np.random.default_rng(seed)
+    times = rng.uniform(-1, 3, k)
+    times[rng.random(k) < 0.3] = t0  # ties and inputs exactly at the start
+    weights = rng.normal(0, 2, k)
+    got = simulator.first_crossing(times[None], weights[None], np.array([alpha]), np.array([theta]), t0)[0]
+    want = reference.first_spike(list(zip(times, weights)), alpha, theta, t0)
+    assert close(got, want), (got, want)
+
+
+def test_first_crossing_fires_early_then_inputs_pull_down():
+    # one excitatory input at t=0, one strong inhibitory at t=0.5; V peaks at 0.5·(1+4) = 2.5 ≥ ϑ=2
+    t = simulator.first_crossing(np.array([[0.0, 0.5]]), np.array([[4.0, -9.0]]), np.array([1.0]),
+                                 np.array([2.0]), 0.0)
+    assert t[0] == pytest.approx(0.4, abs=1e-12)  # 5·t = 2
+
+
+# ----------------------------------------------------------------------------- one layer
+
+def random_layer(rng, conv: bool, early: float) -> tuple[snn.SpikingLayer, tuple[float, float]]:
+    """A spiking layer with random parameters; ``early`` lowers thresholds so many neurons cross early."""
+    in_window = (1.0, 2.0)
+    if conv:
+        c, h, w = 2, 5, 4
+        J = rng.normal(0, 1, (3, c, 3, 2))
+        attrs = dict(in_shape=(c, h, w), strides=(2, 1), pads=(1, 0, 2, 1), dilations=(1, 2))
+    else:
+        J = rng.normal(0, 1, (6, 7))
+        attrs = dict(in_shape=(7,))
+    probe = snn.Readout("p", "in", J=J, alpha=np.ones(J.shape[0]), window=in_window, **attrs)
+    shape = probe.shape
+    theta = rng.uniform(0, 6, shape) - early
+    alpha = rng.uniform(0.2, 1.5, shape[0])
+    cert = np.zeros(shape, bool)
+    layer = snn.SpikingLayer("l", "in", J=J, alpha=alpha, window=(3.0, 2.5), theta=theta, certified=cert,
+                             scale=np.ones(shape[0]), x_max=np.ones(shape[0]), drive_max=np.zeros(shape[0]), **attrs)
+    return layer, in_window
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("early", [0.0, 3.0])
+def test_layer_matches_reference(conv, early):
+    rng = np.random.default_rng(7 + int(conv) + int(early))
+    total_early = 0
+    for _ in range(5):
+        layer, (t0, b_in) = random_layer(rng, conv, early)
+        t_in = t0 + b_in - rng.uniform(0, b_in, (4,) + layer.in_shape)
+        t_in[0].flat[0] = t0 - 0.5  # an input that itself fired early: outside the window
+        got, n_early, scanned = simulator.CompiledLayer(layer, (t0, b_in)).fire(t_in)
+        want = reference.fire_layer(layer, (t0, b_in), t_in)
+        assert close(got, want)
+        assert n_early == int(np.sum(want < t0 + b_in))
+        total_early += n_early
+    if early:
+        assert total_early > 0  # the case is built to exercise early crossings
+
+
+def test_fast_path_is_used_only_where_certified():
+    """A layer whose thresholds are far above any input drive: every neuron is statically certified, no scan."""
+    rng = np.random.default_rng(3)
+    layer, window = random_layer(rng, conv=True, early=0.0)
+    layer = snn.SpikingLayer(**{**{f: getattr(layer, f) for f in layer.__dataclass_fields__},
+                                "theta": np.full(layer.shape, 1e3)})
+    t_in = window[0] + window[1] - rng.uniform(0, window[1], (3,) + layer.in_shape)
+    got, early, scanned = simulator.CompiledLayer(layer, window).fire(t_in)
+    assert scanned == 0 and early == 0
+    assert close(got, reference.fire_layer(layer, window, t_in))
+
+
+# ----------------------------------------------------------------------------- whole networks
+
+def converted(tmp_path, model, shape, seed, calib_scale=1.0, input_range=None):
+    path = save(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(seed)
+    np.save(tmp_path / "c.npy", (calib_scale * rng.normal(size=(64,) + shape)).astype(np.float32))
+    convert.convert(path, str(tmp_path / "c.npy"), tmp_path / "m.snn.h5", input_range=input_range)
+    return h5io.read(tmp_path / "m.snn.h5"), import_model(path).graph, rng
+
+
+@settings(max_examples=12, deadline=None)
+@given(stack=relu_stacks())
+def test_network_matches_reference_including_early_spikes(tmp_path_factory, stack):
+    """Calibrated on small inputs, run on large ones: activations overrun their windows and neurons fire early."""
+    model, shape, seed = stack
+    net, _, rng = converted(tmp_path_factory.mktemp("n"), model, shape, seed, calib_scale=0.2, input_range=(-6, 6))
+    x = 2.0 * rng.normal(size=(3,) + shape)
+    result = simulator.simulate(net, x, batch_size=2, keep_times=True)
+    logits, times = reference.run(net, x)
+    for name, t in times.items():
+        assert close(result.times[name], t), name
+    assert close(result.logits, logits)
+
+
+def test_network_with_early_spikes_counts_them(tmp_path):
+    """A fixed case of the test above where early spikes do happen, and the simulator still matches the reference."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder((6,))
+    h = b.op("Relu", [b.op("Gemm", ["x", b.const(rng.normal(0, 1, (8, 6))), b.const(np.zeros(8))], transB=1)])
+    h = b.op("Relu", [b.op("Gemm", [h, b.const(rng.normal(0, 1, (8, 8))), b.const(np.zeros(8))], transB=1)])
+    model = b.build(b.op("Gemm", [h, b.const(rng.normal(0, 1, (3, 8))), b.const(np.zeros(3))], transB=1))
+    net, graph, rng = converted(tmp_path, model, (6,), 1, calib_scale=0.1, input_range=(-5, 5))
+    x = 3.0 * rng.normal(size=(16, 6))
+    result = simulator.simulate(net, x, keep_times=True)
+    logits, times = reference.run(net, x)
+    assert result.counts.early_spikes > 0
+    assert result.counts.early_spikes == sum(
+        int(np.sum(times[n.name] < n.window[0])) for n in net.nodes if isinstance(n, snn.SpikingLayer))
+    assert close(result.logits, logits)
+    # with early spikes the SNN no longer equals the ANN: the simulator does not just evaluate the ReLU network
+    assert not np.allclose(result.logits, ir.forward(graph, x), rtol=1e-6, atol=1e-6)
+
+
+def test_batches_and_streaming_agree(tmp_path):
+    net = h5io.read(_sample(tmp_path, "cnn"))
+    x = np.load("sample_models/cnn/test.npy")[:50]
+    whole = simulator.simulate(net, x, batch_size=50)
+    parts = simulator.simulate(net, x, batch_size=7)
+    assert close(whole.logits, parts.logits, 1e-12)  # BLAS blocking differs with the batch size
+    assert whole.counts == parts.counts
+
+
+def test_spike_counts_and_encoding(tmp_path):
+    net = h5io.read(_sample(tmp_path, "mlp"))
+    x = np.load("sample_models/mlp/test.npy")[:20].astype(np.float64)
+    enc = net.nodes[0]
+    x[0, 0] = enc.high + 1.0  # out of range: clipped and counted
+    x[1, 0] = enc.low - 1.0
+    sim = simulator.Simulator(net)
+    result = sim.run(x, keep_times=True)
+    assert result.counts.out_of_range_inputs == 2
+    assert result.counts.spikes == 20 * sim.neurons  # every neuron fires exactly once
+    t_in = result.times[enc.name]
+    assert t_in[0, 0] == 0.0 and t_in[1, 0] == 1.0
+    assert close(t_in[2:], 1.0 - (x[2:] - enc.low) / (enc.high - enc.low))
+
+
+def _sample(tmp_path, name: str):
+    out = tmp_path / f"{name}.snn.h5"
+    convert.convert(f"sample_models/{name}/model.onnx", f"sample_models/{name}/calib.npy", out)
+    return out
+
+
+def test_simulator_imports_only_numpy_and_h5py():
+    """A deployment target runs a .snn.h5 with numpy and h5py alone."""
+    import subprocess
+    import sys
+    code = ("import sys; import relu2snn_cli.simulator; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'click')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_reference_is_independent_of_the_production_kernels():
+    """The oracle imports only the node dataclasses, never the simulator or its NumPy kernels."""
+    import ast
+    import inspect
+    tree = ast.parse(inspect.getsource(reference))
+    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {m for m in imported if m[0] and m[0].startswith("relu2snn_cli")} == {("relu2snn_cli", "snn")}
