@@ -1,0 +1,154 @@
+"""The formulas of the mapping (DESIGN §3) and the laws they must satisfy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference
+from builders import save
+from relu2snn_cli import convert, h5io, ir, mapping, simulator, snn
+from relu2snn_cli.errors import GraphError
+from relu2snn_cli.onnx_import import import_model
+from strategies import relu_stacks
+
+TOL = 1e-9
+
+
+def test_scale_layer_numbers():
+    c = mapping.scale_layer(np.array([2.0, 0.5, -20.0, 0.99, -10.0, 1.0]), s_min=-10.0, s_max=0.99)
+    assert np.allclose(c, [0.495, 1.0, 0.5, 1.0, 1.0, 0.99], rtol=0, atol=1e-15)
+
+
+def test_window_length_and_encoding_range():
+    assert mapping.window_length(4.0, 0.5) == 6.0
+    assert mapping.window_length(0.0, 0.5) == 1.0
+    assert mapping.encoding_range(-1.0, 3.0, 0.5) == (-2.0, 4.0)  # span 4, ζ/2·4 = 1 each side
+    assert mapping.encoding_range(2.0, 2.0, 0.5) == (1.5, 2.5)
+    assert mapping.encoding_range(-1.0, 3.0, 0.0) == (-1.0, 3.0)
+
+
+def test_options_are_validated():
+    with pytest.raises(GraphError):
+        mapping.MappingOptions(s_max=1.0)
+    with pytest.raises(GraphError):
+        mapping.MappingOptions(zeta=-0.1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(1, 8), b_in=st.floats(0.1, 5), b_out=st.floats(0.1, 5))
+def test_spike_time_is_window_end_minus_relu(seed, k, b_in, b_out):
+    """The law of DESIGN §3.2: with J = W/(1−s), ϑ = B_in + (B_out − b)/(1−s), α = 1, a neuron whose
+    window covers its no-early-spike requirement fires at T + B_out − max(0, z)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1, (1, k))
+    s = w.sum(axis=1)
+    if s[0] >= 0.99:
+        w *= 0.99 / s[0]
+        s = w.sum(axis=1)
+    a = rng.uniform(0, b_in, k)
+    b = rng.normal(0, 1, 1)
+    z = float(w[0] @ a + b[0])
+    need = float(mapping.required_window(a[None], w, b, s)[0])
+    b_out = max(b_out, need + 1e-6, z + 1e-6)
+    J = mapping.synaptic_weights(w, s)
+    theta = mapping.spike_threshold(b, s, b_in, b_out)
+    assert 1.0 + J.sum() == pytest.approx(1.0 / (1.0 - s[0]), rel=1e-12)  # α + ΣJ = 1/(1 − s)
+    t0 = 0.0
+    times = t0 + b_in - a
+    t = reference.first_spike(list(zip(times, J[0])), 1.0, float(theta[0]), t0, t_end=t0 + b_in + b_out)
+    assert t == pytest.approx(t0 + b_in + b_out - max(0.0, z), abs=TOL * (1 + b_out))
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(1, 8))
+def test_required_window_is_exact(seed, k):
+    """B_out just above R* never fires before the input window ends (T = B_in here); just below R* it does."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 2, (1, k))
+    s = np.minimum(w.sum(axis=1), 0.9)
+    a = rng.uniform(0, 3, k)
+    b = rng.normal(0, 1, 1)
+    need = float(mapping.required_window(a[None], w, b, s)[0])
+    b_in = 3.0
+    for b_out, early in ((need + 1e-6, False), (need - 1e-6, True)):
+        if b_out <= 0:
+            continue
+        J = w / (1 - s[:, None])
+        theta = b_in + (b_out - b[0]) / (1 - s[0])
+        t = reference.first_spike(list(zip(b_in - a, J[0])), 1.0, theta, 0.0)
+        assert (t < b_in) == early, (b_out, need, t)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_static_certificate_is_sound(seed):
+    """A statically certified neuron does not fire before its inputs are in, whatever they are."""
+    rng = np.random.default_rng(seed)
+    J = rng.normal(0, 1, (5, 4))
+    theta = rng.uniform(0, 8, 5)
+    alpha = rng.uniform(0.1, 1.0, 5)
+    b_in = 2.0
+    cert = mapping.static_certificate(J, theta, alpha, b_in)
+    for _ in range(20):
+        times = rng.uniform(0, b_in, 4)
+        for i in np.flatnonzero(cert):
+            assert reference.first_spike(list(zip(times, J[i])), alpha[i], theta[i], 0.0) >= b_in
+
+
+def test_scale_graph_preserves_the_function(tmp_path):
+    """Scaling and folding the input encoding change nothing but units: codes are c·a, logits equal."""
+    graph = import_model("sample_models/cnn/model.onnx").graph
+    x = np.load("sample_models/cnn/test.npy")[:32].astype(np.float64)
+    low, high = -2.0, 3.0
+    scaled = mapping.scale_graph(graph, (low, high))
+    ann = ir.forward(graph, x, keep=True)
+    codes = ir.forward(scaled.graph, (x - low) / (high - low), keep=True)
+    for name, c in scaled.scales.items():
+        assert np.allclose(codes[name], simulator.per_neuron(c, codes[name].shape[1:]) * ann[name],
+                           rtol=1e-12, atol=1e-12)
+    last = graph.nodes[-1].name
+    assert np.allclose(codes[last], ann[last], rtol=1e-12, atol=1e-12)
+    assert any(np.any(c != 1) for c in scaled.scales.values())  # the sample CNN does need scaling
+    for node in scaled.graph.nodes:
+        if isinstance(node, (ir.Dense, ir.Conv)) and node.relu:
+            assert np.all(ir.incoming_sum(node) <= 0.99 + 1e-12)
+            assert np.all(ir.incoming_sum(node) >= -10 - 1e-12)
+
+
+def test_bias_map_with_padding_is_exact():
+    """Folding x = 2·a − 1 into a padded conv gives a bias map that differs at the borders."""
+    rng = np.random.default_rng(0)
+    conv = ir.Conv("c", "in", rng.normal(size=(2, 1, 3, 3)), np.zeros(2), relu=False, in_shape=(1, 4, 5),
+                   pads=(1, 1, 1, 1))
+    folded = ir.fold_input_affine(conv, (1, 4, 5), np.full((1, 4, 5), 2.0), np.full((1, 4, 5), -1.0))
+    assert folded.bias.shape == (2, 4, 5)
+    assert not np.allclose(folded.bias[:, 0, 0], folded.bias[:, 1, 1])
+    a = rng.uniform(size=(3, 1, 4, 5))
+    assert np.allclose(ir.apply_linear(folded, a), ir.apply_linear(conv, 2 * a - 1), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(stack=relu_stacks())
+def test_converted_spike_times_equal_window_end_minus_activation(tmp_path_factory, stack):
+    """Random Dense/Conv/BN/MaxPool stacks: spike times = T + B − c·a to 1e-9, logits equal the float64 ANN."""
+    model, shape, seed = stack
+    d = tmp_path_factory.mktemp("m")
+    path = save(model, d / "m.onnx")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(48,) + shape).astype(np.float32)
+    np.save(d / "c.npy", x)
+    convert.convert(path, str(d / "c.npy"), d / "m.snn.h5")
+    net = h5io.read(d / "m.snn.h5")
+    graph = import_model(path).graph
+    result = simulator.simulate(net, x, keep_times=True)
+    ann = ir.forward(graph, x, keep=True)
+    assert result.counts.early_spikes == 0 and result.counts.out_of_range_inputs == 0
+    for node in net.nodes:
+        if isinstance(node, snn.SpikingLayer):
+            want = sum(node.window) - simulator.per_neuron(node.scale, node.shape) * ann[node.name]
+            assert np.max(np.abs(result.times[node.name] - want)) <= TOL * (1 + sum(node.window)), node.name
+    logits = ann[graph.nodes[-1].name]
+    assert np.max(np.abs(result.logits - logits)) <= TOL * max(1.0, np.max(np.abs(logits)))
