@@ -46,7 +46,7 @@ def load_array(spec: str):
     except DataError:
         raise
     except ValueError as e:
-        if "pickle" in str(e).lower():
+        if "pickle" in str(e).lower() or "python objects" in str(e).lower():
             raise DataError(f"{path}: holds Python objects; relu2snn never loads pickles — save a numeric array") from None
         raise DataError(f"{path}: cannot read ({e})") from None
     except (OSError, EOFError) as e:

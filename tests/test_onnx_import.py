@@ -740,3 +740,33 @@ def test_relu_of_a_conv_at_the_output(tmp_path):
     with pytest.raises(ModelError) as info:
         import_model(save(model, tmp_path / "m.onnx"))
     one_line(info.value)
+
+
+# ----------------------------------------------------------------------------- malformed models (library bugs)
+#
+# Both models pass onnx.checker.check_model (the importer's check, without full_check) but are
+# invalid: onnxruntime refuses them. The importer should say so with a one-line ModelError.
+
+@pytest.mark.xfail(strict=True, reason="bug: a Gemm whose weight does not match the input width raises a raw "
+                                       "numpy ValueError ('operands could not be broadcast together') from "
+                                       "ir.fold_input_affine instead of a ModelError")
+def test_gemm_weight_not_matching_input_is_a_model_error(tmp_path):
+    rng = np.random.default_rng(41)
+    b = GraphBuilder((5,))
+    h = b.op("Relu", [b.op("Gemm", ["x", b.const(rnd(rng, 4, 6))], transB=1)])  # W (4, 6) on x (N, 5)
+    model = b.build(gemm(b, rng, h, 3, k=4))
+    with pytest.raises(ModelError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    one_line(info.value)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a Conv whose kernel is larger than its (padded) input is accepted; "
+                                       "the IR node gets the shape (3, -1, -1) and ir.forward then fails with a "
+                                       "numpy ValueError")
+def test_conv_kernel_larger_than_input_is_a_model_error(tmp_path):
+    rng = np.random.default_rng(42)
+    b = GraphBuilder((2, 3, 3))
+    model = b.build(b.op("Conv", ["x", b.const(rnd(rng, 3, 2, 5, 5))], kernel_shape=[5, 5]))
+    with pytest.raises(ModelError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    one_line(info.value)

@@ -1,0 +1,193 @@
+"""End-to-end runs of the command line, as a user would type them (click's CliRunner, in tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from builders import GraphBuilder, save
+from relu2snn_cli.cli import cli
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module", params=["mlp", "cnn"])
+def converted(request, tmp_path_factory):
+    name = request.param
+    out = tmp_path_factory.mktemp(name) / "model.snn.h5"
+    result = run("convert", SAMPLES / name / "model.onnx", "--calib", SAMPLES / name / "calib.npy", "-o", out,
+                 "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    return name, out, json.loads(result.stdout)
+
+
+def test_convert_report(converted):
+    name, out, report = converted
+    assert out.is_file()
+    assert report["calibration_samples"] == 256
+    assert report["forward_max_abs_error_vs_onnxruntime"] <= 1e-4 * report["forward_max_abs_logit"]
+    assert report["removed_output_ops"] == (["Softmax"] if name == "mlp" else [])
+    assert set(report["seconds"]) == {"import", "calibration", "mapping", "write"}
+
+
+def test_verify_sample_model_is_exact(converted):
+    name, out, _ = converted
+    result = run("verify", out, "--onnx", SAMPLES / name / "model.onnx", "--data", SAMPLES / name / "test.npy",
+                 "--labels", SAMPLES / name / "labels.npy", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n_samples"] == 597
+    assert report["agreement"] == 1.0
+    assert report["accuracy_snn"] == report["accuracy_ann"] >= 0.95
+    assert report["max_abs_logit_error_ref"] <= 1e-9 * report["max_abs_logit"]
+    assert report["max_abs_logit_error_onnx"] <= 1e-4 * report["max_abs_logit"]
+    assert report["max_spike_time_error"] <= 1e-9 * report["latency"]
+    assert report["early_spikes"] == 0 and report["out_of_range_inputs"] == 0
+    assert report["spikes_per_neuron"] == 1.0
+    assert report["source_model_matches"] is True
+    for key in ("latency", "spike_time_error_per_layer", "exact_scan_pairs"):
+        assert key in report
+
+
+def test_verify_text_report_and_no_labels(converted):
+    name, out, _ = converted
+    result = run("verify", out, "--onnx", SAMPLES / name / "model.onnx", "--data", SAMPLES / name / "test.npy")
+    assert result.exit_code == 0
+    assert "agreement" in result.stdout and "accuracy_snn" in result.stdout
+    assert "n/a" in result.stdout  # no labels, no accuracy
+
+
+def test_verify_fails_with_exit_1_below_min_agreement(tmp_path):
+    """An input range that clips most inputs breaks the equivalence; verify must say so with exit status 1."""
+    out = tmp_path / "clipped.snn.h5"
+    assert run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", SAMPLES / "mlp" / "calib.npy", "-o", out,
+               "--input-range", "0", "0.05", "--quiet").exit_code == 0
+    result = run("verify", out, "--onnx", SAMPLES / "mlp" / "model.onnx", "--data", SAMPLES / "mlp" / "test.npy",
+                 "--json", "--quiet")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["agreement"] < 1.0 and report["out_of_range_inputs"] > 0 and report["passed"] is False
+    assert "below --min-agreement" in error_line(result)
+    ok = run("verify", out, "--onnx", SAMPLES / "mlp" / "model.onnx", "--data", SAMPLES / "mlp" / "test.npy",
+             "--min-agreement", "0", "--quiet")
+    assert ok.exit_code == 0
+
+
+def test_simulate_and_inspect(converted, tmp_path):
+    name, out, _ = converted
+    npz = tmp_path / "out.npz"
+    result = run("simulate", out, "--data", SAMPLES / name / "test.npy", "-o", npz, "--times", "--quiet")
+    assert result.exit_code == 0, result.output
+    with np.load(npz) as z:
+        assert z["logits"].shape == (597, 10)
+        assert any(k.startswith("times/") for k in z.files)
+    result = run("inspect", out)
+    assert result.exit_code == 0
+    assert "SpikingLayer" in result.stdout and "Readout" in result.stdout and "content_sha256" in result.stdout
+    described = json.loads(run("inspect", out, "--json").stdout)
+    assert described["layers"][0]["kind"] == "Encoder"
+    assert all(r["window"][1] > r["window"][0] for r in described["layers"])
+
+
+def test_existing_output_needs_force(converted, tmp_path):
+    name, out, _ = converted
+    result = run("convert", SAMPLES / name / "model.onnx", "--calib", SAMPLES / name / "calib.npy", "-o", out)
+    assert result.exit_code == 2
+    assert "--force" in error_line(result)
+
+
+@pytest.mark.parametrize("command", ["convert", "verify", "simulate", "inspect"])
+def test_help_has_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output and f"relu2snn {command}" in result.output
+
+
+def test_module_entry_point():
+    result = subprocess.run([sys.executable, "-m", "relu2snn_cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "relu2snn" in result.stdout
+
+
+# ----------------------------------------------------------------------------- bad input: one line, exit 2
+
+def _unsupported_model(tmp_path) -> Path:
+    b = GraphBuilder((4,))
+    h = b.op("Gemm", ["x", b.const(np.ones((3, 4))), b.const(np.zeros(3))], transB=1)
+    h = b.op("Sigmoid", [h])
+    h = b.op("Gemm", [h, b.const(np.ones((2, 3))), b.const(np.zeros(2))], transB=1)
+    return Path(save(b.build(b.op("Tanh", [h])), tmp_path / "bad.onnx"))
+
+
+def test_unsupported_operators_are_all_named(tmp_path):
+    model = _unsupported_model(tmp_path)
+    np.save(tmp_path / "c.npy", np.zeros((4, 4), np.float32))
+    result = run("convert", model, "--calib", tmp_path / "c.npy", "-o", tmp_path / "o.snn.h5")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "Sigmoid" in line and "Tanh" in line and "Sigmoid_" in line and "supported-operators" in line
+    assert not (tmp_path / "o.snn.h5").exists()
+
+
+@pytest.mark.parametrize("case", ["missing-model", "not-onnx", "wrong-shape", "nan", "integers", "pickle",
+                                  "missing-dir", "bad-snn", "labels"])
+def test_bad_input_exits_2_with_one_line(tmp_path, case):
+    model, calib = SAMPLES / "mlp" / "model.onnx", tmp_path / "c.npy"
+    np.save(calib, np.load(SAMPLES / "mlp" / "calib.npy")[:8])
+    out = tmp_path / "o.snn.h5"
+    args = ["convert", model, "--calib", calib, "-o", out]
+    expect = "c.npy"
+    if case == "missing-model":
+        args[1], expect = tmp_path / "nope.onnx", "nope.onnx"
+    elif case == "not-onnx":
+        (tmp_path / "x.onnx").write_bytes(b"\x00garbage" * 10)
+        args[1], expect = tmp_path / "x.onnx", "x.onnx"
+    elif case == "wrong-shape":
+        np.save(calib, np.zeros((8, 63), np.float32))
+        expect = "(64,)"
+    elif case == "nan":
+        bad = np.zeros((8, 64), np.float32)
+        bad[5, 3] = np.nan
+        np.save(calib, bad)
+        expect = "sample 5"
+    elif case == "integers":
+        np.save(calib, np.zeros((8, 64), np.int64))
+        expect = "int64"
+    elif case == "pickle":
+        np.save(calib, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        expect = "pickle"
+    elif case == "missing-dir":
+        args[-1], expect = tmp_path / "no" / "o.snn.h5", "does not exist"
+    elif case == "bad-snn":
+        (tmp_path / "b.snn.h5").write_bytes(b"not hdf5")
+        args, expect = ["inspect", tmp_path / "b.snn.h5"], "b.snn.h5"
+    elif case == "labels":
+        assert run(*args, "--quiet").exit_code == 0
+        np.save(tmp_path / "y.npy", np.zeros(3, np.int64))
+        args = ["verify", out, "--onnx", model, "--data", calib, "--labels", tmp_path / "y.npy"]
+        expect = "y.npy"
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    line = error_line(result)
+    assert line.startswith("relu2snn: error:") and expect in line
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["--debug", "inspect", str(tmp_path / "missing.snn.h5")])
+    assert result.exit_code != 0 and result.exception is not None
