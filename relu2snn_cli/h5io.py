@@ -46,7 +46,10 @@ def _from_attr(value, hint):
     if origin is tuple:
         args = typing.get_args(hint)
         cast = args[0] if args else float
-        return tuple(cast(v) for v in np.atleast_1d(value))
+        values = np.atleast_1d(value)
+        if cast is int and not np.all(np.mod(values, 1) == 0):
+            raise ArtifactError(f"expected integers, got {values.tolist()}")
+        return tuple(cast(v) for v in values)
     if hint is bool:
         return bool(value)
     if hint in (int, float):

@@ -159,11 +159,12 @@ class Context:
     def set(self, node: OnnxNode, value) -> None:
         self.values[node.outputs[0]] = value
 
-    def add(self, ir_node) -> str:
+    def add(self, node: OnnxNode | None, ir_node) -> str:
         if self.nodes and ir_node.input != self.nodes[-1].name:
+            label = node.label if node is not None else f"node '{ir_node.name}'"
             raise UnsupportedOperatorError(
-                f"node '{ir_node.name}' reads a population that another node also reads: branching graphs "
-                f"are not supported yet (see {SUPPORTED_DOC})", ((ir_node.name, "branch"),))
+                f"{label} reads a population that another node also reads: branching graphs "
+                f"are not supported yet (see {SUPPORTED_DOC})", ((node.name, node.op_type) if node else (ir_node.name, ""),))
         self.nodes.append(ir_node)
         return ir_node.name
 
@@ -210,6 +211,9 @@ def _per_channel(node: OnnxNode, c: np.ndarray, shape: tuple[int, ...]) -> np.nd
 
 def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarray) -> None:
     """tensor ↦ k·tensor + h with constants k, h: folds backward into a Lin, stays pending on a Pop."""
+    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(h))):
+        raise ModelError(f"{node.label}: its constants give a non-finite affine map "
+                         "(a division by zero, or a negative variance)")
     if isinstance(value, Lin):
         shape = value.layer.shape
         k = _per_channel(node, _const_for(node, k, shape), shape)
@@ -266,6 +270,8 @@ def convert_conv(node: OnnxNode, ctx: Context) -> None:
     strides = tuple(node.attr("strides") or (1, 1))
     dilations = tuple(node.attr("dilations") or (1, 1))
     pads = _pads(node, a.shape[1:], w.shape[2:], strides, dilations)
+    if w.shape[1] != a.shape[0]:
+        raise ModelError(f"{node.label}: its weight of shape {w.shape} does not fit its input of shape {a.shape}")
     layer = ir.Conv(node.name, a.node, w, bias, relu=False, in_shape=a.shape,
                     strides=strides, pads=pads, dilations=dilations)
     _linear(node, ctx, a, layer)
@@ -292,6 +298,11 @@ def _pads(node: OnnxNode, size, kernel, strides, dilations) -> tuple[int, int, i
 
 def _linear(node: OnnxNode, ctx: Context, a: Pop, layer) -> None:
     """A linear layer on a population: fold the population's pending affine map forward (DESIGN §4)."""
+    expected = layer.in_shape if isinstance(layer, ir.Conv) else layer.weight.shape[1:]
+    if tuple(expected) != tuple(a.shape) or (isinstance(layer, ir.Conv) and layer.weight.shape[1] != a.shape[0]):
+        raise ModelError(f"{node.label}: its weight of shape {layer.weight.shape} does not fit its input of shape {a.shape}")
+    if min(layer.shape) < 1:
+        raise ModelError(f"{node.label}: the kernel does not fit the input {a.shape}: output shape {layer.shape}")
     try:
         layer = ir.fold_input_affine(layer, a.shape, a.scale, a.shift)
     except ir.GraphError as e:
@@ -304,7 +315,7 @@ def convert_relu(node: OnnxNode, ctx: Context) -> None:
     """ReLU of a linear layer: a spiking layer. ReLU of a ReLU output: the identity."""
     v = ctx.get(node, 0)
     if isinstance(v, Lin):
-        name = ctx.add(replace(v.layer, relu=True, source=node.outputs[0]))
+        name = ctx.add(node, replace(v.layer, relu=True, source=node.outputs[0]))
         ctx.set(node, _identity_pop(name, v.layer.shape, nonnegative=True))
     elif isinstance(v, Pop) and v.nonnegative:
         ctx.set(node, v)
@@ -344,7 +355,8 @@ def convert_arithmetic(node: OnnxNode, ctx: Context) -> None:
     elif const_first:
         raise unsupported(node, "division by an activation")
     else:
-        k, h = 1.0 / c, np.zeros(())
+        with np.errstate(divide="ignore"):
+            k, h = 1.0 / c, np.zeros(())
     apply_affine(node, ctx, value, k, h)
 
 
@@ -366,7 +378,9 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
     pads = _pads(node, a.shape[1:], kernel, strides, dilations)
     pool = ir.MaxPool(ctx.unique(node.name), a.node, a.shape, kernel, strides, pads, dilations,
                       bool(node.attr("ceil_mode", 0)))
-    ctx.add(pool)
+    if min(pool.shape) < 1:
+        raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {pool.shape}")
+    ctx.add(node, pool)
     ctx.set(node, Pop(pool.name, pool.shape, channel_axis(scale, 3), channel_axis(shift, 3), a.nonnegative))
 
 
@@ -375,7 +389,7 @@ def _flatten(node: OnnxNode, ctx: Context, a: Pop) -> None:
         ctx.set(node, a)
         return
     flat = ir.Flatten(ctx.unique(node.name), a.node, a.shape)
-    ctx.add(flat)
+    ctx.add(node, flat)
     ctx.set(node, Pop(flat.name, flat.shape, np.broadcast_to(a.scale, a.shape).reshape(-1),
                       np.broadcast_to(a.shift, a.shape).reshape(-1), a.nonnegative))
 
@@ -417,6 +431,8 @@ def convert_softmax(node: OnnxNode, ctx: Context) -> None:
     """At the graph output only: removed, since the readout gives the logits; recorded in the artifact."""
     if node.outputs[0] not in ctx.output_tail:
         raise unsupported(node, "a softmax is only supported as the last operation")
+    if node.attr("axis", 1) not in (1, -1):
+        raise unsupported(node, f"axis={node.attr('axis')} is not the class axis")
     ctx.removed.append(node.op_type)
     ctx.logits_tensor = node.inputs[0]
     ctx.set(node, ctx.get(node, 0))
@@ -528,11 +544,11 @@ def import_model(path: str | Path) -> Imported:
         CONVERTERS[node.op_type](node, ctx)
     out = ctx.values.get(ctx.graph_output)
     if isinstance(out, Lin):
-        ctx.add(replace(out.layer, source=ctx.logits_tensor))
+        ctx.add(None, replace(out.layer, source=ctx.logits_tensor))
     elif isinstance(out, Pop) and len(out.shape) == 1:
         n = out.shape[0]  # ReLU at the output: read the population through its pending affine map
         ident = ir.Dense(ctx.unique("readout"), out.node, np.eye(n), np.zeros(n), relu=False, source=ctx.logits_tensor)
-        ctx.add(ir.fold_input_affine(ident, out.shape, out.scale, out.shift))
+        ctx.add(None, ir.fold_input_affine(ident, out.shape, out.scale, out.shift))
     else:
         raise ModelError(f"{path}: the output '{ctx.graph_output}' is not a linear layer's output")
     graph = ir.Graph(tuple(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))

@@ -32,6 +32,14 @@ def _array(owner: str, name: str, value, dtype=np.float64, finite: bool = True) 
     return arr
 
 
+def _check_geometry(owner: str, **fields) -> None:
+    """Strides, dilations and kernels: positive pairs; pads: four non-negative numbers."""
+    for name, value in fields.items():
+        n, low = (4, 0) if name == "pads" else (2, 1)
+        if len(value) != n or any(int(v) != v or v < low for v in value):
+            raise GraphError(f"{owner}: {name} {tuple(value)} must be {n} integers ≥ {low}")
+
+
 def _check_window(owner: str, window) -> tuple[float, float]:
     t, b = (float(v) for v in window)
     if not (np.isfinite(t) and np.isfinite(b) and b > 0):
@@ -73,6 +81,7 @@ class _Synapses:
         object.__setattr__(self, "J", _array(self.name, "J", self.J))
         object.__setattr__(self, "alpha", _array(self.name, "alpha", self.alpha))
         object.__setattr__(self, "window", _check_window(self.name, self.window))
+        _check_geometry(self.name, strides=self.strides, pads=self.pads, dilations=self.dilations)
         if self.J.ndim == 2:
             if self.in_shape != (self.J.shape[1],):
                 raise GraphError(f"{self.name}: J of shape {self.J.shape} does not fit input shape {self.in_shape}")
@@ -81,6 +90,8 @@ class _Synapses:
                 raise GraphError(f"{self.name}: J of shape {self.J.shape} does not fit input shape {self.in_shape}")
         else:
             raise GraphError(f"{self.name}: J must be (out, in) or (O, C, kh, kw), got {self.J.shape}")
+        if min(self.shape) < 1:
+            raise GraphError(f"{self.name}: output shape {self.shape} is empty")
         self._check_per_neuron("alpha", self.alpha)
 
     def _check_per_neuron(self, name: str, arr: np.ndarray) -> None:
@@ -155,6 +166,12 @@ class SpikePool:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     dilations: tuple[int, int] = (1, 1)
     ceil_mode: bool = False
+
+    def __post_init__(self):
+        _check_geometry(self.name, kernel=self.kernel, strides=self.strides, pads=self.pads, dilations=self.dilations)
+        object.__setattr__(self, "window", _check_window(self.name, self.window))
+        if len(self.in_shape) != 3 or min(self.shape) < 1:
+            raise GraphError(f"{self.name}: pooling {self.in_shape} gives the empty shape {self.shape}")
 
     @property
     def shape(self) -> tuple[int, int, int]:

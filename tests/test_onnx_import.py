@@ -742,14 +742,11 @@ def test_relu_of_a_conv_at_the_output(tmp_path):
     one_line(info.value)
 
 
-# ----------------------------------------------------------------------------- malformed models (library bugs)
+# ----------------------------------------------------------------------------- malformed models
 #
 # Both models pass onnx.checker.check_model (the importer's check, without full_check) but are
-# invalid: onnxruntime refuses them. The importer should say so with a one-line ModelError.
+# invalid: onnxruntime refuses them. The importer says so with a one-line ModelError.
 
-@pytest.mark.xfail(strict=True, reason="bug: a Gemm whose weight does not match the input width raises a raw "
-                                       "numpy ValueError ('operands could not be broadcast together') from "
-                                       "ir.fold_input_affine instead of a ModelError")
 def test_gemm_weight_not_matching_input_is_a_model_error(tmp_path):
     rng = np.random.default_rng(41)
     b = GraphBuilder((5,))
@@ -760,9 +757,6 @@ def test_gemm_weight_not_matching_input_is_a_model_error(tmp_path):
     one_line(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a Conv whose kernel is larger than its (padded) input is accepted; "
-                                       "the IR node gets the shape (3, -1, -1) and ir.forward then fails with a "
-                                       "numpy ValueError")
 def test_conv_kernel_larger_than_input_is_a_model_error(tmp_path):
     rng = np.random.default_rng(42)
     b = GraphBuilder((2, 3, 3))
@@ -770,3 +764,36 @@ def test_conv_kernel_larger_than_input_is_a_model_error(tmp_path):
     with pytest.raises(ModelError) as info:
         import_model(save(model, tmp_path / "m.onnx"))
     one_line(info.value)
+
+
+def test_division_by_zero_constant_is_named(tmp_path):
+    rng = np.random.default_rng(43)
+    b = GraphBuilder((4,))
+    h = b.op("Div", [b.op("Gemm", ["x", b.const(rnd(rng, 3, 4))], transB=1), b.const(np.array([1.0, 0.0, 2.0]))])
+    model = b.build(gemm(b, rng, b.op("Relu", [h]), 2, k=3))
+    with pytest.raises(ModelError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    assert "Div node" in one_line(info.value) and "non-finite" in str(info.value)
+
+
+def test_softmax_over_the_batch_axis_is_not_removed(tmp_path):
+    rng = np.random.default_rng(44)
+    b = GraphBuilder((4,))
+    h = b.op("Relu", [b.op("Gemm", ["x", b.const(rnd(rng, 3, 4))], transB=1)])
+    model = b.build(b.op("Softmax", [gemm(b, rng, h, 2, k=3)], axis=0))
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    assert "axis=0" in one_line(info.value)
+
+
+def test_branching_error_names_the_onnx_node(tmp_path):
+    rng = np.random.default_rng(45)
+    b = GraphBuilder((4,))
+    h = b.op("Relu", [b.op("Gemm", ["x", b.const(rnd(rng, 3, 4))], transB=1)])
+    b.op("Relu", [gemm(b, rng, h, 3, k=3)])  # one branch reads h ...
+    second = b.op("Relu", [gemm(b, rng, h, 3, k=3)])  # ... and another reads it again
+    model = b.build(gemm(b, rng, second, 2, k=3))
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    assert "branching" in one_line(info.value)
+    assert all(op for _, op in info.value.nodes)
