@@ -167,6 +167,9 @@ def verify(snn_file, onnx_file, data, labels, min_agreement, batch_size, as_json
     report = _run(run_verify, data, "verifying", quiet, snn_path=snn_file, onnx_path=onnx_file, data_spec=data,
                   labels_spec=labels, min_agreement=min_agreement, batch_size=batch_size)
     _print(report, as_json)
+    if not as_json and report["early_spikes"]:
+        click.echo(f"relu2snn: note: {report['early_spikes']} neurons fired before their inputs were in: the data "
+                   "exceeds the calibrated bounds; convert with more calibration data or a larger --zeta", err=True)
     if not report["passed"]:
         raise VerificationFailed(f"agreement {report['agreement']:.6g} is below --min-agreement {min_agreement}")
 

@@ -14,6 +14,7 @@ carries a timestamp, so the same network gives the same bytes. Nothing is pickle
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -70,33 +71,39 @@ def _plain(value):
     return value
 
 
-def write(path, net: snn.Network) -> None:
-    """Write a network atomically: a temporary file in the target directory, then a rename."""
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path in the target's directory; rename it to ``path`` on success, delete it on failure."""
     path = Path(path)
     if not path.parent.is_dir():
         raise ArtifactError(f"{path}: the directory {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            for key in sorted(net.meta):
-                f.attrs[key] = _to_attr(net.meta[key])
-            nodes = f.create_group("nodes")
-            for i, node in enumerate(net.nodes):
-                g = nodes.create_group(f"{i:03d}")
-                g.attrs["kind"] = type(node).__name__
-                for fld in dataclasses.fields(node):
-                    value = getattr(node, fld.name)
-                    if isinstance(value, np.ndarray):
-                        g.create_dataset(fld.name, data=value, track_times=False)
-                    else:
-                        g.attrs[fld.name] = _to_attr(value)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write(path, net: snn.Network) -> None:
+    """Write a network atomically: a temporary file in the target directory, then a rename."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        for key in sorted(net.meta):
+            f.attrs[key] = _to_attr(net.meta[key])
+        nodes = f.create_group("nodes")
+        for i, node in enumerate(net.nodes):
+            g = nodes.create_group(f"{i:03d}")
+            g.attrs["kind"] = type(node).__name__
+            for fld in dataclasses.fields(node):
+                value = getattr(node, fld.name)
+                if isinstance(value, np.ndarray):
+                    g.create_dataset(fld.name, data=value, track_times=False)
+                else:
+                    g.attrs[fld.name] = _to_attr(value)
 
 
 def read(path) -> snn.Network:

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import h5io, ops, snn
-from .data import check_finite
-from .errors import DataError
+from .data import check_finite, check_inputs, load_array
 from .mapping import static_certificate
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact scan
@@ -246,18 +245,9 @@ def simulate_file(snn_path, data_spec: str, out_path, keep_times: bool = False, 
                   progress=None) -> dict:
     """Simulate a ``.snn.h5`` on a data file and write ``logits`` (and with ``keep_times`` each
     population's spike times, keyed ``times/<node>``) to an ``.npz``, atomically."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from .data import check_inputs, load_array
-
     sim = load(snn_path)
     data = load_array(data_spec)
     check_inputs(data, sim.net.nodes[0].shape, data_spec)
-    out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise DataError(f"{out_path}: the directory {out_path.parent} does not exist")
     logits, times, counts = [], {}, Counts()
     for start, result in sim.stream(_Checked(data, data_spec), batch_size, keep_times, progress):
         logits.append(result.logits)
@@ -265,14 +255,8 @@ def simulate_file(snn_path, data_spec: str, out_path, keep_times: bool = False, 
         for k, v in result.times.items():
             times.setdefault(f"times/{k}", []).append(v)
     arrays = {"logits": np.concatenate(logits), **{k: np.concatenate(v) for k, v in times.items()}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".npz", dir=out_path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with h5io.atomic_output(out_path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return {"output": str(out_path), "n_samples": counts.samples, "early_spikes": counts.early_spikes,
             "out_of_range_inputs": counts.out_of_range_inputs, "latency": sim.net.latency,
             "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons)}
