@@ -4,10 +4,11 @@ Two streaming passes over the calibration data, batch by batch (a ``.npy`` stays
 
 1. ``input_stats``: the inputs' min and max (for the input range), sha256, NaN/Inf check;
 2. ``calibrate``: onnxruntime with every ReLU output exposed as an extra graph output. Per
-   ReLU layer it keeps the per-channel maximum activation and, for the (sample, neuron)
-   pairs whose certificate bound b + Σ_j max(W_ij, 0)·a_j exceeds the bound found so far,
-   the exact no-early-spike requirement ``mapping.required_window`` — so that the window
-   chosen from these bounds makes no calibration sample fire early.
+   ReLU layer it keeps the per-channel maximum activation and the largest exact
+   no-early-spike requirement ``mapping.required_window``, evaluated only for the
+   (sample, neuron) pairs whose certificate bound b + Σ_j max(W_ij, 0)·a_j exceeds the
+   layer's bound found so far — so that the window chosen from these bounds makes no
+   calibration sample fire early.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ class InputStats:
 class Calibration:
     """What the calibration data says about the network.
 
-    ``x_max[layer]``: per-channel maximum ANN activation; ``drive_max[layer]``: per-channel
-    maximum of the no-early-spike requirement (code units; 0 where the certificate bound
-    never exceeded the layer's running maximum); ``forward_error``: max |float64 IR logits −
-    onnxruntime logits| on the first samples, whose largest |logit| is ``max_logit``.
+    ``x_max[layer]``: per-channel maximum ANN activation; ``required[layer]``: X_n of the
+    layer in code units, max(largest scaled activation, largest no-early-spike requirement);
+    ``forward_error``: max |float64 IR logits − onnxruntime logits| on the first samples,
+    whose largest |logit| is ``max_logit``.
     """
 
     x_max: dict
-    drive_max: dict
+    required: dict
     forward_error: float
     max_logit: float
 
@@ -93,12 +94,12 @@ def input_stats(data, shape: tuple[int, ...], spec: str, batch_size: int = 1024)
     return InputStats(lo, hi, len(data), digest.hexdigest())
 
 
-def update_drive(layer: ir.Linear, a: np.ndarray, found: np.ndarray, running: float) -> float:
-    """Raise ``found`` (per channel) to the no-early-spike requirement of the pairs that need it.
+def update_requirement(layer: ir.Linear, a: np.ndarray, running: float) -> float:
+    """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch).
 
-    a: the layer's input codes (N, *in_shape). Pairs whose bound b + Σ_j max(W_ij,0)·a_j is
-    at most ``running`` cannot raise the layer's maximum; the others get the exact
-    ``required_window``. Returns the new running maximum.
+    a: the layer's input codes (N, *in_shape). A pair whose bound b + Σ_j max(W_ij,0)·a_j is
+    at most ``running`` cannot raise the maximum (its requirement is below its bound); the
+    others get the exact ``required_window``. The result does not depend on the batch order.
     """
     positive = ir.apply_linear(ir.replace(layer, weight=np.clip(layer.weight, 0, None)), a)
     rows, cols = np.nonzero(positive.reshape(len(a), -1) > running)
@@ -107,16 +108,16 @@ def update_drive(layer: ir.Linear, a: np.ndarray, found: np.ndarray, running: fl
     s = ir.incoming_sum(layer)
     bias = ir.full_bias(layer).reshape(-1)
     per_channel = int(np.prod(layer.shape[1:]))
+    found = running
     source = (ops.windows(a, layer.weight.shape[2:], layer.strides, layer.pads, layer.dilations, 0.0)
               if isinstance(layer, ir.Conv) else a)
     step = max(1, (1 << 20) // int(np.prod(layer.weight.shape[1:])))
     for lo in range(0, len(rows), step):
         r, c = rows[lo:lo + step], cols[lo:lo + step]
         inputs, weights = ops.gather_fan_in(source, layer.weight, layer.shape, r, c)
-        channel = c // per_channel
-        need = required_window(inputs, weights, bias[c], s[channel])
-        np.maximum.at(found, channel, need)
-    return max(running, float(found.max(initial=0.0)))
+        need = required_window(inputs, weights, bias[c], s[c // per_channel])
+        found = max(found, float(need.max()))
+    return found
 
 
 def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
@@ -127,8 +128,7 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
     sess = session(model_path, names)
     dtype = input_dtype(sess)
     x_max = {n.name: np.zeros(n.shape[0]) for n in layers}
-    drive = {n.name: np.zeros(n.shape[0]) for n in layers}
-    running = {n.name: 0.0 for n in layers}
+    required = {n.name: 0.0 for n in layers}
     low, high = input_range
     forward_error = max_logit = 0.0
     for start, batch in batches(data, batch_size, spec):
@@ -139,8 +139,8 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
                 act = out[node.source].astype(np.float64)
                 x_max[node.name] = np.maximum(x_max[node.name], channel_max(act))
                 c = scaled.scales[node.name].reshape((-1,) + (1,) * (act.ndim - 2))
-                running[node.name] = max(running[node.name], float(np.max(c * x_max[node.name].reshape(c.shape))))
-                running[node.name] = update_drive(node, codes[node.input], drive[node.name], running[node.name])
+                bound = max(required[node.name], float(np.max(c * x_max[node.name].reshape(c.shape))))
+                required[node.name] = update_requirement(node, codes[node.input], bound)
                 codes[node.name] = c * act
             elif isinstance(node, (ir.MaxPool, ir.Flatten)):
                 codes[node.name] = ir.apply(node, codes[node.input])
@@ -154,4 +154,4 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
             max_logit = float(np.max(np.abs(onnx_logits)))
         if progress is not None:
             progress(len(batch))
-    return Calibration(x_max, drive, forward_error, max_logit)
+    return Calibration(x_max, required, forward_error, max_logit)

@@ -33,7 +33,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     seconds["calibration"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    nodes = mapping.spiking_nodes(scaled, cal.x_max, cal.drive_max, (low, high), options)
+    nodes = mapping.spiking_nodes(scaled, cal.x_max, cal.required, (low, high), options)
     layout = "NCHW" if len(graph.input.shape) == 3 else "NC"
     meta = {
         "tool": "relu2snn", "tool_version": __version__, "neuron_model": NEURON_MODEL,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,29 +30,38 @@ def load_array(spec: str):
         if suffix == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                keys = list(archive.keys())
-                if name is None and len(keys) != 1:
-                    raise DataError(f"{path}: holds arrays {keys}; name one as {path}:NAME")
-                key = name or keys[0]
-                if key not in keys:
-                    raise DataError(f"{path}: no array {key!r} (it holds {keys})")
-                return archive[key]
+            return _npz_member(path, name)
         if suffix in (".h5", ".hdf5"):
-            import h5py
-            f = h5py.File(path, "r")
-            if not name or name not in f or not isinstance(f[name], h5py.Dataset):
-                raise DataError(f"{path}: name a dataset as {path}:/DATASET")
-            return f[name]
-    except DataError:
-        raise
+            return _h5_dataset(path, name)
     except ValueError as e:
-        if "pickle" in str(e).lower() or "python objects" in str(e).lower():
-            raise DataError(f"{path}: holds Python objects; relu2snn never loads pickles — save a numeric array") from None
+        text = str(e).lower()
+        if "pickle" in text or "python objects" in text:
+            raise DataError(f"{path}: not a numeric array (Python objects or not a NumPy file); relu2snn never "
+                            "loads pickles — save a numeric array with np.save") from None
         raise DataError(f"{path}: cannot read ({e})") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read, truncated or not a {suffix} file ({e})") from None
     raise DataError(f"{path}: unknown data format {suffix!r}; use .npy, .npz or .h5:/dataset")
+
+
+def _npz_member(path: Path, name: str | None) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as archive:
+        keys = list(archive.keys())
+        if name is None and len(keys) != 1:
+            raise DataError(f"{path}: holds arrays {keys}; name one as {path}:NAME")
+        key = name or keys[0]
+        if key not in keys:
+            raise DataError(f"{path}: no array {key!r} (it holds {keys})")
+        return archive[key]
+
+
+def _h5_dataset(path: Path, name: str | None):
+    import h5py
+    f = h5py.File(path, "r")
+    if not name or name not in f or not isinstance(f[name], h5py.Dataset):
+        f.close()
+        raise DataError(f"{path}: name a dataset as {path}:/DATASET")
+    return f[name]
 
 
 def check_inputs(data, shape: tuple[int, ...], spec: str) -> None:

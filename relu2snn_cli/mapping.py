@@ -154,13 +154,13 @@ def _synapse_attrs(layer: ir.Linear, in_shape: tuple[int, ...]) -> dict:
     return attrs
 
 
-def spiking_nodes(scaled: Scaled, x_max: dict, drive_max: dict, input_range: tuple[float, float],
+def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tuple[float, float],
                   options: MappingOptions = MappingOptions()) -> tuple:
     """The spiking network's nodes (DESIGN §3.2–3.4) from the scaled graph and its calibrated bounds.
 
-    ``x_max[name]``: per-channel maximum of a ReLU layer's ANN activation; ``drive_max[name]``:
-    per-channel maximum of ``required_window`` over the calibration data (code units). The
-    window is B = (1 + ζ)·X with X = max(c·x_max, drive_max): no calibration sample fires early.
+    ``x_max[name]``: per-channel maximum of a ReLU layer's ANN activation; ``required[name]``:
+    maximum of ``required_window`` over the calibration data (code units). The window is
+    B = (1 + ζ)·X_n with X_n = max(c·x_max, required): no calibration sample fires early.
     """
     graph = scaled.graph
     enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(input_range[0]), float(input_range[1]))
@@ -171,15 +171,15 @@ def spiking_nodes(scaled: Scaled, x_max: dict, drive_max: dict, input_range: tup
         if isinstance(node, (ir.Dense, ir.Conv)) and node.relu:
             c = scaled.scales[node.name]
             xm = np.asarray(x_max[node.name], dtype=np.float64).reshape(-1)
-            x = max(float(np.max(c * xm, initial=0.0)), float(np.max(drive_max[node.name], initial=0.0)))
-            b_out = window_length(x, options.zeta)
+            x_n = max(float(np.max(c * xm, initial=0.0)), float(required.get(node.name, 0.0)))
+            b_out = window_length(x_n, options.zeta)
             s = ir.incoming_sum(node)
             J = synaptic_weights(node.weight, s)
             theta = spike_threshold(node.bias, s, b_in, b_out)
             alpha = np.ones(node.shape[0])
             out = snn.SpikingLayer(**_synapse_attrs(node, in_shape), J=J, alpha=alpha, window=(t_in + b_in, b_out),
                                    theta=theta, certified=static_certificate(J, theta, alpha, b_in),
-                                   scale=c, x_max=xm, drive_max=np.asarray(drive_max[node.name], dtype=np.float64),
+                                   scale=c, x_max=xm, x_n=x_n,
                                    source=node.source)
         elif isinstance(node, (ir.Dense, ir.Conv)):
             out = snn.Readout(**_synapse_attrs(node, in_shape), J=node.weight,

@@ -9,9 +9,10 @@ Conventions, in one place:
   bottom, right), ``dilations``; padded positions are virtual inputs that fire at the
   end of the input window);
 - per-neuron parameters (ϑ, α, certificate) are one value per output channel (O,) or
-  a map of the whole output shape; ``scale`` (c of DESIGN §3), ``x_max`` (calibrated
-  maximum activation, before scaling) and ``drive_max`` (calibrated maximum of the
-  no-early-spike requirement ``mapping.required_window``, in code units) are per output channel.
+  a map of the whole output shape; ``scale`` (c of DESIGN §3) and ``x_max`` (calibrated
+  maximum activation, before scaling) are per output channel; ``x_n`` is the calibrated
+  X_n of the window rule B = (1 + ζ)·X_n: the largest scaled activation or no-early-spike
+  requirement (``mapping.required_window``), in code units.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class SpikingLayer(_Synapses):
     certified: np.ndarray = None
     scale: np.ndarray = None
     x_max: np.ndarray = None
-    drive_max: np.ndarray = None
+    x_n: float = 0.0
     source: str = ""
 
     def __post_init__(self):
@@ -134,11 +135,12 @@ class SpikingLayer(_Synapses):
         object.__setattr__(self, "certified", _array(self.name, "certified", self.certified, dtype=bool))
         object.__setattr__(self, "scale", _array(self.name, "scale", self.scale))
         object.__setattr__(self, "x_max", _array(self.name, "x_max", self.x_max))
-        object.__setattr__(self, "drive_max", _array(self.name, "drive_max", self.drive_max))
         self._check_per_neuron("theta", self.theta)
         if self.certified.shape != self.theta.shape:
             raise GraphError(f"{self.name}: certified has shape {self.certified.shape}, theta {self.theta.shape}")
-        for name in ("scale", "x_max", "drive_max"):
+        if not (np.isfinite(self.x_n) and self.x_n >= 0):
+            raise GraphError(f"{self.name}: x_n = {self.x_n} must be finite and ≥ 0")
+        for name in ("scale", "x_max"):
             if getattr(self, name).shape != self.shape[:1]:
                 raise GraphError(f"{self.name}: {name} must have shape {self.shape[:1]}")
         if np.any(self.scale <= 0):
@@ -243,7 +245,7 @@ def layer_table(net: Network) -> list[dict]:
         row = {"name": node.name, "kind": type(node).__name__, "shape": list(node.shape),
                "window": [node.window[0], node.window[0] + node.window[1]], "x_max": None, "certified": None}
         if isinstance(node, SpikingLayer):
-            row["x_max"] = float(max(np.max(node.scale * node.x_max, initial=0.0), np.max(node.drive_max, initial=0.0)))
+            row["x_max"] = node.x_n
             row["certified"] = float(np.mean(node.certified))
         rows.append(row)
     return rows

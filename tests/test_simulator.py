@@ -64,7 +64,7 @@ def random_layer(rng, conv: bool, early: float) -> tuple[snn.SpikingLayer, tuple
     alpha = rng.uniform(0.2, 1.5, shape[0])
     cert = np.zeros(shape, bool)
     layer = snn.SpikingLayer("l", "in", J=J, alpha=alpha, window=(3.0, 2.5), theta=theta, certified=cert,
-                             scale=np.ones(shape[0]), x_max=np.ones(shape[0]), drive_max=np.zeros(shape[0]), **attrs)
+                             scale=np.ones(shape[0]), x_max=np.ones(shape[0]), x_n=1.0, **attrs)
     return layer, in_window
 
 

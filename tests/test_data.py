@@ -1,0 +1,218 @@
+"""Sample data from disk (``relu2snn_cli.data``): the file formats, what is refused, and the checks.
+
+Every error test checks that a DataError is raised, that its message names the file
+(or the spec given to the check) and that it is one line.
+"""
+
+from __future__ import annotations
+
+
+import h5py
+import numpy as np
+import pytest
+
+from relu2snn_cli import data
+from relu2snn_cli.errors import DataError
+
+
+def data_error(call, *args, name) -> str:
+    with pytest.raises(DataError) as excinfo:
+        call(*args)
+    msg = str(excinfo.value)
+    assert str(name) in msg, msg
+    assert "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture
+def x():
+    return np.random.default_rng(0).normal(size=(5, 3, 4)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- load_array
+
+def test_npy_is_memory_mapped(tmp_path, x):
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    arr = data.load_array(str(path))
+    assert isinstance(arr, np.memmap)
+    assert arr.dtype == np.float32 and arr.shape == x.shape
+    assert np.array_equal(np.asarray(arr[1:3]), x[1:3])
+
+
+def test_npz_single_array(tmp_path, x):
+    path = tmp_path / "one.npz"
+    np.savez(path, anything=x)
+    assert np.array_equal(data.load_array(str(path)), x)
+    assert np.array_equal(data.load_array(f"{path}:anything"), x)
+
+
+def test_npz_named_array(tmp_path, x):
+    path = tmp_path / "two.npz"
+    np.savez(path, inputs=x, labels=np.arange(5))
+    assert np.array_equal(data.load_array(f"{path}:inputs"), x)
+    assert np.array_equal(data.load_array(f"{path}:labels"), np.arange(5))
+
+
+def test_npz_two_arrays_without_name(tmp_path, x):
+    path = tmp_path / "two.npz"
+    np.savez(path, inputs=x, labels=np.arange(5))
+    msg = data_error(data.load_array, str(path), name=path)
+    assert "inputs" in msg and "labels" in msg
+
+
+def test_npz_missing_name(tmp_path, x):
+    path = tmp_path / "two.npz"
+    np.savez(path, inputs=x, labels=np.arange(5))
+    msg = data_error(data.load_array, f"{path}:images", name=path)
+    assert "images" in msg and "inputs" in msg and "labels" in msg
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".hdf5"])
+def test_h5_dataset(tmp_path, x, suffix):
+    path = tmp_path / f"d{suffix}"
+    with h5py.File(path, "w") as f:
+        f["x"] = x
+        f.create_group("grp")["y"] = x[:2]
+    ds = data.load_array(f"{path}:/x")
+    try:
+        assert ds.shape == x.shape and ds.dtype == np.float32 and len(ds) == 5
+        assert np.array_equal(ds[2:4], x[2:4])
+    finally:
+        ds.file.close()
+    nested = data.load_array(f"{path}:/grp/y")
+    try:
+        assert np.array_equal(nested[()], x[:2])
+    finally:
+        nested.file.close()
+
+
+@pytest.mark.parametrize("spec", ["{p}", "{p}:/nothing", "{p}:/grp"])
+def test_h5_without_a_dataset(tmp_path, x, spec):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = x
+        f.create_group("grp")
+    data_error(data.load_array, spec.format(p=path), name=path)
+
+
+def test_npy_of_python_objects_mentions_pickles(tmp_path):
+    path = tmp_path / "obj.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    msg = data_error(data.load_array, str(path), name=path)
+    assert "pickle" in msg.lower(), msg
+
+
+def test_npz_of_python_objects_mentions_pickles(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, a=np.array([{"a": 1}, None], dtype=object))
+    msg = data_error(data.load_array, str(path), name=path)
+    assert "pickle" in msg.lower()
+
+
+def test_unknown_extension(tmp_path, x):
+    path = tmp_path / "x.csv"
+    np.savetxt(path, x.reshape(5, -1), delimiter=",")
+    msg = data_error(data.load_array, str(path), name=path)
+    assert ".csv" in msg
+
+
+@pytest.mark.parametrize("spec", ["gone.npy", "gone.npz:x", "gone.h5:/x"])
+def test_missing_file(tmp_path, spec):
+    path = tmp_path / spec.split(":")[0]
+    data_error(data.load_array, str(tmp_path / spec), name=path)
+
+
+def test_truncated_npy(tmp_path, x):
+    path = tmp_path / "cut.npy"
+    np.save(path, x)
+    path.write_bytes(path.read_bytes()[:100])
+    data_error(data.load_array, str(path), name=path)
+
+
+def test_truncated_npz(tmp_path, x):
+    path = tmp_path / "cut.npz"
+    np.savez(path, a=x, b=x)
+    data_bytes = path.read_bytes()
+    path.write_bytes(data_bytes[:len(data_bytes) // 2])
+    data_error(data.load_array, f"{path}:a", name=path)
+
+
+def test_truncated_h5(tmp_path, x):
+    path = tmp_path / "cut.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = x
+    path.write_bytes(path.read_bytes()[:300])
+    data_error(data.load_array, f"{path}:/x", name=path)
+
+
+# ----------------------------------------------------------------------------- check_inputs
+
+def test_check_inputs_accepts(x):
+    data.check_inputs(x, (3, 4), "x.npy")
+    data.check_inputs(x.astype(np.float64), (3, 4), "x.npy")
+
+
+@pytest.mark.parametrize("shape, want, got", [((4, 3), "(4, 3)", "(3, 4)"), ((12,), "(12,)", "(3, 4)"),
+                                              ((3, 4, 1), "(3, 4, 1)", "(3, 4)")])
+def test_check_inputs_wrong_shape(x, shape, want, got):
+    msg = data_error(data.check_inputs, x, shape, "calib.npy", name="calib.npy")
+    assert want in msg and got in msg
+
+
+def test_check_inputs_integer_dtype(x):
+    msg = data_error(data.check_inputs, x.astype(np.int32), (3, 4), "calib.npy", name="calib.npy")
+    assert "int32" in msg
+
+
+@pytest.mark.parametrize("arr", [np.zeros((0, 3, 4), np.float32), np.zeros((), np.float32)], ids=["N0", "scalar"])
+def test_check_inputs_no_samples(arr):
+    msg = data_error(data.check_inputs, arr, (3, 4), "calib.npy", name="calib.npy")
+    assert "no samples" in msg
+
+
+# ----------------------------------------------------------------------------- check_finite
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_check_finite_names_first_bad_sample(x, bad):
+    batch = x.copy()
+    batch[3, 2, 1] = bad
+    batch[4, 0, 0] = np.nan
+    msg = data_error(data.check_finite, batch, 0, "calib.npy", name="calib.npy")
+    assert "sample 3 " in msg
+    msg = data_error(data.check_finite, batch, 250, "calib.npy", name="calib.npy")
+    assert "sample 253 " in msg
+
+
+def test_check_finite_accepts(x):
+    data.check_finite(x, 0, "calib.npy")
+
+
+# ----------------------------------------------------------------------------- load_labels
+
+def test_load_labels(tmp_path):
+    path = tmp_path / "labels.npy"
+    np.save(path, np.array([0, 3, 1], dtype=np.int64))
+    assert np.array_equal(data.load_labels(str(path), 3), [0, 3, 1])
+    np.save(path, np.array([0, 3, 1], dtype=np.uint8))
+    assert np.array_equal(data.load_labels(str(path), 3), [0, 3, 1])
+
+
+def test_load_labels_wrong_length(tmp_path):
+    path = tmp_path / "labels.npy"
+    np.save(path, np.arange(4))
+    msg = data_error(data.load_labels, str(path), 5, name=path)
+    assert "5" in msg and "(4,)" in msg
+
+
+def test_load_labels_float(tmp_path):
+    path = tmp_path / "labels.npy"
+    np.save(path, np.array([0.0, 1.0, 2.0]))
+    msg = data_error(data.load_labels, str(path), 3, name=path)
+    assert "float64" in msg
+
+
+def test_load_labels_two_dimensional(tmp_path):
+    path = tmp_path / "labels.npy"
+    np.save(path, np.arange(3).reshape(3, 1))
+    data_error(data.load_labels, str(path), 3, name=path)
