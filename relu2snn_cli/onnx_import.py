@@ -138,6 +138,9 @@ class Context:
     def get(self, node: OnnxNode, i: int):
         if i >= len(node.inputs) or not node.inputs[i]:
             return None
+        if node.inputs[i] not in self.values:
+            raise unsupported(node, f"its input '{node.inputs[i]}' is a secondary output (a mask or indices) "
+                                    "that has no spiking counterpart")
         return self.values[node.inputs[i]]
 
     def const(self, node: OnnxNode, i: int, what: str) -> np.ndarray:
@@ -363,8 +366,6 @@ def convert_arithmetic(node: OnnxNode, ctx: Context) -> None:
 @converter("MaxPool")
 def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
     """Max-pooling of a population: the earliest spike (needs a positive per-channel pending scale)."""
-    if len(node.outputs) > 1 and node.outputs[1]:
-        raise unsupported(node, "its Indices output is used")
     a = ctx.pop(node, 0, rank=(3,))
     scale = _per_channel(node, np.broadcast_to(a.scale, a.shape), a.shape)
     shift = _per_channel(node, np.broadcast_to(a.shift, a.shape), a.shape)
@@ -421,8 +422,6 @@ def convert_reshape(node: OnnxNode, ctx: Context) -> None:
 @converter("Identity", "Dropout")
 def convert_identity(node: OnnxNode, ctx: Context) -> None:
     """Identity, and Dropout at inference: the output is the input."""
-    if node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1]:
-        raise unsupported(node, "its mask output is used")
     ctx.set(node, ctx.get(node, 0))
 
 

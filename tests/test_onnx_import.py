@@ -797,3 +797,23 @@ def test_branching_error_names_the_onnx_node(tmp_path):
         import_model(save(model, tmp_path / "m.onnx"))
     assert "branching" in one_line(info.value)
     assert all(op for _, op in info.value.nodes)
+
+
+def test_unused_secondary_outputs_are_fine_used_ones_are_named(tmp_path):
+    rng = np.random.default_rng(46)
+    b = GraphBuilder((4,))
+    h = b.op("Relu", [b.op("Gemm", ["x", b.const(rnd(rng, 3, 4))], transB=1)])
+    h = b.op("Dropout", [h], n_out=2)  # a named mask nobody reads
+    model = b.build(gemm(b, rng, h, 2, k=3))
+    x = rng.normal(size=(5, 4))
+    graph = import_model(save(model, tmp_path / "ok.onnx")).graph
+    assert_close(ir.forward(graph, x), run_ort(model, x))
+
+    b = GraphBuilder((1, 4, 4))
+    h = b.op("Relu", [b.op("Conv", ["x", b.const(rnd(rng, 2, 1, 3, 3))], pads=[1, 1, 1, 1])])
+    b.op("MaxPool", [h], n_out=2, kernel_shape=[2, 2], strides=[2, 2])
+    indices = b.nodes[-1].output[1]
+    model = b.build(indices)  # the builder's final Identity reads the Indices output
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(model, tmp_path / "bad.onnx"))
+    assert "secondary output" in one_line(info.value)
