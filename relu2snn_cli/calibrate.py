@@ -153,5 +153,5 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
             forward_error = float(np.max(np.abs(ref - onnx_logits)))
             max_logit = float(np.max(np.abs(onnx_logits)))
         if progress is not None:
-            progress(len(batch))
+            progress(len(batch), len(data))
     return Calibration(x_max, required, forward_error, max_logit)

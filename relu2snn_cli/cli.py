@@ -27,18 +27,21 @@ Examples:
 
 
 class Progress:
-    """A click progress bar on stderr that appears only once a run has lasted a second."""
+    """A click progress bar on stderr that appears only once a run has lasted a second.
 
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled
+    The library calls it as ``progress(samples_done_now, total_samples)``.
+    """
+
+    def __init__(self, label: str, enabled: bool):
+        self.label, self.enabled = label, enabled
         self.start, self.done, self.bar = time.monotonic(), 0, None
 
-    def __call__(self, n: int) -> None:
+    def __call__(self, n: int, total: int) -> None:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
         elif self.enabled and time.monotonic() - self.start > 1.0:
-            self.bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr)
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
             self.bar.__enter__()
             self.bar.update(self.done)
 
@@ -47,13 +50,8 @@ class Progress:
             self.bar.__exit__(None, None, None)
 
 
-def _count(spec: str) -> int:
-    from .data import load_array
-    return len(load_array(spec))
-
-
-def _run(fn, total_spec: str, label: str, quiet: bool, **kwargs):
-    progress = Progress(_count(total_spec), label, not quiet)
+def _run(fn, label: str, quiet: bool, **kwargs):
+    progress = Progress(label, not quiet)
     try:
         return fn(progress=progress, **kwargs)
     finally:
@@ -142,7 +140,7 @@ def convert(model, calib, output, zeta, s_max, s_min, input_range, batch_size, f
     from .mapping import MappingOptions
     out = Path(output) if output else Path(model).with_suffix(".snn.h5")
     _check_output(out, force)
-    report = _run(run_convert, calib, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
+    report = _run(run_convert, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
                   options=MappingOptions(zeta, s_min, s_max), input_range=input_range, batch_size=batch_size)
     _print(report, as_json)
 
@@ -164,7 +162,7 @@ Example:
 def verify(snn_file, onnx_file, data, labels, min_agreement, batch_size, as_json, quiet):
     """Check SNN_FILE against onnxruntime and the float64 ReLU forward pass on --data."""
     from .verify import verify as run_verify
-    report = _run(run_verify, data, "verifying", quiet, snn_path=snn_file, onnx_path=onnx_file, data_spec=data,
+    report = _run(run_verify, "verifying", quiet, snn_path=snn_file, onnx_path=onnx_file, data_spec=data,
                   labels_spec=labels, min_agreement=min_agreement, batch_size=batch_size)
     _print(report, as_json)
     if not as_json and report["early_spikes"]:
@@ -191,7 +189,7 @@ def simulate(snn_file, data, output, times, batch_size, force, as_json, quiet):
     """Run SNN_FILE on --data and save the readout potentials (logits) to an .npz."""
     from .simulator import simulate_file
     _check_output(Path(output), force)
-    report = _run(simulate_file, data, "simulating", quiet, snn_path=snn_file, data_spec=data, out_path=output,
+    report = _run(simulate_file, "simulating", quiet, snn_path=snn_file, data_spec=data, out_path=output,
                   keep_times=times, batch_size=batch_size)
     _print(report, as_json)
 

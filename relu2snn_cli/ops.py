@@ -27,6 +27,13 @@ def out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
     return n
 
 
+def out_shape2d(size: Pair, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
+                ceil_mode: bool = False) -> Pair:
+    """(Ho, Wo) of a 2-D sliding window over (H, W): ``out_size`` along each axis."""
+    return (out_size(size[0], kernel[0], strides[0], pads[0], pads[2], dilations[0], ceil_mode),
+            out_size(size[1], kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode))
+
+
 def windows(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
             pad_value: float, ceil_mode: bool = False) -> np.ndarray:
     """View of every sliding window: (N, C, H, W) → (N, C, Ho, Wo, kh, kw).

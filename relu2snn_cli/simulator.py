@@ -218,7 +218,7 @@ class Simulator:
             batch = np.asarray(data[lo:lo + batch_size], dtype=np.float64)
             yield lo, self.run(batch, keep_times)
             if progress is not None:
-                progress(len(batch))
+                progress(len(batch), len(data))
 
 
 def _spikes(t: np.ndarray, node) -> int:

@@ -107,10 +107,8 @@ class _Synapses:
     def shape(self) -> tuple[int, ...]:
         if not self.is_conv:
             return (self.J.shape[0],)
-        kh, kw = self.J.shape[2:]
         return (self.J.shape[0],
-                ops.out_size(self.in_shape[1], kh, self.strides[0], self.pads[0], self.pads[2], self.dilations[0]),
-                ops.out_size(self.in_shape[2], kw, self.strides[1], self.pads[1], self.pads[3], self.dilations[1]))
+                *ops.out_shape2d(self.in_shape[1:], self.J.shape[2:], self.strides, self.pads, self.dilations))
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,10 +176,7 @@ class SpikePool:
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.in_shape[0],
-                ops.out_size(self.in_shape[1], self.kernel[0], self.strides[0], self.pads[0], self.pads[2],
-                             self.dilations[0], self.ceil_mode),
-                ops.out_size(self.in_shape[2], self.kernel[1], self.strides[1], self.pads[1], self.pads[3],
-                             self.dilations[1], self.ceil_mode))
+                *ops.out_shape2d(self.in_shape[1:], self.kernel, self.strides, self.pads, self.dilations, self.ceil_mode))
 
 
 @dataclass(frozen=True)

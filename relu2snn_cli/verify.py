@@ -58,7 +58,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
             errors[layer.name] = max(errors[layer.name],
                                      spike_time_error(layer, result.times[layer.name], ref[layer.name]))
         if progress is not None:
-            progress(len(x))
+            progress(len(x), len(data))
     n = len(data)
     agreement = agree / n
     return {

@@ -191,3 +191,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case):
 def test_debug_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(cli, ["--debug", "inspect", str(tmp_path / "missing.snn.h5")])
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_progress_bar_only_after_a_second_and_not_when_quiet(capsys):
+    from relu2snn_cli.cli import Progress
+    quick = Progress("x", enabled=True)
+    quick(5, 10)
+    assert quick.bar is None  # under a second: no bar
+    slow = Progress("working", enabled=True)
+    slow.start -= 2.0
+    slow(5, 10)
+    slow(5, 10)
+    assert slow.bar is not None and slow.done == 10
+    slow.close()
+    quiet = Progress("x", enabled=False)
+    quiet.start -= 2.0
+    quiet(5, 10)
+    assert quiet.bar is None
