@@ -14,7 +14,7 @@ Two streaming passes over the calibration data, batch by batch (a ``.npy`` stays
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,7 @@ def update_requirement(layer: ir.Linear, a: np.ndarray, running: float) -> float
     at most ``running`` cannot raise the maximum (its requirement is below its bound); the
     others get the exact ``required_window``. The result does not depend on the batch order.
     """
-    positive = ir.apply_linear(ir.replace(layer, weight=np.clip(layer.weight, 0, None)), a)
+    positive = ir.apply_linear(replace(layer, weight=np.clip(layer.weight, 0, None)), a)
     rows, cols = np.nonzero(positive.reshape(len(a), -1) > running)
     if not len(rows):
         return running

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -276,7 +277,7 @@ def conv_layer(rng):
                     strides=(2, 1), pads=(1, 0, 2, 1), dilations=(1, 2))
     bias = rng.normal(0.0, 1.0, layer.shape)  # a bias map: every position its own bias
     bias[2] = -100.0
-    layer = ir.replace(layer, bias=bias)
+    layer = dataclasses.replace(layer, bias=bias)
     return layer, rng.uniform(0, 2, (3, 2, 6, 5)), gathered_conv
 
 
