@@ -27,6 +27,7 @@ from .errors import ModelError
 from .mapping import Scaled, required_window
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
+FORWARD_TOLERANCE = 1e-3  # relative to max |logit|: float32 rounding is far below, an import error far above
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,9 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
                                  f"{ref.shape[1:]} from the imported graph")
             forward_error = float(np.max(np.abs(ref - onnx_logits)))
             max_logit = float(np.max(np.abs(onnx_logits)))
+            if forward_error > FORWARD_TOLERANCE * max(1.0, max_logit):
+                raise ModelError(f"{model_path}: the imported graph does not reproduce onnxruntime: max |logit "
+                                 f"difference| {forward_error:.3g} for logits up to {max_logit:.3g}")
         if progress is not None:
             progress(len(batch), len(data))
     return Calibration(x_max, required, forward_error, max_logit)

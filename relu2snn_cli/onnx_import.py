@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from . import ir
 from .errors import ModelError, UnsupportedOperatorError
@@ -460,19 +460,34 @@ class Imported:
 
 
 def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
-    """Read and check an ONNX file; returns the model and the file's sha256."""
+    """Read and check an ONNX file, with weights stored beside it as external data.
+
+    Returns the model (external data loaded) and a sha256 of the file and of its
+    external data files, in the order the initializers name them.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise ModelError(f"{path}: cannot read the model ({e.strerror or e})") from None
+    digest = hashlib.sha256(raw)
     try:
         model = onnx.load_from_string(raw)
+        locations = []
+        for tensor in model.graph.initializer:
+            if external_data_helper.uses_external_data(tensor):
+                info = external_data_helper.ExternalDataInfo(tensor)
+                if info.location not in locations:
+                    locations.append(info.location)
+        for location in locations:
+            digest.update((path.parent / location).read_bytes())
+        if locations:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
         onnx.checker.check_model(model)
     except Exception as e:  # onnx raises several unrelated types for broken files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{path}: not a valid ONNX model ({first})") from None
-    return model, hashlib.sha256(raw).hexdigest()
+    return model, digest.hexdigest()
 
 
 def model_opset(model: onnx.ModelProto) -> int:
@@ -532,9 +547,11 @@ def import_model(path: str | Path) -> Imported:
                     if n.op_type not in CONVERTERS or p.domain not in ("", "ai.onnx"))
     if missing:
         listing = ", ".join(f"{op} '{name}'" for name, op in missing)
+        hint = ("; Shape…Concat feeding a Reshape is how x.view(x.size(0), -1) exports: use torch.flatten or "
+                "nn.Flatten, or the dynamo exporter" if {"Shape", "Reshape"} <= {n.op_type for n in nodes} else "")
         raise UnsupportedOperatorError(
-            f"{path}: {len(missing)} node(s) without an exact spiking mapping: {listing} (supported: {SUPPORTED_DOC})",
-            missing)
+            f"{path}: {len(missing)} node(s) without an exact spiking mapping: {listing} "
+            f"(supported: {SUPPORTED_DOC}){hint}", missing)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name))
     ctx.nodes.append(ir.Input(in_name, in_shape))

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 
 from relu2snn_cli import calibrate, convert, h5io, ir, mapping, simulator, snn
-from relu2snn_cli.errors import DataError
+from relu2snn_cli.errors import DataError, ModelError
 from relu2snn_cli.onnx_import import import_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -366,3 +366,13 @@ def test_integer_calibration_data(tmp_path):
     with pytest.raises(DataError) as excinfo:
         convert.convert(SAMPLES / "mlp" / "model.onnx", str(spec), tmp_path / "m.snn.h5")
     one_line_error(excinfo, spec, "int64")
+
+
+def test_an_import_that_does_not_reproduce_onnxruntime_is_refused(tmp_path, monkeypatch):
+    """If the float64 forward pass of the imported graph disagrees with onnxruntime, convert stops."""
+    real = ir.forward
+    monkeypatch.setattr(calibrate.ir, "forward", lambda graph, x, keep=False: real(graph, x, keep) + 1.0)
+    with pytest.raises(ModelError) as info:
+        convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), tmp_path / "m.snn.h5")
+    assert "does not reproduce onnxruntime" in str(info.value)
+    assert not (tmp_path / "m.snn.h5").exists()

@@ -817,3 +817,52 @@ def test_unused_secondary_outputs_are_fine_used_ones_are_named(tmp_path):
     with pytest.raises(UnsupportedOperatorError) as info:
         import_model(save(model, tmp_path / "bad.onnx"))
     assert "secondary output" in one_line(info.value)
+
+
+def test_weights_in_an_external_data_file(tmp_path, monkeypatch):
+    """The dynamo exporter stores weights beside the model; they are read relative to the model, not the cwd."""
+    rng = np.random.default_rng(47)
+    b = GraphBuilder((6,))
+    h = b.op("Relu", [b.op("Gemm", ["x", b.const(rnd(rng, 5, 6)), b.const(rnd(rng, 5))], transB=1)])
+    model = b.build(gemm(b, rng, h, 3, k=5))
+    (tmp_path / "model").mkdir()
+    onnx.save(copy.deepcopy(model), str(tmp_path / "model" / "m.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True,
+              location="m.onnx.data", size_threshold=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    imported = import_model(tmp_path / "model" / "m.onnx")
+    x = rng.normal(size=(4, 6))
+    assert_close(ir.forward(imported.graph, x), run_ort(model, x))
+    # the hash covers the weights: other weights, same .onnx file, another hash
+    data = tmp_path / "model" / "m.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    assert import_model(tmp_path / "model" / "m.onnx").sha256 != imported.sha256
+
+
+def test_missing_external_data_file_is_a_model_error(tmp_path):
+    rng = np.random.default_rng(48)
+    b = GraphBuilder((6,))
+    h = b.op("Relu", [b.op("Gemm", ["x", b.const(rnd(rng, 5, 6))], transB=1)])
+    onnx.save(b.build(gemm(b, rng, h, 3, k=5)), str(tmp_path / "m.onnx"), save_as_external_data=True,
+              location="m.onnx.data", size_threshold=0)
+    (tmp_path / "m.onnx.data").unlink()
+    with pytest.raises(ModelError) as info:
+        import_model(tmp_path / "m.onnx")
+    assert "m.onnx" in one_line(info.value)
+
+
+def test_dynamic_flatten_pattern_gets_a_hint(tmp_path):
+    rng = np.random.default_rng(49)
+    b = GraphBuilder((1, 4, 4))
+    h = b.op("Relu", [b.op("Conv", ["x", b.const(rnd(rng, 2, 1, 3, 3))], pads=[1, 1, 1, 1])])
+    shape = b.op("Shape", [h])
+    batch = b.op("Gather", [shape, b.int_const(0)], axis=0)
+    target = b.op("Concat", [b.op("Unsqueeze", [batch, b.int_const([0])]), b.int_const([-1])], axis=0)
+    model = b.build(gemm(b, rng, b.op("Reshape", [h, target]), 3, k=32))
+    with pytest.raises(UnsupportedOperatorError) as info:
+        import_model(save(model, tmp_path / "m.onnx"))
+    assert "torch.flatten" in one_line(info.value) and "Shape" in str(info.value)
