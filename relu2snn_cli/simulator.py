@@ -72,7 +72,7 @@ def first_crossing(times: np.ndarray, weights: np.ndarray, alpha: np.ndarray, th
     alpha, theta = alpha[:, None], theta[:, None]
     v0 = alpha * (start - t0) + c * start - d
     slope = alpha + c
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         rise = np.where(slope > 0, (theta - v0) / slope, np.inf)
     cross = np.where(v0 >= theta, start, start + rise)
     ok = (start <= end) & (cross <= end)
@@ -132,10 +132,19 @@ class CompiledLayer:
         return t.reshape((n,) + self.layer.shape), early, len(rows)
 
     def _uncertified(self, a: np.ndarray) -> np.ndarray:
-        """(N, neurons) mask of pairs whose certificate α·B_in + Σ_j max(J_ij,0)·a_j < ϑ_i fails."""
+        """(N, neurons) mask of the pairs the closed form cannot be trusted for.
+
+        A pair is trusted when the certificate α·B_in + Σ_j max(J_ij,0)·a_j < ϑ_i holds
+        (statically for the neuron if every a_j is within [0, B_in]) and no input arrives after
+        the input window (a_j < 0, an input value above the encoder's range): the closed form
+        assumes every input is in by T.
+        """
         n = a.shape[0]
         failing = np.zeros((n, self.theta.size), dtype=bool)
-        in_window = a.reshape(n, -1).max(axis=1) <= self.b_in
+        flat = a.reshape(n, -1)
+        late = flat.min(axis=1) < 0
+        failing[late] = True
+        in_window = (flat.max(axis=1) <= self.b_in) & ~late
         layer, shape = self.layer, self.layer.shape
         per_ch = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         if len(self.unsure) and in_window.any():
@@ -144,18 +153,22 @@ class CompiledLayer:
             cols = (self.unsure[:, None] * per_ch + np.arange(per_ch)).reshape(-1)
             bound = self.alpha[cols] * self.b_in + pos
             failing[np.ix_(idx, cols)] = ~(bound < self.theta[cols]) & ~self.static[cols]
-        if not in_window.all():
-            idx = np.flatnonzero(~in_window)
+        if not (in_window | late).all():
+            idx = np.flatnonzero(~in_window & ~late)
             pos = drive(layer, a[idx], self.j_pos).reshape(len(idx), -1)
             failing[idx] = ~(self.alpha * self.b_in + pos < self.theta)
         return failing
 
 
 def encode(enc: snn.Encoder, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Spike times t = 1 − (x − low)/(high − low) (DESIGN §4); inputs outside [low, high] are clipped and counted."""
+    """Spike times t = 1 − (x − low)/(high − low) (DESIGN §4), and how many inputs lie outside [low, high].
+
+    Outside values are not clipped: they fire before 0 or after 1, and the next layer
+    integrates them as they come (an input after the window end is simulated event by event).
+    """
     a = (np.asarray(x, dtype=np.float64) - enc.low) / (enc.high - enc.low)
     outside = int(np.count_nonzero((a < 0) | (a > 1)))
-    return sum(enc.window) - np.clip(a, 0.0, 1.0) * enc.window[1], outside
+    return sum(enc.window) - a * enc.window[1], outside
 
 
 def read_out(readout: snn.Readout, t_in: np.ndarray) -> np.ndarray:
@@ -190,7 +203,7 @@ class Simulator:
         """Simulate one batch x (N, *input shape)."""
         enc = self.net.nodes[0]
         t, outside = encode(enc, x)
-        counts = Counts(samples=len(t), out_of_range_inputs=outside, spikes=_spikes(t, enc))
+        counts = Counts(samples=len(t), out_of_range_inputs=outside, spikes=_spikes(t))
         times = {enc.name: t}
         logits = None
         for i, node in enumerate(self.net.nodes[1:], 1):
@@ -199,7 +212,7 @@ class Simulator:
                 out, early, scanned = self.compiled[node.name].fire(t_in)
                 counts.early_spikes += early
                 counts.scanned += scanned
-                counts.spikes += _spikes(out, node)
+                counts.spikes += _spikes(out)
             elif isinstance(node, snn.SpikePool):
                 out = ops.min_pool2d(t_in, node.kernel, node.strides, node.pads, node.dilations, node.ceil_mode)
             elif isinstance(node, snn.Flatten):
@@ -221,9 +234,9 @@ class Simulator:
                 progress(len(batch), len(data))
 
 
-def _spikes(t: np.ndarray, node) -> int:
-    """Spikes emitted: spike times at or before the population's window end."""
-    return int(np.count_nonzero(t <= sum(node.window)))
+def _spikes(t: np.ndarray) -> int:
+    """Spikes emitted: the finite spike times."""
+    return int(np.count_nonzero(np.isfinite(t)))
 
 
 def load(path) -> Simulator:

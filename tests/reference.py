@@ -30,7 +30,8 @@ def first_spike(inputs: list[tuple[float, float]], alpha: float, theta: float, t
             return min(start, t_end)
         slope = alpha + sum(w for tj, w in inputs if tj <= start)
         if slope > 0:
-            crossing = start + (theta - v) / slope
+            with np.errstate(over="ignore"):
+                crossing = start + np.float64(theta - v) / slope
             if crossing <= end:
                 return min(crossing, t_end)
     return t_end
@@ -98,7 +99,7 @@ def pool(node: snn.SpikePool, t_in: np.ndarray) -> np.ndarray:
 def run(net: snn.Network, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Logits and every population's spike times for inputs x."""
     enc = net.nodes[0]
-    a = np.clip((np.asarray(x, dtype=np.float64) - enc.low) / (enc.high - enc.low), 0.0, 1.0)
+    a = (np.asarray(x, dtype=np.float64) - enc.low) / (enc.high - enc.low)
     times = {enc.name: 1.0 - a}
     windows = {n.name: n.window for n in net.nodes}
     logits = None

@@ -77,6 +77,7 @@ def test_layer_matches_reference(conv, early):
         layer, (t0, b_in) = random_layer(rng, conv, early)
         t_in = t0 + b_in - rng.uniform(0, b_in, (4,) + layer.in_shape)
         t_in[0].flat[0] = t0 - 0.5  # an input that itself fired early: outside the window
+        t_in[1].flat[-1] = t0 + b_in + 0.7  # an input that arrives after the window (an input above range)
         got, n_early, scanned = simulator.CompiledLayer(layer, (t0, b_in)).fire(t_in)
         want = reference.fire_layer(layer, (t0, b_in), t_in)
         assert close(got, want)
@@ -154,15 +155,17 @@ def test_spike_counts_and_encoding(tmp_path):
     net = h5io.read(_sample(tmp_path, "mlp"))
     x = np.load("sample_models/mlp/test.npy")[:20].astype(np.float64)
     enc = net.nodes[0]
-    x[0, 0] = enc.high + 1.0  # out of range: clipped and counted
-    x[1, 0] = enc.low - 1.0
+    x[0, 0] = enc.high + 1.0  # out of range: counted, fires before 0
+    x[1, 0] = enc.low - 1.0   # fires after 1, when the first layer is already in its own window
     sim = simulator.Simulator(net)
     result = sim.run(x, keep_times=True)
     assert result.counts.out_of_range_inputs == 2
     assert result.counts.spikes == 20 * sim.neurons  # every neuron fires exactly once
     t_in = result.times[enc.name]
-    assert t_in[0, 0] == 0.0 and t_in[1, 0] == 1.0
-    assert close(t_in[2:], 1.0 - (x[2:] - enc.low) / (enc.high - enc.low))
+    assert t_in[0, 0] < 0.0 and t_in[1, 0] > 1.0
+    assert close(t_in, 1.0 - (x - enc.low) / (enc.high - enc.low))
+    logits, times = reference.run(net, x[:2])
+    assert close(result.logits[:2], logits)  # the late and early inputs are simulated exactly
 
 
 def _sample(tmp_path, name: str):
