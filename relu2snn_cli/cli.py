@@ -169,8 +169,8 @@ def verify(snn_file, onnx_file, data, labels, min_agreement, batch_size, as_json
         click.echo(f"relu2snn: note: {report['early_spikes']} neurons fired before their inputs were in: the data "
                    "exceeds the calibrated bounds; convert with more calibration data or a larger --zeta", err=True)
     if not as_json and report["out_of_range_inputs"]:
-        click.echo(f"relu2snn: note: {report['out_of_range_inputs']} input values lie outside the input range and "
-                   "were clipped; convert with an --input-range that covers the data", err=True)
+        click.echo(f"relu2snn: note: {report['out_of_range_inputs']} input values lie outside the input range; "
+                   "convert with an --input-range that covers the data", err=True)
     if not report["passed"]:
         raise VerificationFailed(f"agreement {report['agreement']:.6g} is below --min-agreement {min_agreement}")
 

@@ -75,8 +75,8 @@ def test_verify_text_report_and_no_labels(converted):
 
 
 def test_verify_fails_with_exit_1_below_min_agreement(tmp_path):
-    """An input range that clips most inputs breaks the equivalence; verify must say so with exit status 1."""
-    out = tmp_path / "clipped.snn.h5"
+    """An input range far narrower than the data overruns every window; verify must say so with exit status 1."""
+    out = tmp_path / "narrow.snn.h5"
     assert run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", SAMPLES / "mlp" / "calib.npy", "-o", out,
                "--input-range", "0", "0.05", "--quiet").exit_code == 0
     result = run("verify", out, "--onnx", SAMPLES / "mlp" / "model.onnx", "--data", SAMPLES / "mlp" / "test.npy",
