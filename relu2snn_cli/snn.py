@@ -224,9 +224,6 @@ class Network:
                     raise GraphError(f"{node.name}: window {node.window} does not follow its input's {src.window}")
             seen[node.name] = node
 
-    def node(self, name: str):
-        return next(n for n in self.nodes if n.name == name)
-
     @property
     def latency(self) -> float:
         """T_out: the end of the readout's input window."""
