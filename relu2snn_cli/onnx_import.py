@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -72,7 +73,7 @@ class OnnxNode:
     op_type: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    attrs: dict = field(hash=False)
+    attrs: Mapping = field(hash=False)
 
     @property
     def label(self) -> str:
@@ -104,7 +105,7 @@ def wrap_node(proto: onnx.NodeProto, name: str, opset: int) -> OnnxNode:
     except onnx.defs.SchemaError:
         pass
     attrs.update({a.name: _attr_value(a) for a in proto.attribute})
-    return OnnxNode(name, proto.op_type, tuple(proto.input), tuple(proto.output), attrs)
+    return OnnxNode(name, proto.op_type, tuple(proto.input), tuple(proto.output), MappingProxyType(attrs))
 
 
 # ----------------------------------------------------------------------------- registry
