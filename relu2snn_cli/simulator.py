@@ -55,28 +55,31 @@ def first_crossing(times: np.ndarray, weights: np.ndarray, alpha: np.ndarray, th
                    t0: float) -> np.ndarray:
     """First t ≥ t0 with α·(t − t0) + Σ_j w_j·max(0, t − t_j) ≥ ϑ, for P neurons at once (inf if never).
 
-    times, weights: (P, K); alpha, theta: (P,). The potential is linear between the sorted
-    input times; on the segment after the first k inputs it is α·(t − t0) + C_k·t − D_k with
-    C_k = Σ_{j<k} w_j and D_k = Σ_{j<k} w_j·t_j. The earliest crossing over all segments is
-    the first one, since segments are disjoint and ordered in time.
+    times, weights: (P, K); alpha, theta: (P,). Between the sorted input times the potential
+    is linear: segment k runs from max(t_(k−1), t0) to t_(k) with slope α + Σ_{j<k} w_j. The
+    potential at each segment start is V(t0) plus the slopes times the lengths of the
+    segments before it — sums of exact zeros for coinciding inputs, where the closed form
+    C·t − D would cancel to rounding noise. The earliest crossing over all segments is the
+    first one, since segments are disjoint and ordered in time.
     """
     order = np.argsort(times, axis=1, kind="stable")
     t = np.take_along_axis(times, order, axis=1)
     w = np.take_along_axis(weights, order, axis=1)
     p = t.shape[0]
-    zero = np.zeros((p, 1))
-    c = np.concatenate([zero, np.cumsum(w, axis=1)], axis=1)           # C_k, k = 0..K
-    d = np.concatenate([zero, np.cumsum(w * t, axis=1)], axis=1)       # D_k
+    alpha, theta = alpha[:, None], theta[:, None]
+    slope = alpha + np.concatenate([np.zeros((p, 1)), np.cumsum(w, axis=1)], axis=1)   # segments 0..K
     start = np.maximum(np.concatenate([np.full((p, 1), -np.inf), t], axis=1), t0)
     end = np.concatenate([t, np.full((p, 1), np.inf)], axis=1)
-    alpha, theta = alpha[:, None], theta[:, None]
-    v0 = alpha * (start - t0) + c * start - d
-    slope = alpha + c
+    length = np.maximum(end[:, :-1] - start[:, :-1], 0.0)
+    v_t0 = np.sum(w * np.maximum(t0 - t, 0.0), axis=1, keepdims=True)   # inputs before t0
+    v0 = v_t0 + np.concatenate([np.zeros((p, 1)), np.cumsum(slope[:, :-1] * length, axis=1)], axis=1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         rise = np.where(slope > 0, (theta - v0) / slope, np.inf)
-    cross = np.where(v0 >= theta, start, start + rise)
-    ok = (start <= end) & (cross <= end)
-    return np.where(ok, cross, np.inf).min(axis=1)
+    reached = v0 >= theta
+    # compare the rise with the segment's length, not start + rise with its end: a tiny rise
+    # rounded away in start + rise would otherwise count inside a segment of length zero
+    ok = (start <= end) & (reached | (rise <= end - start))
+    return np.where(ok, np.where(reached, start, start + rise), np.inf).min(axis=1)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import reference
@@ -26,6 +26,8 @@ def close(a, b, tol=TOL):
 # ----------------------------------------------------------------------------- one neuron
 
 @settings(max_examples=300, deadline=None)
+@example(k=3, seed=528276179, alpha=0.5, theta=9.216487629666519e-234, t0=1.0)  # a rise below rounding
+@example(k=5, seed=572, alpha=-1.0, theta=5.00502741064798e-102, t0=0.625)  # opposite inputs at t0 cancel
 @given(k=st.integers(1, 6), seed=st.integers(0, 2**31 - 1),
        alpha=st.floats(-1, 2, allow_subnormal=False), theta=st.floats(-1, 5, allow_subnormal=False),
        t0=st.floats(0, 1))
