@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from . import ir, ops
-from .data import check_finite, check_inputs
+from .data import batches, check_inputs
 from .errors import ModelError
 from .mapping import Scaled, required_window
 
@@ -74,14 +74,6 @@ def input_dtype(sess: ort.InferenceSession) -> type:
 def channel_max(y: np.ndarray) -> np.ndarray:
     """Per-channel maximum over the batch and positions: axis 1 is the channel axis."""
     return y.max(axis=(0,) + tuple(range(2, y.ndim)))
-
-
-def batches(data, batch_size: int, spec: str):
-    """(start, float batch) over an array-like, rejecting NaN/Inf."""
-    for start in range(0, len(data), batch_size):
-        batch = np.asarray(data[start:start + batch_size])
-        check_finite(batch, start, spec)
-        yield start, batch
 
 
 def input_stats(data, shape: tuple[int, ...], spec: str, batch_size: int = 1024) -> InputStats:

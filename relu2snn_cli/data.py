@@ -75,6 +75,14 @@ def check_inputs(data, shape: tuple[int, ...], spec: str) -> None:
                         f"(array shape (N, {', '.join(map(str, shape))}))")
 
 
+def batches(data, batch_size: int, spec: str):
+    """(start index, batch) over an array-like, read one batch at a time; NaN/Inf are refused."""
+    for start in range(0, len(data), batch_size):
+        batch = np.asarray(data[start:start + batch_size])
+        check_finite(batch, start, spec)
+        yield start, batch
+
+
 def check_finite(batch: np.ndarray, start: int, spec: str) -> None:
     """Reject NaN or infinite values, naming the first bad sample."""
     bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)

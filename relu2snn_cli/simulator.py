@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import h5io, ops, snn
-from .data import check_finite, check_inputs, load_array
+from .data import batches, check_inputs, load_array
 from .mapping import static_certificate
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact scan
@@ -228,11 +228,10 @@ class Simulator:
                 times = {k: v for k, v in times.items() if self.last_use.get(k, -1) > i}
         return Result(logits, times if keep_times else {}, counts)
 
-    def stream(self, data, batch_size: int = 256, keep_times: bool = False, progress=None):
-        """Yield (start index, Result) per batch of an array-like ``data`` (read lazily, batch by batch)."""
-        for lo in range(0, len(data), batch_size):
-            batch = np.asarray(data[lo:lo + batch_size], dtype=np.float64)
-            yield lo, self.run(batch, keep_times)
+    def stream(self, data, batch_size: int = 256, keep_times: bool = False, progress=None, spec: str = "inputs"):
+        """Yield a Result per batch of an array-like ``data`` (read lazily, batch by batch; NaN/Inf refused)."""
+        for _, batch in batches(data, batch_size, spec):
+            yield self.run(batch, keep_times)
             if progress is not None:
                 progress(len(batch), len(data))
 
@@ -247,14 +246,19 @@ def load(path) -> Simulator:
     return Simulator(h5io.read(path))
 
 
-def simulate(net: snn.Network, x: np.ndarray, batch_size: int = 256, keep_times: bool = False) -> Result:
-    """Run all of x through the network; concatenates the batches' logits (and spike times)."""
-    parts = [r for _, r in Simulator(net).stream(x, batch_size, keep_times)]
+def collect(results) -> Result:
+    """One Result from per-batch Results: logits and spike times concatenated, counts summed."""
+    parts = list(results)
     counts = Counts()
     for r in parts:
         counts.add(r.counts)
     times = {k: np.concatenate([r.times[k] for r in parts]) for k in parts[0].times} if parts else {}
     return Result(np.concatenate([r.logits for r in parts]), times, counts)
+
+
+def simulate(net: snn.Network, x: np.ndarray, batch_size: int = 256, keep_times: bool = False) -> Result:
+    """Run all of x through the network."""
+    return collect(Simulator(net).stream(x, batch_size, keep_times))
 
 
 def simulate_file(snn_path, data_spec: str, out_path, keep_times: bool = False, batch_size: int = 256,
@@ -264,30 +268,11 @@ def simulate_file(snn_path, data_spec: str, out_path, keep_times: bool = False, 
     sim = load(snn_path)
     data = load_array(data_spec)
     check_inputs(data, sim.net.nodes[0].shape, data_spec)
-    logits, times, counts = [], {}, Counts()
-    for start, result in sim.stream(_Checked(data, data_spec), batch_size, keep_times, progress):
-        logits.append(result.logits)
-        counts.add(result.counts)
-        for k, v in result.times.items():
-            times.setdefault(f"times/{k}", []).append(v)
-    arrays = {"logits": np.concatenate(logits), **{k: np.concatenate(v) for k, v in times.items()}}
+    result = collect(sim.stream(data, batch_size, keep_times, progress, data_spec))
+    arrays = {"logits": result.logits, **{f"times/{k}": v for k, v in result.times.items()}}
     with h5io.atomic_output(out_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+    counts = result.counts
     return {"output": str(out_path), "n_samples": counts.samples, "early_spikes": counts.early_spikes,
             "out_of_range_inputs": counts.out_of_range_inputs, "latency": sim.net.latency,
             "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons)}
-
-
-class _Checked:
-    """Array-like view of input data that rejects NaN/Inf batch by batch as it is read."""
-
-    def __init__(self, data, spec: str):
-        self.data, self.spec = data, spec
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, sl: slice):
-        batch = np.asarray(self.data[sl])
-        check_finite(batch, sl.start or 0, self.spec)
-        return batch

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import h5io, ir, snn
 from .calibrate import input_dtype, session
-from .data import check_finite, check_inputs, load_array, load_labels
+from .data import batches, check_inputs, load_array, load_labels
 from .onnx_import import import_model
 from .simulator import Counts, Simulator, per_neuron
 
@@ -38,9 +38,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     agree = correct_ann = correct_snn = 0
     err_onnx = err_ref = max_logit = 0.0
     counts = Counts()
-    for start in range(0, len(data), batch_size):
-        x = np.asarray(data[start:start + batch_size])
-        check_finite(x, start, data_spec)
+    for start, x in batches(data, batch_size, data_spec):
         onnx_logits = sess.run(None, {graph.input_name: x.astype(dtype)})[0].astype(np.float64)
         ref = ir.forward(graph, x, keep=True)
         result = sim.run(x, keep_times=True)
