@@ -131,7 +131,7 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
             if isinstance(node, (ir.Dense, ir.Conv)) and node.relu:
                 act = out[node.source].astype(np.float64)
                 x_max[node.name] = np.maximum(x_max[node.name], channel_max(act))
-                c = scaled.scales[node.name].reshape((-1,) + (1,) * (act.ndim - 2))
+                c = ops.channel_axis(scaled.scales[node.name], act.ndim - 1)
                 bound = max(required[node.name], float(np.max(c * x_max[node.name].reshape(c.shape))))
                 required[node.name] = update_requirement(node, codes[node.input], bound)
                 codes[node.name] = c * act

@@ -132,7 +132,7 @@ class Graph:
     ``input_name`` / ``output_name`` are the ONNX tensors of the network input and logits.
     """
 
-    nodes: tuple
+    nodes: tuple[Node, ...]
     input_name: str = "input"
     output_name: str = "output"
     removed: tuple[str, ...] = field(default_factory=tuple)
@@ -170,8 +170,7 @@ def compact_bias(bias_map: np.ndarray) -> np.ndarray:
 
 def full_bias(layer: Linear) -> np.ndarray:
     """The bias at every output neuron, shape ``layer.shape``."""
-    b = layer.bias if layer.bias.ndim == len(layer.shape) else layer.bias.reshape((-1,) + (1,) * (len(layer.shape) - 1))
-    return np.broadcast_to(b, layer.shape)
+    return ops.per_neuron(layer.bias, layer.shape)
 
 
 def scale_outputs(layer: Linear, k, h=0.0) -> Linear:
@@ -181,9 +180,9 @@ def scale_outputs(layer: Linear, k, h=0.0) -> Linear:
     varies over positions gives a bias map).
     """
     k = np.asarray(k, dtype=np.float64).reshape(-1)
-    weight = layer.weight * k.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
-    kb = k.reshape((-1,) + (1,) * (len(layer.shape) - 1))
-    bias = full_bias(layer) * kb + np.broadcast_to(np.asarray(h, dtype=np.float64), layer.shape)
+    weight = layer.weight * ops.channel_axis(k, layer.weight.ndim)
+    shift = np.broadcast_to(np.asarray(h, dtype=np.float64), layer.shape)
+    bias = full_bias(layer) * ops.channel_axis(k, len(layer.shape)) + shift
     return replace(layer, weight=weight, bias=compact_bias(bias))
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import ir, snn
+from . import ir, ops, snn
 from .errors import GraphError
 
 
@@ -58,13 +58,12 @@ def window_length(x_max: float, zeta: float) -> float:
 
 def synaptic_weights(weight: np.ndarray, s: np.ndarray) -> np.ndarray:
     """J_ij = W_ij / (1 − s_i) — DESIGN §3.2 (s per output neuron or channel, axis 0 of weight)."""
-    return weight / (1.0 - s).reshape((-1,) + (1,) * (weight.ndim - 1))
+    return weight / ops.channel_axis(1.0 - s, weight.ndim)
 
 
 def spike_threshold(bias: np.ndarray, s: np.ndarray, b_in: float, b_out: float) -> np.ndarray:
     """ϑ_i = B_in + (B_out − b_i) / (1 − s_i) — DESIGN §3.2 (bias a vector or a per-position map)."""
-    s = s.reshape((-1,) + (1,) * (bias.ndim - 1))
-    return b_in + (b_out - bias) / (1.0 - s)
+    return b_in + (b_out - bias) / ops.channel_axis(1.0 - s, bias.ndim)
 
 
 def static_certificate(J: np.ndarray, theta: np.ndarray, alpha: np.ndarray, b_in: float) -> np.ndarray:
@@ -74,9 +73,8 @@ def static_certificate(J: np.ndarray, theta: np.ndarray, alpha: np.ndarray, b_in
     certified where that bound is below ϑ_i (DESIGN §3, "No early spike"). Same shape as theta.
     """
     pos = np.clip(J, 0, None).reshape(J.shape[0], -1).sum(axis=1)
-    shape = (-1,) + (1,) * (theta.ndim - 1)
-    alpha = alpha if alpha.ndim == theta.ndim else alpha.reshape(shape)
-    return alpha * b_in + b_in * pos.reshape(shape) < theta
+    alpha = alpha if alpha.ndim == theta.ndim else ops.channel_axis(alpha, theta.ndim)
+    return alpha * b_in + b_in * ops.channel_axis(pos, theta.ndim) < theta
 
 
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
@@ -135,8 +133,7 @@ def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
                 c = scale_layer(ir.incoming_sum(node), options.s_min, options.s_max)
                 node = ir.scale_outputs(node, c)
                 scales[node.name] = c
-            inverse = (1.0 / c).reshape((-1,) + (1,) * (len(node.shape) - 1))
-            code[node.name] = (np.broadcast_to(inverse, node.shape), np.zeros(node.shape))
+            code[node.name] = (ops.per_neuron(1.0 / c, node.shape), np.zeros(node.shape))
         elif isinstance(node, ir.MaxPool):
             code[node.name] = (np.broadcast_to(scale[:, :1, :1], node.shape), np.broadcast_to(shift[:, :1, :1], node.shape))
         elif isinstance(node, ir.Flatten):
@@ -159,8 +156,9 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
     """The spiking network's nodes (DESIGN §3.2–3.4) from the scaled graph and its calibrated bounds.
 
     ``x_max[name]``: per-channel maximum of a ReLU layer's ANN activation; ``required[name]``:
-    maximum of ``required_window`` over the calibration data (code units). The window is
-    B = (1 + ζ)·X_n with X_n = max(c·x_max, required): no calibration sample fires early.
+    the largest ``required_window`` over the calibration data (code units; calibration reports
+    it already raised to the largest scaled activation). The window is B = (1 + ζ)·X_n with
+    X_n = max(c·x_max, required): no calibration sample fires early.
     """
     graph = scaled.graph
     enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(input_range[0]), float(input_range[1]))

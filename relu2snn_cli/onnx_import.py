@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from . import ir
+from . import ir, ops
 from .errors import ModelError, UnsupportedOperatorError
 
 SUPPORTED_DOC = "docs/supported-operators.md"
@@ -231,11 +231,6 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         raise unsupported(node, "both operands are constants (constant folding is not done)")
 
 
-def channel_axis(c: np.ndarray, rank: int) -> np.ndarray:
-    """A per-channel vector shaped to broadcast over a (C, ...) tensor of ``rank``."""
-    return c.reshape((-1,) + (1,) * (rank - 1))
-
-
 # ----------------------------------------------------------------------------- converters
 
 @converter("Gemm")
@@ -337,7 +332,7 @@ def convert_batchnorm(node: OnnxNode, ctx: Context) -> None:
     h = beta - mean * k
     v = ctx.get(node, 0)
     rank = len(v.layer.shape if isinstance(v, Lin) else getattr(v, "shape", ()))
-    apply_affine(node, ctx, v, channel_axis(k, rank), channel_axis(h, rank))
+    apply_affine(node, ctx, v, ops.channel_axis(k, rank), ops.channel_axis(h, rank))
 
 
 @converter("Add", "Sub", "Mul", "Div")
@@ -383,7 +378,7 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
     if min(pool.shape) < 1:
         raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {pool.shape}")
     ctx.add(node, pool)
-    ctx.set(node, Pop(pool.name, pool.shape, channel_axis(scale, 3), channel_axis(shift, 3), a.nonnegative))
+    ctx.set(node, Pop(pool.name, pool.shape, ops.channel_axis(scale, 3), ops.channel_axis(shift, 3), a.nonnegative))
 
 
 def _flatten(node: OnnxNode, ctx: Context, a: Pop) -> None:

@@ -12,6 +12,16 @@ Pair = tuple[int, int]
 Quad = tuple[int, int, int, int]
 
 
+def channel_axis(values, ndim: int) -> np.ndarray:
+    """A per-channel vector (C,) shaped (C, 1, …, 1) to broadcast over a (C, …) array of ``ndim`` dimensions."""
+    return np.asarray(values).reshape((-1,) + (1,) * (ndim - 1))
+
+
+def per_neuron(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A per-channel vector (C,) or a full map, broadcast to the output ``shape`` (C, …)."""
+    return np.broadcast_to(values if values.ndim == len(shape) else channel_axis(values, len(shape)), shape)
+
+
 def out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
              dilation: int, ceil_mode: bool = False) -> int:
     """Output length of a sliding window: ⌊(size + pads − ((k−1)·d + 1)) / s⌋ + 1 (⌈·⌉ with ceil_mode).

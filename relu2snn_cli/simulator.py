@@ -29,13 +29,6 @@ SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact scan
 
 # ----------------------------------------------------------------------------- synapses
 
-def per_neuron(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A per-channel vector (O,) or a map, broadcast to the full output shape."""
-    if values.ndim != len(shape):
-        values = values.reshape((-1,) + (1,) * (len(shape) - 1))
-    return np.broadcast_to(values, shape)
-
-
 def drive(layer: snn._Synapses, a: np.ndarray, J: np.ndarray | None = None) -> np.ndarray:
     """Σ_j J_ij·a_j for a batch of input activations a (N, *in_shape) → (N, *shape); zero-padded for convolutions."""
     J = layer.J if J is None else J
@@ -106,11 +99,11 @@ class CompiledLayer:
         self.t_start = self.t_in + self.b_in
         self.t_end = sum(layer.window)
         shape = layer.shape
-        self.alpha = per_neuron(layer.alpha, shape).reshape(-1)
-        self.theta = per_neuron(layer.theta, shape).reshape(-1)
-        self.slope = self.alpha + per_neuron(layer.J.reshape(layer.J.shape[0], -1).sum(axis=1), shape).reshape(-1)
+        self.alpha = ops.per_neuron(layer.alpha, shape).reshape(-1)
+        self.theta = ops.per_neuron(layer.theta, shape).reshape(-1)
+        self.slope = self.alpha + ops.per_neuron(layer.J.reshape(layer.J.shape[0], -1).sum(axis=1), shape).reshape(-1)
         certified = static_certificate(layer.J, layer.theta, layer.alpha, self.b_in)
-        self.static = per_neuron(certified, shape).reshape(-1)
+        self.static = ops.per_neuron(certified, shape).reshape(-1)
         self.unsure = np.flatnonzero(~certified.reshape(certified.shape[0], -1).all(axis=1))  # output channels
         self.j_pos = np.clip(layer.J, 0, None)
 
@@ -178,7 +171,7 @@ def read_out(readout: snn.Readout, t_in: np.ndarray) -> np.ndarray:
     """V(T_out) = α·(T_out − T_in) + Σ_j J_ij·max(0, T_out − t_j) at the end T_out of the input window."""
     t_out = sum(readout.window)
     a = np.maximum(t_out - t_in, 0.0)
-    return per_neuron(readout.alpha, readout.shape) * readout.window[1] + drive(readout, a)
+    return ops.per_neuron(readout.alpha, readout.shape) * readout.window[1] + drive(readout, a)
 
 
 @dataclass

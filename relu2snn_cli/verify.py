@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import h5io, ir, snn
+from . import h5io, ir, ops, snn
 from .calibrate import input_dtype, session
 from .data import batches, check_inputs, load_array, load_labels
 from .onnx_import import import_model
-from .simulator import Counts, Simulator, per_neuron
+from .simulator import Counts, Simulator
 
 
 def spike_time_error(layer: snn.SpikingLayer, times: np.ndarray, activation: np.ndarray) -> float:
     """max |t − (T + B − c·a)| over a batch: the spike time against window end − scaled ReLU activation."""
-    target = sum(layer.window) - per_neuron(layer.scale, layer.shape) * activation
+    target = sum(layer.window) - ops.per_neuron(layer.scale, layer.shape) * activation
     return float(np.max(np.abs(times - target), initial=0.0))
 
 

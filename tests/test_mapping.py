@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import reference
 from builders import save
-from relu2snn_cli import convert, h5io, ir, mapping, simulator, snn
+from relu2snn_cli import convert, h5io, ir, mapping, ops, simulator, snn
 from relu2snn_cli.errors import GraphError
 from relu2snn_cli.onnx_import import import_model
 from strategies import relu_stacks
@@ -107,7 +107,7 @@ def test_scale_graph_preserves_the_function(tmp_path):
     ann = ir.forward(graph, x, keep=True)
     codes = ir.forward(scaled.graph, (x - low) / (high - low), keep=True)
     for name, c in scaled.scales.items():
-        assert np.allclose(codes[name], simulator.per_neuron(c, codes[name].shape[1:]) * ann[name],
+        assert np.allclose(codes[name], ops.per_neuron(c, codes[name].shape[1:]) * ann[name],
                            rtol=1e-12, atol=1e-12)
     last = graph.nodes[-1].name
     assert np.allclose(codes[last], ann[last], rtol=1e-12, atol=1e-12)
@@ -148,7 +148,7 @@ def test_converted_spike_times_equal_window_end_minus_activation(tmp_path_factor
     assert result.counts.early_spikes == 0 and result.counts.out_of_range_inputs == 0
     for node in net.nodes:
         if isinstance(node, snn.SpikingLayer):
-            want = sum(node.window) - simulator.per_neuron(node.scale, node.shape) * ann[node.name]
+            want = sum(node.window) - ops.per_neuron(node.scale, node.shape) * ann[node.name]
             assert np.max(np.abs(result.times[node.name] - want)) <= TOL * (1 + sum(node.window)), node.name
     logits = ann[graph.nodes[-1].name]
     assert np.max(np.abs(result.logits - logits)) <= TOL * max(1.0, np.max(np.abs(logits)))
