@@ -189,8 +189,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(cli, ["--debug", "inspect", str(tmp_path / "missing.snn.h5")])
-    assert result.exit_code != 0 and result.exception is not None
+    """With --debug our error propagates (the traceback); without it, it becomes exit 2 and one line."""
+    from relu2snn_cli.errors import ArtifactError
+    args = ["inspect", str(tmp_path / "missing.snn.h5")]
+    debug = CliRunner().invoke(cli, ["--debug", *args])
+    assert isinstance(debug.exception, ArtifactError)
+    plain = CliRunner().invoke(cli, args)
+    assert plain.exit_code == 2 and isinstance(plain.exception, SystemExit)
 
 
 def test_progress_bar_only_after_a_second_and_not_when_quiet(capsys):
