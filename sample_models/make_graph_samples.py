@@ -14,7 +14,10 @@ resnet        input (N, 1, 8, 8). Stem conv3x3(1->8)-BN-ReLU; two identity block
               (conv3x3-BN-ReLU-conv3x3-BN, + input, ReLU) at 8 channels; one projection
               block (conv3x3 stride 2 8->16 -BN-ReLU-conv3x3-BN, shortcut conv1x1
               stride 2 + BN, Add, ReLU); GlobalAveragePool; Flatten; Linear(16,10).
-              BatchNormalization nodes are kept in the graph.
+              BatchNormalization nodes are kept in the graph. The two batch norms
+              whose outputs the projection block adds get equal gradients for their
+              biases, so those biases stay equal and the exporter stores one, with an
+              Identity node giving the other.
 cnn1d         input (N, 1, 64): each digit as a one-channel signal of length 64.
               Conv1d(1,8,5,pad 2)-ReLU-AvgPool(2)-Conv1d(8,16,3,pad 1)-BN-ReLU-
               MaxPool(2)-Conv1d(16,16,3,pad 1)-ReLU-AvgPool(2)-Flatten-Linear(128,10).
@@ -32,14 +35,16 @@ concat_dense  input (N, 64). Linear(64,32)-ReLU, then branch A Linear(32,16)-ReL
               branch B Linear(32,16)-ReLU-Linear(16,16)-ReLU, Concat, Linear(32,10).
 nhwc          input (N, 8, 8, 1), channels last, opset 13. Written node by node with
               onnx.helper the way tf2onnx writes a Keras model: Transpose to NCHW,
-              Conv3x3(1->8, same)-Relu-MaxPool(2)-Conv3x3(8->16, same)-Relu, Transpose
-              back to NHWC, Reshape with a shape tensor [-1, 256] (height, width,
+              Conv3x3(1->8, same)-Relu-MaxPool(2)-Conv3x3(8->16, same)-Relu (explicit
+              pads), Transpose back to NHWC, Reshape with a shape tensor [-1, 256] (height, width,
               channel order), MatMul+Add(256->32)-Relu, MatMul+Add(32->10), Softmax.
               The weights come from the same network trained in PyTorch (NCHW); the
               rows of the first dense weight are permuted to the channels-last order.
 
 All models except nhwc are exported with the TorchScript exporter (dynamo=False),
-opset 17. Every model is checked with onnx.checker and against onnxruntime.
+opset 17. Every model is checked with onnx.checker and against onnxruntime
+(max |onnx - torch| < 1e-4, equal test accuracy). Seeds are fixed, so reruns give
+the same files (on the same torch).
 
 Run:
     pip install torch scikit-learn onnx onnxruntime
