@@ -87,27 +87,44 @@ def input_stats(data, shape: tuple[int, ...], spec: str, batch_size: int = 1024)
     return InputStats(lo, hi, len(data), digest.hexdigest())
 
 
-def update_requirement(layer: ir.Linear, a: np.ndarray, running: float) -> float:
+def fan_in(layer: ir.Affine, sources: list[np.ndarray], samples: np.ndarray, neurons: np.ndarray):
+    """Inputs and weights of P (sample, flat neuron) pairs over every term, as two (P, K) arrays.
+
+    ``sources[k]`` is term k's input (dense) or ``ops.windows`` of it (convolution).
+    """
+    parts = [ops.gather_fan_in(src, t.weight, layer.shape, samples, neurons) for t, src in zip(layer.terms, sources)]
+    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
+
+
+def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0) -> list[np.ndarray]:
+    """Each term's input as ``fan_in`` reads it: the sliding windows for a convolution (pads read ``pad_value``)."""
+    return [ops.windows(x, t.weight.shape[2:], t.strides, t.pads, t.dilations, pad_value)
+            if isinstance(t, ir.Conv) else x for t, x in zip(layer.terms, xs)]
+
+
+def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) -> float:
     """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch).
 
-    a: the layer's input codes (N, *in_shape). A pair whose bound b + Σ_j max(W_ij,0)·a_j is
-    at most ``running`` cannot raise the maximum (its requirement is below its bound); the
-    others get the exact ``required_window``. The result does not depend on the batch order.
+    a: the layer's input codes, one (N, *in_shape) array per term. A pair whose bound
+    b + Σ_j max(W_ij,0)·a_j is at most ``running`` cannot raise the maximum (its requirement
+    is below its bound); the others get the exact ``required_window``. The result does not
+    depend on the batch order.
     """
-    positive = ir.apply_linear(replace(layer, weight=np.clip(layer.weight, 0, None)), a)
-    rows, cols = np.nonzero(positive.reshape(len(a), -1) > running)
+    positive = ir.apply_linear(replace(layer, terms=tuple(replace(t, weight=np.clip(t.weight, 0, None))
+                                                          for t in layer.terms)), a)
+    n = len(a[0])
+    rows, cols = np.nonzero(positive.reshape(n, -1) > running)
     if not len(rows):
         return running
     s = ir.incoming_sum(layer)
     bias = ir.full_bias(layer).reshape(-1)
     per_channel = int(np.prod(layer.shape[1:]))
     found = running
-    source = (ops.windows(a, layer.weight.shape[2:], layer.strides, layer.pads, layer.dilations, 0.0)
-              if isinstance(layer, ir.Conv) else a)
-    step = max(1, (1 << 20) // int(np.prod(layer.weight.shape[1:])))
+    sources = term_sources(layer, a)
+    step = max(1, (1 << 20) // sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms))
     for lo in range(0, len(rows), step):
         r, c = rows[lo:lo + step], cols[lo:lo + step]
-        inputs, weights = ops.gather_fan_in(source, layer.weight, layer.shape, r, c)
+        inputs, weights = fan_in(layer, sources, r, c)
         need = required_window(inputs, weights, bias[c], s[c // per_channel])
         found = max(found, float(need.max()))
     return found
@@ -116,7 +133,7 @@ def update_requirement(layer: ir.Linear, a: np.ndarray, running: float) -> float
 def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
               spec: str = "calibration data", batch_size: int = 256, progress=None) -> Calibration:
     """Pass 2: run the model over ``data`` in batches and collect the bounds of every ReLU layer."""
-    layers = [n for n in scaled.graph.nodes if isinstance(n, (ir.Dense, ir.Conv)) and n.relu]
+    layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
     names = list(dict.fromkeys([graph.output_name] + [n.source for n in layers]))
     sess = session(model_path, names)
     dtype = input_dtype(sess)
@@ -124,19 +141,23 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
     required = {n.name: 0.0 for n in layers}
     low, high = input_range
     forward_error = max_logit = 0.0
+    last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
     for start, batch in batches(data, batch_size, spec):
         out = dict(zip(names, sess.run(None, {graph.input_name: batch.astype(dtype)})))
         codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
         for node in scaled.graph.nodes[1:]:
-            if isinstance(node, (ir.Dense, ir.Conv)) and node.relu:
-                act = out[node.source].astype(np.float64)
+            if isinstance(node, ir.Affine) and node.relu:
+                act = out[node.source].astype(np.float64).reshape((len(batch),) + tuple(node.shape))
                 x_max[node.name] = np.maximum(x_max[node.name], channel_max(act))
                 c = ops.channel_axis(scaled.scales[node.name], act.ndim - 1)
                 bound = max(required[node.name], float(np.max(c * x_max[node.name].reshape(c.shape))))
-                required[node.name] = update_requirement(node, codes[node.input], bound)
+                required[node.name] = update_requirement(node, [codes[name] for name in node.inputs], bound)
                 codes[node.name] = c * act
-            elif isinstance(node, (ir.MaxPool, ir.Flatten)):
-                codes[node.name] = ir.apply(node, codes[node.input])
+            elif not isinstance(node, ir.Affine):
+                codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])
+            for name in node.inputs:   # free the codes no later node reads
+                if last_use[name] == node.name:
+                    codes.pop(name, None)
         if start == 0:
             ref = ir.forward(graph, batch[:CHECK_SAMPLES])
             onnx_logits = out[graph.output_name][:CHECK_SAMPLES].astype(np.float64)

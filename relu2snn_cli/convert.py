@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
-from . import __version__, h5io, mapping, snn
+from . import __version__, h5io, ir, mapping, snn
 from .calibrate import calibrate, input_stats
 from .data import load_array
 from .onnx_import import import_model
 
 NEURON_MODEL = "TTFS single-spike non-leaky integrate-and-fire with ramp PSPs (Stanojevic et al. 2023)"
+
+
+def input_layout(graph) -> str:
+    """NC, NCL or NCHW by rank; NHWC when the input's only reader moves its last axis first (a Keras export)."""
+    readers = [n for n in graph.nodes[1:] if graph.input.name in n.inputs]
+    if (len(graph.input.shape) == 3 and len(readers) == 1 and isinstance(readers[0], ir.Transpose)
+            and readers[0].perm == (2, 0, 1)):
+        return "NHWC"
+    return {1: "NC", 2: "NCL", 3: "NCHW"}[len(graph.input.shape)]
 
 
 def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptions = mapping.MappingOptions(),
@@ -34,7 +42,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
 
     clock = time.perf_counter()
     nodes = mapping.spiking_nodes(scaled, cal.x_max, cal.required, (low, high), options)
-    layout = "NCHW" if len(graph.input.shape) == 3 else "NC"
+    layout = input_layout(graph)
     meta = {
         "tool": "relu2snn", "tool_version": __version__, "neuron_model": NEURON_MODEL,
         "source_model_name": imported.file_name, "source_model_sha256": imported.sha256, "source_opset": imported.opset,

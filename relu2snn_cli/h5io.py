@@ -6,7 +6,9 @@ Layout (documented in docs/artifact.md):
   range, latency, removed output ops, ...);
 - group ``/nodes`` with one subgroup per node in topological order, named ``000``, ``001``, …;
   each has attribute ``kind`` (the dataclass name) and one attribute per scalar, string or
-  tuple field, one dataset per array field.
+  tuple field, one dataset per array field, and for a tuple of dataclasses (a layer's
+  ``synapses``) a group of the same name with one subgroup per element, ``0``, ``1``, …
+  written the same way.
 
 Writes go to a temporary file in the target directory, renamed on success; no object
 carries a timestamp, so the same network gives the same bytes. Nothing is pickled.
@@ -29,7 +31,7 @@ from . import snn
 from .errors import ArtifactError, GraphError
 
 FORMAT = "relu2snn.ttfs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv
 
 
 def _to_attr(value):
@@ -48,6 +50,8 @@ def _from_attr(value, hint):
         args = typing.get_args(hint)
         cast = args[0] if args else float
         values = np.atleast_1d(value)
+        if typing.get_origin(cast) is tuple:   # a tuple of tuples: one row each
+            return tuple(_from_attr(v, cast) for v in values)
         if cast is int and not np.all(np.mod(values, 1) == 0):
             raise ArtifactError(f"expected integers, got {values.tolist()}")
         return tuple(cast(v) for v in values)
@@ -98,12 +102,21 @@ def write(path, net: snn.Network) -> None:
         for i, node in enumerate(net.nodes):
             g = nodes.create_group(f"{i:03d}")
             g.attrs["kind"] = type(node).__name__
-            for fld in dataclasses.fields(node):
-                value = getattr(node, fld.name)
-                if isinstance(value, np.ndarray):
-                    g.create_dataset(fld.name, data=value, track_times=False)
-                else:
-                    g.attrs[fld.name] = _to_attr(value)
+            _write_fields(g, node)
+
+
+def _write_fields(g: h5py.Group, obj) -> None:
+    """One attribute per plain field, one dataset per array, one group per tuple of dataclasses."""
+    for fld in dataclasses.fields(obj):
+        value = getattr(obj, fld.name)
+        if isinstance(value, np.ndarray):
+            g.create_dataset(fld.name, data=value, track_times=False)
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            sub = g.create_group(fld.name, track_order=True)
+            for i, item in enumerate(value):
+                _write_fields(sub.create_group(str(i)), item)
+        else:
+            g.attrs[fld.name] = _to_attr(value)
 
 
 def read(path) -> snn.Network:
@@ -131,8 +144,9 @@ def _read(f: h5py.File) -> snn.Network:
     version = int(f.attrs.get("format_version", -1))
     if version > FORMAT_VERSION:
         raise ArtifactError(f"format version {version} is newer than this relu2snn reads ({FORMAT_VERSION}); upgrade relu2snn")
-    if version < 1:
-        raise ArtifactError(f"invalid format version {version}")
+    if version < FORMAT_VERSION:
+        raise ArtifactError(f"format version {version} is older than this relu2snn reads ({FORMAT_VERSION}); "
+                            "convert the model again")
     meta = {k: _plain(v) for k, v in f.attrs.items() if k not in ("format", "format_version")}
     if "nodes" not in f:
         raise ArtifactError("missing group /nodes")
@@ -145,18 +159,31 @@ def _read_node(key: str, g: h5py.Group):
     cls = snn.KINDS.get(kind)
     if cls is None:
         raise ArtifactError(f"node {key}: unknown kind {kind!r}")
+    return _read_fields(f"node {key} ({kind})", g, cls)
+
+
+def _read_fields(where: str, g: h5py.Group, cls):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for fld in dataclasses.fields(cls):
         hint = hints[fld.name]
+        args = typing.get_args(hint)
         if hint is np.ndarray:
-            if fld.name not in g:
-                raise ArtifactError(f"node {key} ({kind}): missing dataset {fld.name!r}")
+            if not isinstance(g.get(fld.name), h5py.Dataset):
+                raise ArtifactError(f"{where}: missing dataset {fld.name!r}")
             kwargs[fld.name] = g[fld.name][()]
+        elif typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
+            sub = g.get(fld.name)
+            if not isinstance(sub, h5py.Group):
+                raise ArtifactError(f"{where}: missing group {fld.name!r}")
+            keys = sorted(sub, key=lambda k: int(k) if k.isdigit() else -1)
+            if keys != [str(i) for i in range(len(keys))]:
+                raise ArtifactError(f"{where}: {fld.name} holds {keys}, expected 0, 1, …")
+            kwargs[fld.name] = tuple(_read_fields(f"{where} {fld.name}/{k}", sub[k], args[0]) for k in keys)
         elif fld.name in g.attrs:
             kwargs[fld.name] = _from_attr(g.attrs[fld.name], hint)
         elif fld.default is dataclasses.MISSING:
-            raise ArtifactError(f"node {key} ({kind}): missing attribute {fld.name!r}")
+            raise ArtifactError(f"{where}: missing attribute {fld.name!r}")
     return cls(**kwargs)
 
 
@@ -165,12 +192,20 @@ def content_hash(net: snn.Network) -> str:
     digest = hashlib.sha256()
     for node in net.nodes:
         digest.update(type(node).__name__.encode())
-        for fld in dataclasses.fields(node):
-            value = getattr(node, fld.name)
-            if isinstance(value, np.ndarray):
-                arr = np.ascontiguousarray(value)
-                digest.update(f"{fld.name}:{arr.dtype.str}:{arr.shape}".encode())
-                digest.update(arr.tobytes())
-            else:
-                digest.update(f"{fld.name}={value!r}".encode())
+        _hash_fields(digest, node)
     return digest.hexdigest()
+
+
+def _hash_fields(digest, obj) -> None:
+    for fld in dataclasses.fields(obj):
+        value = getattr(obj, fld.name)
+        if isinstance(value, np.ndarray):
+            arr = np.ascontiguousarray(value)
+            digest.update(f"{fld.name}:{arr.dtype.str}:{arr.shape}".encode())
+            digest.update(arr.tobytes())
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                digest.update(f"{fld.name}[{i}]".encode())
+                _hash_fields(digest, item)
+        else:
+            digest.update(f"{fld.name}={value!r}".encode())

@@ -1,8 +1,12 @@
 """The layer graph of a ReLU network: small frozen dataclasses and a float64 forward pass.
 
-Shapes omit the batch axis: a population is (C, H, W) for images or (D,) for vectors.
-Every node names its input node; a ``Graph`` lists its nodes in topological order,
-the first being the ``Input``. Every array is float64.
+Shapes omit the batch axis: a population is (C, H, W) for images, (C, L) for sequences or
+(D,) for vectors. A ``Graph`` lists its nodes in topological order, the first being the
+``Input``; every node names its inputs (``inputs``). Every array is float64.
+
+A ReLU layer is an ``Affine`` node: a sum of synapse *terms* (``Dense`` or ``Conv``), each
+reading one population, plus a bias — a residual ``Add`` of two branches is one node with
+two terms. Pooling, reshaping, transposing and concatenation move populations around.
 """
 
 from __future__ import annotations
@@ -32,23 +36,25 @@ class Input:
     name: str
     shape: tuple[int, ...]
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return ()
+
+
+# ----------------------------------------------------------------------------- synapse terms
 
 @dataclass(frozen=True, eq=False)
 class Dense:
-    """y = W·x + b, followed by ReLU when ``relu``. weight (out, in), bias (out,); x flat (in,)."""
+    """Synapses y = W·flat(x): weight (out, in), x of ``in_shape`` flattened in C order."""
 
-    name: str
     input: str
     weight: np.ndarray
-    bias: np.ndarray
-    relu: bool
-    source: str = ""  # ONNX tensor this node's output equals (the Relu output, or the logits)
+    in_shape: tuple[int, ...]
 
     def __post_init__(self):
-        object.__setattr__(self, "weight", _f64(f"{self.name}: weight", self.weight, (2,)))
-        object.__setattr__(self, "bias", _f64(f"{self.name}: bias", self.bias, (1,)))
-        if self.bias.shape != self.weight.shape[:1]:
-            raise GraphError(f"{self.name}: bias shape {self.bias.shape} does not match weight {self.weight.shape}")
+        object.__setattr__(self, "weight", _f64(f"{self.input}: dense weight", self.weight, (2,)))
+        if self.weight.shape[1] != int(np.prod(self.in_shape)):
+            raise GraphError(f"dense weight {self.weight.shape} does not fit the input {self.input} of shape {self.in_shape}")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -57,79 +63,184 @@ class Dense:
 
 @dataclass(frozen=True, eq=False)
 class Conv:
-    """y[o,i,j] = Σ_{c,u,v} W[o,c,u,v]·x_pad[c, i·s_h + u·d_h, j·s_w + v·d_w] + b[o(,i,j)], then ReLU when ``relu``.
+    """Synapses y[o,i,j] = Σ_{c ∈ group(o),u,v} W[o,c,u,v]·x_pad[c, i·s_h + u·d_h, j·s_w + v·d_w] (or 1-D).
 
-    weight (O, C, kh, kw); bias (O,) or a bias map (O, Ho, Wo) (DESIGN §4: an affine map
-    folded forward through zero padding); pads (top, left, bottom, right) are zeros.
+    weight (O, C/groups, kh, kw) or (O, C/groups, k); pads (begins, then ends: top, left,
+    bottom, right in 2-D) are zeros.
+    """
+
+    input: str
+    weight: np.ndarray
+    in_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    groups: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", _f64(f"{self.input}: conv weight", self.weight, (3, 4)))
+        rank = self.weight.ndim - 2
+        if len(self.in_shape) != rank + 1 or self.in_shape[0] != self.weight.shape[1] * self.groups:
+            raise GraphError(f"conv weight {self.weight.shape} with groups={self.groups} does not fit "
+                             f"the input {self.input} of shape {self.in_shape}")
+        if self.weight.shape[0] % self.groups:
+            raise GraphError(f"conv weight {self.weight.shape}: {self.weight.shape[0]} output channels "
+                             f"do not split into {self.groups} groups")
+        if (len(self.strides), len(self.pads), len(self.dilations)) != (rank, 2 * rank, rank):
+            raise GraphError(f"conv geometry {self.strides}, {self.pads}, {self.dilations} is not {rank}-D")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.weight.shape[0],
+                *ops.out_spatial(self.in_shape[1:], self.weight.shape[2:], self.strides, self.pads, self.dilations))
+
+
+Term = Dense | Conv
+
+
+def apply_term(term: Term, x: np.ndarray) -> np.ndarray:
+    """One term's synaptic sum over a batch: (N, *in_shape) → (N, *shape)."""
+    if isinstance(term, Dense):
+        return x.reshape(len(x), -1) @ term.weight.T
+    return ops.conv(x, term.weight, term.strides, term.pads, term.dilations, term.groups)
+
+
+def term_sum(term: Term) -> np.ndarray:
+    """Σ_j W_ij per output neuron (dense) or per output channel over the kernel (conv)."""
+    return term.weight.reshape(term.weight.shape[0], -1).sum(axis=1)
+
+
+# ----------------------------------------------------------------------------- nodes
+
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """z = Σ_k term_k(x_k) + b, followed by ReLU when ``relu``.
+
+    Every term gives the same output shape. bias (O,) per channel, or a map of the whole
+    output shape (DESIGN §4: an affine map folded forward through zero padding).
     """
 
     name: str
-    input: str
-    weight: np.ndarray
+    terms: tuple[Term, ...]
     bias: np.ndarray
     relu: bool
-    in_shape: tuple[int, int, int]
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
-    source: str = ""
+    source: str = ""  # ONNX tensor this node's output equals (the Relu output, or the logits)
 
     def __post_init__(self):
-        object.__setattr__(self, "weight", _f64(f"{self.name}: weight", self.weight, (4,)))
-        object.__setattr__(self, "bias", _f64(f"{self.name}: bias", self.bias, (1, 3)))
-        if self.weight.shape[1] != self.in_shape[0]:
-            raise GraphError(f"{self.name}: weight has {self.weight.shape[1]} input channels, input has {self.in_shape[0]}")
+        object.__setattr__(self, "terms", tuple(self.terms))
+        if not self.terms:
+            raise GraphError(f"{self.name}: an affine layer needs at least one term")
+        object.__setattr__(self, "bias", _f64(f"{self.name}: bias", self.bias, (1, 2, 3)))
+        shapes = {t.shape for t in self.terms}
+        if len(shapes) != 1:
+            raise GraphError(f"{self.name}: its terms give different shapes {sorted(shapes)}")
         if self.bias.shape not in (self.shape[:1], self.shape):
             raise GraphError(f"{self.name}: bias shape {self.bias.shape} fits neither {self.shape[:1]} nor {self.shape}")
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.weight.shape[0],
-                *ops.out_shape2d(self.in_shape[1:], self.weight.shape[2:], self.strides, self.pads, self.dilations))
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(t.input for t in self.terms)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.terms[0].shape
 
 
 @dataclass(frozen=True)
 class MaxPool:
-    """y[c,i,j] = max over the window of x[c] (padded positions ignored)."""
-
-    name: str
-    input: str
-    in_shape: tuple[int, int, int]
-    kernel: tuple[int, int]
-    strides: tuple[int, int]
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
-    ceil_mode: bool = False
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.in_shape[0],
-                *ops.out_shape2d(self.in_shape[1:], self.kernel, self.strides, self.pads, self.dilations, self.ceil_mode))
-
-
-@dataclass(frozen=True)
-class Flatten:
-    """y = x reshaped to (C·H·W,) in C order."""
+    """y[c] = max over each window of x[c] (padded positions ignored); the channels listed in
+    ``latest`` take the minimum instead (a negative scale sat between the ReLU and the pooling)."""
 
     name: str
     input: str
     in_shape: tuple[int, ...]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    ceil_mode: bool = False
+    latest: tuple[int, ...] = ()
 
     @property
-    def shape(self) -> tuple[int]:
-        return (int(np.prod(self.in_shape)),)
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.in_shape[0], *ops.out_spatial(self.in_shape[1:], self.kernel, self.strides, self.pads,
+                                                   self.dilations, self.ceil_mode))
 
 
-Node = Input | Dense | Conv | MaxPool | Flatten
-Linear = Dense | Conv
+@dataclass(frozen=True)
+class Reshape:
+    """y = x reshaped to ``shape`` in C order (Flatten, Reshape, Squeeze, Unsqueeze)."""
+
+    name: str
+    input: str
+    in_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+
+    def __post_init__(self):
+        if int(np.prod(self.in_shape)) != int(np.prod(self.shape)):
+            raise GraphError(f"{self.name}: cannot reshape {self.in_shape} to {self.shape}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """y = x with its (non-batch) axes permuted: y.shape[i] = x.shape[perm[i]]."""
+
+    name: str
+    input: str
+    in_shape: tuple[int, ...]
+    perm: tuple[int, ...]
+
+    def __post_init__(self):
+        if sorted(self.perm) != list(range(len(self.in_shape))):
+            raise GraphError(f"{self.name}: {self.perm} is not a permutation of the axes of {self.in_shape}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.in_shape[p] for p in self.perm)
+
+
+@dataclass(frozen=True)
+class Concat:
+    """y = the inputs concatenated along (non-batch) ``axis``."""
+
+    name: str
+    inputs: tuple[str, ...]
+    in_shapes: tuple[tuple[int, ...], ...]
+    axis: int
+
+    def __post_init__(self):
+        rest = {tuple(s[:self.axis]) + tuple(s[self.axis + 1:]) for s in self.in_shapes}
+        if len(rest) != 1 or len(self.inputs) != len(self.in_shapes):
+            raise GraphError(f"{self.name}: shapes {list(self.in_shapes)} do not concatenate along axis {self.axis}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        first = self.in_shapes[0]
+        return first[:self.axis] + (sum(s[self.axis] for s in self.in_shapes),) + first[self.axis + 1:]
+
+
+Node = Input | Affine | MaxPool | Reshape | Transpose | Concat
 
 
 @dataclass(frozen=True)
 class Graph:
-    """A sequential ReLU network: ``nodes[0]`` is the Input, ``nodes[-1]`` the readout (no ReLU).
+    """A ReLU network as a DAG: ``nodes[0]`` is the Input, ``nodes[-1]`` the readout (an Affine without ReLU).
 
-    ``removed`` records the output operators dropped on import (e.g. Softmax).
-    ``input_name`` / ``output_name`` are the ONNX tensors of the network input and logits.
+    Nodes are in topological order and every other Affine has a ReLU. ``removed`` records
+    the output operators dropped on import (e.g. Softmax). ``input_name`` / ``output_name``
+    are the ONNX tensors of the network input and logits.
     """
 
     nodes: tuple[Node, ...]
@@ -140,91 +251,123 @@ class Graph:
     def __post_init__(self):
         if not self.nodes or not isinstance(self.nodes[0], Input):
             raise GraphError("a graph starts with its Input node")
-        names = [n.name for n in self.nodes]
-        if len(set(names)) != len(names):
-            raise GraphError("node names must be unique")
-        for prev, node in zip(self.nodes, self.nodes[1:]):
-            if node.input != prev.name:
-                raise GraphError(f"{node.name}: input {node.input!r} is not the preceding node {prev.name!r}")
+        shapes: dict[str, tuple] = {}
+        for node in self.nodes:
+            if node.name in shapes:
+                raise GraphError(f"node name {node.name!r} is used twice")
+            for name, expected in zip(node.inputs, _in_shapes(node)):
+                if name not in shapes:
+                    raise GraphError(f"{node.name}: input {name!r} is not an earlier node")
+                if tuple(shapes[name]) != tuple(expected):
+                    raise GraphError(f"{node.name}: expects {expected} from {name}, which has shape {shapes[name]}")
+            if isinstance(node, Affine) and not node.relu and node is not self.nodes[-1]:
+                raise GraphError(f"{node.name}: only the readout is an affine layer without ReLU")
+            shapes[node.name] = tuple(node.shape)
         last = self.nodes[-1]
-        if not isinstance(last, (Dense, Conv)) or last.relu:
-            raise GraphError("a graph ends with a linear readout (Dense or Conv without ReLU)")
+        if not isinstance(last, Affine) or last.relu:
+            raise GraphError("a graph ends with a linear readout (an Affine without ReLU)")
 
     @property
     def input(self) -> Input:
         return self.nodes[0]
 
 
-def incoming_sum(layer: Linear) -> np.ndarray:
-    """s_i = Σ_j W_ij per output neuron (for a convolution, per output channel over the whole kernel) — DESIGN §3."""
-    return layer.weight.reshape(layer.weight.shape[0], -1).sum(axis=1)
+def _in_shapes(node) -> tuple:
+    if isinstance(node, Affine):
+        return tuple(t.in_shape for t in node.terms)
+    if isinstance(node, Concat):
+        return node.in_shapes
+    return () if isinstance(node, Input) else (node.in_shape,)
+
+
+# ----------------------------------------------------------------------------- rewriting
+
+def incoming_sum(layer: Affine) -> np.ndarray:
+    """s_i = Σ_j W_ij over every term, per output neuron (per output channel for convolutions) — DESIGN §3."""
+    return sum(term_sum(t) for t in layer.terms)
 
 
 def compact_bias(bias_map: np.ndarray) -> np.ndarray:
-    """A bias map (O, H, W) that is the same at every position, as a vector (O,); else the map."""
+    """A bias map (O, …) that is the same at every position, as a vector (O,); else the map."""
     if bias_map.ndim == 1:
         return bias_map
     flat = bias_map.reshape(bias_map.shape[0], -1)
     return flat[:, 0].copy() if np.all(flat == flat[:, :1]) else bias_map
 
 
-def full_bias(layer: Linear) -> np.ndarray:
+def full_bias(layer: Affine) -> np.ndarray:
     """The bias at every output neuron, shape ``layer.shape``."""
     return ops.per_neuron(layer.bias, layer.shape)
 
 
-def scale_outputs(layer: Linear, k, h=0.0) -> Linear:
-    """The layer followed by y ↦ k·y + h: W ← k·W, b ← k·b + h (DESIGN §4, fold backward; §3, scaling).
+def scale_outputs(layer: Affine, k, h=0.0) -> Affine:
+    """The layer followed by y ↦ k·y + h: W ← k·W in every term, b ← k·b + h (DESIGN §4, fold backward; §3, scaling).
 
     k is one factor per output channel; h broadcasts to the output shape (a shift that
     varies over positions gives a bias map).
     """
     k = np.asarray(k, dtype=np.float64).reshape(-1)
-    weight = layer.weight * ops.channel_axis(k, layer.weight.ndim)
+    terms = tuple(replace(t, weight=t.weight * ops.channel_axis(k, t.weight.ndim)) for t in layer.terms)
     shift = np.broadcast_to(np.asarray(h, dtype=np.float64), layer.shape)
     bias = full_bias(layer) * ops.channel_axis(k, len(layer.shape)) + shift
-    return replace(layer, weight=weight, bias=compact_bias(bias))
+    return replace(layer, terms=terms, bias=compact_bias(bias))
 
 
-def fold_input_affine(layer: Linear, in_shape: tuple[int, ...], scale, shift) -> Linear:
-    """The layer applied to x = scale·a + shift, as a layer on a (DESIGN §4, "fold into the next linear layer").
+def fold_term_input(term: Term, scale, shift) -> tuple[Term, np.ndarray]:
+    """The term applied to x = scale·a + shift, as a term on a plus a bias (DESIGN §4, "fold into the next linear layer").
 
-    Dense: W' = W·diag(scale), b' = b + W·shift. Conv: scale must be one number per input
-    channel; b'[o,i,j] = b[o] + (W ⋆ shift_map_zero_padded)[o,i,j] — padded positions did not
-    pass through the affine map, so near borders the folded bias differs: a bias map,
-    exact for any kernel, stride, dilation and padding. A map that is the same everywhere
-    is stored as a vector.
+    Dense: W' = W·diag(scale), bias W·shift. Conv: scale must be one number per input
+    channel; bias = (W ⋆ shift_map_zero_padded) — padded positions did not pass through the
+    affine map, so near borders the folded bias differs: a bias map, exact for any kernel,
+    stride, dilation, group count and padding. Returns the bias at every output neuron.
     """
-    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), in_shape)
-    shift = np.broadcast_to(np.asarray(shift, dtype=np.float64), in_shape)
-    if isinstance(layer, Dense):
-        return replace(layer, weight=layer.weight * scale.reshape(1, -1), bias=layer.bias + layer.weight @ shift.reshape(-1))
-    per_channel = scale[:, :1, :1]
-    if not np.all(scale == per_channel):
-        raise GraphError(f"{layer.name}: an input scale that varies over positions cannot fold into a convolution")
-    weight = layer.weight * per_channel.reshape(1, -1, 1, 1)
-    if not np.any(shift):
-        return replace(layer, weight=weight)
-    bias_map = ops.conv2d(shift[None], layer.weight, layer.strides, layer.pads, layer.dilations)[0]
-    return replace(layer, weight=weight, bias=compact_bias(bias_map + full_bias(layer)))
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), term.in_shape)
+    shift = np.broadcast_to(np.asarray(shift, dtype=np.float64), term.in_shape)
+    if isinstance(term, Dense):
+        return replace(term, weight=term.weight * scale.reshape(1, -1)), term.weight @ shift.reshape(-1)
+    per_channel = scale.reshape(scale.shape[0], -1)[:, :1]
+    if not np.all(scale.reshape(scale.shape[0], -1) == per_channel):
+        raise GraphError(f"an input scale that varies over positions cannot fold into a convolution on {term.input}")
+    c = term.weight.shape[1]
+    k = per_channel[:, 0].reshape(term.groups, 1, c)   # the scale of each group's input channels
+    weight = (term.weight.reshape(term.groups, -1, c, *term.weight.shape[2:])
+              * k.reshape(term.groups, 1, c, *(1,) * (term.weight.ndim - 2))).reshape(term.weight.shape)
+    bias = apply_term(term, shift[None])[0] if np.any(shift) else np.zeros(term.shape)
+    return replace(term, weight=weight), bias
 
 
-def apply_linear(layer: Linear, x: np.ndarray) -> np.ndarray:
-    """W·x + b over a batch (no ReLU): (N, *in_shape) → (N, *shape)."""
-    if isinstance(layer, Dense):
-        return x @ layer.weight.T + layer.bias
-    return ops.conv2d(x, layer.weight, layer.strides, layer.pads, layer.dilations) + full_bias(layer)
+def fold_input_affine(layer: Affine, codes: dict) -> Affine:
+    """Fold every term's input map x = scale·a + shift (``codes[input] = (scale, shift)``) into the layer."""
+    terms, bias = [], full_bias(layer)
+    for term in layer.terms:
+        term, extra = fold_term_input(term, *codes[term.input])
+        terms.append(term)
+        bias = bias + extra
+    return replace(layer, terms=tuple(terms), bias=compact_bias(bias))
 
 
-def apply(node, x: np.ndarray) -> np.ndarray:
-    """One node of the ReLU network on a batch, float64."""
-    if isinstance(node, (Dense, Conv)):
-        y = apply_linear(node, x)
+# ----------------------------------------------------------------------------- forward pass
+
+def apply_linear(layer: Affine, xs: list[np.ndarray]) -> np.ndarray:
+    """Σ_k term_k(x_k) + b over a batch (no ReLU): the inputs in the order of ``layer.terms``."""
+    return sum(apply_term(t, x) for t, x in zip(layer.terms, xs)) + full_bias(layer)
+
+
+def apply(node, xs: list[np.ndarray]) -> np.ndarray:
+    """One node of the ReLU network on a batch, float64; ``xs`` are its inputs' outputs in order."""
+    if isinstance(node, Affine):
+        y = apply_linear(node, xs)
         return np.maximum(y, 0.0) if node.relu else y
+    x = xs[0]
     if isinstance(node, MaxPool):
-        return ops.max_pool2d(x, node.kernel, node.strides, node.pads, node.dilations, node.ceil_mode)
-    if isinstance(node, Flatten):
-        return x.reshape(x.shape[0], -1)
+        geometry = (node.kernel, node.strides, node.pads, node.dilations, node.ceil_mode)
+        return ops.pool_channels(x, node.latest, ops.max_pool, ops.min_pool, *geometry)
+    if isinstance(node, Reshape):
+        return x.reshape((len(x),) + tuple(node.shape))
+    if isinstance(node, Transpose):
+        return np.ascontiguousarray(x.transpose((0,) + tuple(p + 1 for p in node.perm)))
+    if isinstance(node, Concat):
+        return np.concatenate(xs, axis=node.axis + 1)
     raise GraphError(f"no forward rule for {type(node).__name__}")
 
 
@@ -238,7 +381,5 @@ def forward(graph: Graph, x: np.ndarray, keep: bool = False) -> dict[str, np.nda
         raise GraphError(f"input of shape {x.shape[1:]} given to a graph expecting {graph.input.shape}")
     out = {graph.input.name: x}
     for node in graph.nodes[1:]:
-        x = apply(node, x)
-        if keep:
-            out[node.name] = x
-    return out if keep else x
+        out[node.name] = apply(node, [out[name] for name in node.inputs])
+    return out if keep else out[graph.nodes[-1].name]

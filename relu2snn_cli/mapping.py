@@ -66,15 +66,17 @@ def spike_threshold(bias: np.ndarray, s: np.ndarray, b_in: float, b_out: float) 
     return b_in + (b_out - bias) / ops.channel_axis(1.0 - s, bias.ndim)
 
 
-def static_certificate(J: np.ndarray, theta: np.ndarray, alpha: np.ndarray, b_in: float) -> np.ndarray:
-    """Neurons that cannot fire before their last input window ends, for every input in the window.
+def static_certificate(blocks: list[tuple[np.ndarray, float]], theta: np.ndarray, alpha: np.ndarray,
+                       b_in: float) -> np.ndarray:
+    """Neurons that cannot fire before their last input window ends, for every input in its window.
 
-    With every a_j ≤ B_in: V_i(t) ≤ α_i·B_in + B_in·Σ_j max(J_ij, 0) on [T_in, T_in + B_in];
+    ``blocks`` are (J_k, B_k): the synapses from input population k and its window length.
+    With every a_j ≤ B_k: V_i(t) ≤ α_i·B_in + Σ_k B_k·Σ_j max(J_kij, 0) on the input window;
     certified where that bound is below ϑ_i (DESIGN §3, "No early spike"). Same shape as theta.
     """
-    pos = np.clip(J, 0, None).reshape(J.shape[0], -1).sum(axis=1)
+    pos = sum(b_k * np.clip(J, 0, None).reshape(J.shape[0], -1).sum(axis=1) for J, b_k in blocks)
     alpha = alpha if alpha.ndim == theta.ndim else ops.channel_axis(alpha, theta.ndim)
-    return alpha * b_in + b_in * ops.channel_axis(pos, theta.ndim) < theta
+    return alpha * b_in + ops.channel_axis(pos, theta.ndim) < theta
 
 
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
@@ -111,12 +113,28 @@ class Scaled:
     scales: dict
 
 
-def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: MappingOptions = MappingOptions()) -> Scaled:
-    """Fold the input encoding and every scaling compensation into the next layer, and scale each ReLU layer.
+def move_codes(node, codes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The code map (scale, shift) of a node that moves neurons, from its inputs' maps (full-shape arrays)."""
+    if isinstance(node, ir.MaxPool):   # one positive scale per channel (checked on import)
+        return tuple(np.broadcast_to(ops.channel_axis(m.reshape(m.shape[0], -1)[:, 0], len(node.shape)), node.shape)
+                     for m in codes[0])
+    if isinstance(node, ir.Reshape):
+        return tuple(m.reshape(node.shape) for m in codes[0])
+    if isinstance(node, ir.Transpose):
+        return tuple(m.transpose(node.perm) for m in codes[0])
+    if isinstance(node, ir.Concat):
+        return tuple(np.concatenate([c[i] for c in codes], axis=node.axis) for i in (0, 1))
+    raise GraphError(f"no spiking mapping for {type(node).__name__}")
 
-    Walks the graph in order, keeping for every population the affine map from its code to
-    the ANN value (x = (q − p)·a + p for the input, a_ANN = a / c for a scaled layer) and
-    folding it into the next linear layer; then c = scale_layer(s) for a ReLU layer.
+
+def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: MappingOptions = MappingOptions()) -> Scaled:
+    """Fold the input encoding and every scaling compensation into the next layers, and scale each ReLU layer.
+
+    Walks the graph in topological order, keeping for every population the affine map from
+    its code to the ANN value (x = (q − p)·a + p for the input, a_ANN = a / c for a scaled
+    layer) and folding it into every layer that reads the population — each consumer sees
+    the same map, so a population with several consumers stays consistent; then
+    c = scale_layer(s) for a ReLU layer.
     """
     low, high = input_range
     if not (np.isfinite(low) and np.isfinite(high) and high > low):
@@ -125,69 +143,72 @@ def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
     code = {graph.input.name: (np.full(shape, high - low), np.full(shape, float(low)))}
     nodes, scales = [graph.input], {}
     for node in graph.nodes[1:]:
-        scale, shift = code[node.input]
-        if isinstance(node, (ir.Dense, ir.Conv)):
-            node = ir.fold_input_affine(node, scale.shape, scale, shift)
+        if isinstance(node, ir.Affine):
+            node = ir.fold_input_affine(node, code)
             c = np.ones(node.shape[0])
             if node.relu:
                 c = scale_layer(ir.incoming_sum(node), options.s_min, options.s_max)
                 node = ir.scale_outputs(node, c)
                 scales[node.name] = c
             code[node.name] = (ops.per_neuron(1.0 / c, node.shape), np.zeros(node.shape))
-        elif isinstance(node, ir.MaxPool):
-            code[node.name] = (np.broadcast_to(scale[:, :1, :1], node.shape), np.broadcast_to(shift[:, :1, :1], node.shape))
-        elif isinstance(node, ir.Flatten):
-            code[node.name] = (scale.reshape(-1), shift.reshape(-1))
         else:
-            raise GraphError(f"no spiking mapping for {type(node).__name__}")
+            code[node.name] = move_codes(node, [code[name] for name in node.inputs])
         nodes.append(node)
     return Scaled(replace(graph, nodes=tuple(nodes)), scales)
 
 
-def _synapse_attrs(layer: ir.Linear, in_shape: tuple[int, ...]) -> dict:
-    attrs = {"name": layer.name, "input": layer.input, "in_shape": tuple(in_shape)}
-    if isinstance(layer, ir.Conv):
-        attrs.update(strides=layer.strides, pads=layer.pads, dilations=layer.dilations)
-    return attrs
+def _synapses(layer: ir.Affine, weights: list[np.ndarray], delays: tuple[float, ...]) -> tuple[snn.Synapses, ...]:
+    out = []
+    for term, J, delay in zip(layer.terms, weights, delays):
+        geometry = ({"strides": term.strides, "pads": term.pads, "dilations": term.dilations, "groups": term.groups}
+                    if isinstance(term, ir.Conv) else {})
+        out.append(snn.Synapses(term.input, tuple(term.in_shape), J, delay, **geometry))
+    return tuple(out)
 
 
 def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tuple[float, float],
                   options: MappingOptions = MappingOptions()) -> tuple:
-    """The spiking network's nodes (DESIGN §3.2–3.4) from the scaled graph and its calibrated bounds.
+    """The spiking network's nodes (DESIGN §3.2–3.4, §4) from the scaled graph and its calibrated bounds.
 
     ``x_max[name]``: per-channel maximum of a ReLU layer's ANN activation; ``required[name]``:
     the largest ``required_window`` over the calibration data (code units; calibration reports
     it already raised to the largest scaled activation). The window is B = (1 + ζ)·X_n with
-    X_n = max(c·x_max, required): no calibration sample fires early.
+    X_n = max(c·x_max, required): no calibration sample fires early. A node reading several
+    populations gets the input window and delays of ``snn.merge_windows``.
     """
     graph = scaled.graph
     enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(input_range[0]), float(input_range[1]))
     nodes = [enc]
-    window, shapes = {enc.name: enc.window}, {enc.name: enc.shape}
+    window = {enc.name: enc.window}
     for node in graph.nodes[1:]:
-        in_shape, (t_in, b_in) = shapes[node.input], window[node.input]
-        if isinstance(node, (ir.Dense, ir.Conv)) and node.relu:
+        (t_in, b_in), delays = snn.merge_windows([window[name] for name in node.inputs])
+        if isinstance(node, ir.Affine) and node.relu:
             c = scaled.scales[node.name]
             xm = np.asarray(x_max[node.name], dtype=np.float64).reshape(-1)
             x_n = max(float(np.max(c * xm, initial=0.0)), float(required.get(node.name, 0.0)))
             b_out = window_length(x_n, options.zeta)
             s = ir.incoming_sum(node)
-            J = synaptic_weights(node.weight, s)
+            J = [synaptic_weights(t.weight, s) for t in node.terms]
             theta = spike_threshold(node.bias, s, b_in, b_out)
             alpha = np.ones(node.shape[0])
-            out = snn.SpikingLayer(**_synapse_attrs(node, in_shape), J=J, alpha=alpha, window=(t_in + b_in, b_out),
-                                   theta=theta, certified=static_certificate(J, theta, alpha, b_in),
-                                   scale=c, x_max=xm, x_n=x_n,
-                                   source=node.source)
-        elif isinstance(node, (ir.Dense, ir.Conv)):
-            out = snn.Readout(**_synapse_attrs(node, in_shape), J=node.weight,
-                              alpha=readout_drive(node.bias, b_in), window=(t_in, b_in), source=node.source)
+            certified = static_certificate([(j, window[t.input][1]) for j, t in zip(J, node.terms)], theta, alpha, b_in)
+            out = snn.SpikingLayer(node.name, _synapses(node, J, delays), alpha, (t_in + b_in, b_out),
+                                   theta=theta, certified=certified, scale=c, x_max=xm, x_n=x_n, source=node.source)
+        elif isinstance(node, ir.Affine):
+            out = snn.Readout(node.name, _synapses(node, [t.weight for t in node.terms], delays),
+                              readout_drive(node.bias, b_in), (t_in, b_in), source=node.source)
         elif isinstance(node, ir.MaxPool):
-            out = snn.SpikePool(node.name, node.input, node.in_shape, node.kernel, node.strides, (t_in, b_in),
-                                node.pads, node.dilations, node.ceil_mode)
+            out = snn.SpikePool(node.name, node.input, tuple(node.in_shape), node.kernel, node.strides, (t_in, b_in),
+                                node.pads, node.dilations, node.ceil_mode, tuple(node.latest))
+        elif isinstance(node, ir.Reshape):
+            out = snn.Reshape(node.name, node.input, tuple(node.in_shape), tuple(node.shape), (t_in, b_in))
+        elif isinstance(node, ir.Transpose):
+            out = snn.Transpose(node.name, node.input, tuple(node.in_shape), tuple(node.perm), (t_in, b_in))
+        elif isinstance(node, ir.Concat):
+            out = snn.Concat(node.name, tuple(node.inputs), tuple(map(tuple, node.in_shapes)), node.axis,
+                             (t_in, b_in), delays)
         else:
-            out = snn.Flatten(node.name, node.input, node.in_shape, (t_in, b_in))
+            raise GraphError(f"no spiking mapping for {type(node).__name__}")
         nodes.append(out)
         window[out.name] = out.window
-        shapes[out.name] = out.shape
     return tuple(nodes)

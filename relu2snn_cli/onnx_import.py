@@ -43,24 +43,37 @@ class Const:
 
 @dataclass(frozen=True, eq=False)
 class Pop:
-    """tensor = scale·a + shift, a the population of IR node ``node`` (shape without batch)."""
+    """tensor = scale·a + shift, a the population of IR node ``node`` (shape without batch).
+
+    ``relu``: a ≥ 0 (the population comes from ReLU layers, not from the network input);
+    ``nonnegative``: moreover the affine map is the identity, so the tensor is a itself;
+    ``pads``: a pending zero padding (begins, then ends, per spatial axis) that the next
+    convolution or average pooling absorbs.
+    """
 
     node: str
     shape: tuple[int, ...]
     scale: np.ndarray
     shift: np.ndarray
-    nonnegative: bool  # a ≥ 0 and the affine map is the identity (a ReLU output)
+    nonnegative: bool
+    relu: bool = True
+    pads: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
 class Lin:
-    """tensor = layer(a): an affine layer on a population, its ReLU not yet applied."""
+    """tensor = layer(a…): an affine layer on populations, its ReLU not yet applied."""
 
-    layer: ir.Dense | ir.Conv
+    layer: ir.Affine
 
 
-def _identity_pop(node: str, shape: tuple[int, ...], nonnegative: bool) -> Pop:
-    return Pop(node, tuple(shape), np.ones(()), np.zeros(()), nonnegative)
+def _identity_pop(node: str, shape: tuple[int, ...], relu: bool) -> Pop:
+    return Pop(node, tuple(shape), np.ones(()), np.zeros(()), nonnegative=relu, relu=relu)
+
+
+def _full(pop: Pop) -> tuple[np.ndarray, np.ndarray]:
+    """The pending map's scale and shift at every position of the population."""
+    return np.broadcast_to(pop.scale, pop.shape), np.broadcast_to(pop.shift, pop.shape)
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -150,7 +163,7 @@ class Context:
             raise unsupported(node, f"its {what} must be a constant")
         return v.value.astype(np.float64) if v.value.dtype.kind == "f" else v.value
 
-    def pop(self, node: OnnxNode, i: int = 0, rank: tuple[int, ...] = (1, 3)) -> Pop:
+    def pop(self, node: OnnxNode, i: int = 0, rank: tuple[int, ...] = (1, 2, 3), pads: bool = False) -> Pop:
         v = self.get(node, i)
         if isinstance(v, Lin):
             raise unsupported(node, "it is applied to a linear layer's output before a ReLU")
@@ -158,17 +171,15 @@ class Context:
             raise unsupported(node, "its input must be an activation, not a constant")
         if len(v.shape) not in rank:
             raise unsupported(node, f"its input has shape {v.shape} (batch axis omitted)")
+        if v.pads and not pads:
+            raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
         return v
 
     def set(self, node: OnnxNode, value) -> None:
         self.values[node.outputs[0]] = value
 
-    def add(self, node: OnnxNode | None, ir_node) -> str:
-        if self.nodes and ir_node.input != self.nodes[-1].name:
-            label = node.label if node is not None else f"node '{ir_node.name}'"
-            raise UnsupportedOperatorError(
-                f"{label} reads a population that another node also reads: branching graphs "
-                f"are not supported yet (see {SUPPORTED_DOC})", ((node.name, node.op_type) if node else (ir_node.name, ""),))
+    def add(self, ir_node) -> str:
+        """Append an IR node; its inputs are earlier nodes because ONNX graphs are topologically sorted."""
         self.nodes.append(ir_node)
         return ir_node.name
 
@@ -224,11 +235,60 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         h = _const_for(node, h, shape)
         ctx.set(node, Lin(ir.scale_outputs(value.layer, k, h)))
     elif isinstance(value, Pop):
+        if value.pads:
+            raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
         k = _const_for(node, k, value.shape)
         h = _const_for(node, h, value.shape)
         ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h, nonnegative=False))
     else:
         raise unsupported(node, "both operands are constants (constant folding is not done)")
+
+
+def _affine(node: OnnxNode, ctx: Context, parts: list[tuple[Pop, ir.Term]], bias) -> ir.Affine:
+    """An affine layer of terms on populations, each population's pending map folded into its term (DESIGN §4)."""
+    shape = parts[0][1].shape
+    if min(shape) < 1:
+        raise ModelError(f"{node.label}: the kernel does not fit the input {parts[0][0].shape}: output shape {shape}")
+    bias = np.asarray(bias, dtype=np.float64)
+    terms, total = [], ops.per_neuron(bias, shape) if bias.ndim else np.broadcast_to(bias, shape)
+    for pop, term in parts:
+        try:
+            term, extra = ir.fold_term_input(term, pop.scale, pop.shift)
+        except ir.GraphError as e:
+            raise unsupported(node, str(e)) from None
+        terms.append(term)
+        total = total + extra
+    return ir.Affine(ctx.unique(node.name), tuple(terms), ir.compact_bias(total), relu=False)
+
+
+def _identity_term(node: OnnxNode, pop: Pop) -> ir.Term:
+    """Synapses that copy a population: a diagonal dense block, or a 1×1 depthwise convolution."""
+    if len(pop.shape) == 1:
+        return ir.Dense(pop.node, np.eye(pop.shape[0]), pop.shape)
+    rank = len(pop.shape) - 1
+    return ir.Conv(pop.node, np.ones((pop.shape[0], 1) + (1,) * rank), pop.shape, (1,) * rank, (0,) * 2 * rank,
+                   (1,) * rank, groups=pop.shape[0])
+
+
+def _as_linear(node: OnnxNode, ctx: Context, value) -> ir.Affine:
+    """A value as an affine layer not yet followed by its ReLU: a Lin as is, a population through identity synapses."""
+    if isinstance(value, Lin):
+        return value.layer
+    if not isinstance(value, Pop) or value.pads:
+        raise unsupported(node, "its operands must be activations or linear layers")
+    return _affine(node, ctx, [(value, _identity_term(node, value))], 0.0)
+
+
+def _spiking(node: OnnxNode, ctx: Context, layer: ir.Affine) -> Pop:
+    """Make ``layer`` a ReLU layer whose output is this node's output tensor; its population."""
+    name = ctx.add(replace(layer, relu=True, source=node.outputs[0]))
+    return _identity_pop(name, layer.shape, relu=True)
+
+
+def _tensor_nonnegative(pop: Pop) -> bool:
+    """scale·a + shift ≥ 0 for every a ≥ 0."""
+    scale, shift = _full(pop)
+    return pop.relu and bool(np.all(scale >= 0) and np.all(shift >= 0))
 
 
 # ----------------------------------------------------------------------------- converters
@@ -241,85 +301,95 @@ def convert_gemm(node: OnnxNode, ctx: Context) -> None:
     a = ctx.pop(node, 0, rank=(1,))
     b = ctx.const(node, 1, "B operand")
     w = node.attr("alpha", 1.0) * (b.T if not node.attr("transB", 0) else b)
+    if w.ndim != 2 or w.shape[1] != a.shape[0]:
+        raise ModelError(f"{node.label}: its weight of shape {b.shape} does not fit its input of shape {a.shape}")
     c = ctx.const(node, 2, "C operand") if ctx.get(node, 2) is not None else np.zeros(())
     bias = node.attr("beta", 1.0) * _const_for(node, c, w.shape[:1])
-    _linear(node, ctx, a, ir.Dense(node.name, a.node, w, np.broadcast_to(bias, w.shape[:1]), relu=False))
+    ctx.set(node, Lin(_affine(node, ctx, [(a, ir.Dense(a.node, w, a.shape))], bias)))
 
 
 @converter("MatMul")
 def convert_matmul(node: OnnxNode, ctx: Context) -> None:
-    """Y = A·B with A the activation (batch, K) and B a constant (K, N); an Add after it gives the bias."""
-    a = ctx.pop(node, 0, rank=(1,))
-    b = ctx.const(node, 1, "second operand")
-    if b.ndim != 2:
-        raise unsupported(node, f"its constant operand has shape {b.shape}, expected (K, N)")
-    _linear(node, ctx, a, ir.Dense(node.name, a.node, b.T, np.zeros(b.shape[1]), relu=False))
+    """A·B with one constant operand: activation (batch, K) · B (K, M) is a dense layer; A (P, K) · activation
+    (batch, K, L) is a 1×1 convolution over the sequence. An Add after it gives the bias."""
+    x, y = ctx.get(node, 0), ctx.get(node, 1)
+    if isinstance(y, Const):
+        a, b = ctx.pop(node, 0), ctx.const(node, 1, "second operand")
+        if len(a.shape) != 1 or b.ndim != 2 or b.shape[0] != a.shape[0]:
+            raise unsupported(node, f"activation {a.shape} times a constant {b.shape}: only (batch, K)·(K, M) "
+                                    "is a dense layer")
+        term = ir.Dense(a.node, b.T, a.shape)
+    elif isinstance(x, Const):
+        c, a = ctx.const(node, 0, "first operand"), ctx.pop(node, 1)
+        if len(a.shape) != 2 or c.ndim != 2 or c.shape[1] != a.shape[0]:
+            raise unsupported(node, f"a constant {c.shape} times an activation {a.shape}: only (P, K)·(batch, K, L) "
+                                    "is a convolution")
+        term = ir.Conv(a.node, c[:, :, None], a.shape, (1,), (0, 0), (1,))
+    else:
+        raise unsupported(node, "both operands are activations (a product of two activations has no exact "
+                                "spiking mapping)")
+    ctx.set(node, Lin(_affine(node, ctx, [(a, term)], 0.0)))
+
+
+def _geometry(node: OnnxNode, rank: int, size, kernel, extra_pads=()) -> tuple[tuple, tuple, tuple]:
+    """strides, pads (begins, then ends, a pending Pad added) and dilations of a sliding-window node."""
+    strides = tuple(node.attr("strides") or (1,) * rank)
+    dilations = tuple(node.attr("dilations") or (1,) * rank)
+    if len(strides) != rank or len(dilations) != rank:
+        raise unsupported(node, f"strides {strides} or dilations {dilations} are not {rank}-D")
+    extra = tuple(extra_pads) or (0,) * 2 * rank
+    padded = tuple(n + extra[i] + extra[i + rank] for i, n in enumerate(size))
+    pads = _pads(node, padded, kernel, strides, dilations)
+    return strides, tuple(p + e for p, e in zip(pads, extra)), dilations
 
 
 @converter("Conv")
 def convert_conv(node: OnnxNode, ctx: Context) -> None:
-    """2-D convolution with constant weights and bias; group = 1."""
-    a = ctx.pop(node, 0, rank=(3,))
+    """1-D or 2-D convolution with constant weights and bias, any group count (depthwise included)."""
+    a = ctx.pop(node, 0, rank=(2, 3), pads=True)
     w = ctx.const(node, 1, "weight")
-    if w.ndim != 4:
-        raise unsupported(node, "only 2-D convolutions are supported")
-    if node.attr("group", 1) != 1:
-        raise unsupported(node, f"group={node.attr('group')} (grouped convolutions are not supported yet)")
+    rank = len(a.shape) - 1
+    groups = int(node.attr("group", 1))
+    if w.ndim != rank + 2 or groups < 1 or w.shape[1] * groups != a.shape[0] or w.shape[0] % groups:
+        raise ModelError(f"{node.label}: its weight of shape {w.shape} with group={groups} does not fit its "
+                         f"input of shape {a.shape}")
     bias = ctx.const(node, 2, "bias") if ctx.get(node, 2) is not None else np.zeros(w.shape[0])
-    strides = tuple(node.attr("strides") or (1, 1))
-    dilations = tuple(node.attr("dilations") or (1, 1))
-    pads = _pads(node, a.shape[1:], w.shape[2:], strides, dilations)
-    if w.shape[1] != a.shape[0]:
-        raise ModelError(f"{node.label}: its weight of shape {w.shape} does not fit its input of shape {a.shape}")
-    layer = ir.Conv(node.name, a.node, w, bias, relu=False, in_shape=a.shape,
-                    strides=strides, pads=pads, dilations=dilations)
-    _linear(node, ctx, a, layer)
+    strides, pads, dilations = _geometry(node, rank, a.shape[1:], w.shape[2:], a.pads)
+    term = ir.Conv(a.node, w, a.shape, strides, pads, dilations, groups)
+    ctx.set(node, Lin(_affine(node, ctx, [(a, term)], bias)))
 
 
-def _pads(node: OnnxNode, size, kernel, strides, dilations) -> tuple[int, int, int, int]:
-    """Explicit (top, left, bottom, right) pads from ``pads`` or ``auto_pad`` (SAME_UPPER/SAME_LOWER/VALID)."""
+def _pads(node: OnnxNode, size, kernel, strides, dilations) -> tuple[int, ...]:
+    """Explicit pads (begins, then ends) from ``pads`` or ``auto_pad`` (SAME_UPPER/SAME_LOWER/VALID)."""
+    rank = len(kernel)
     mode = node.attr("auto_pad", "NOTSET")
     if mode == "NOTSET":
-        pads = tuple(node.attr("pads") or (0, 0, 0, 0))
-        if len(pads) != 4:
-            raise unsupported(node, f"pads {pads} are not 2-D")
+        pads = tuple(node.attr("pads") or (0,) * 2 * rank)
+        if len(pads) != 2 * rank:
+            raise unsupported(node, f"pads {pads} are not {rank}-D")
         return pads
     if mode == "VALID":
-        return (0, 0, 0, 0)
+        return (0,) * 2 * rank
     begin, end = [], []
     for n, k, s, d in zip(size, kernel, strides, dilations):
         total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
         low = total // 2 if mode == "SAME_UPPER" else total - total // 2
         begin.append(low)
         end.append(total - low)
-    return (begin[0], begin[1], end[0], end[1])
-
-
-def _linear(node: OnnxNode, ctx: Context, a: Pop, layer) -> None:
-    """A linear layer on a population: fold the population's pending affine map forward (DESIGN §4)."""
-    expected = layer.in_shape if isinstance(layer, ir.Conv) else layer.weight.shape[1:]
-    if tuple(expected) != tuple(a.shape) or (isinstance(layer, ir.Conv) and layer.weight.shape[1] != a.shape[0]):
-        raise ModelError(f"{node.label}: its weight of shape {layer.weight.shape} does not fit its input of shape {a.shape}")
-    if min(layer.shape) < 1:
-        raise ModelError(f"{node.label}: the kernel does not fit the input {a.shape}: output shape {layer.shape}")
-    try:
-        layer = ir.fold_input_affine(layer, a.shape, a.scale, a.shift)
-    except ir.GraphError as e:
-        raise unsupported(node, str(e)) from None
-    ctx.set(node, Lin(replace(layer, name=ctx.unique(node.name))))
+    return tuple(begin) + tuple(end)
 
 
 @converter("Relu")
 def convert_relu(node: OnnxNode, ctx: Context) -> None:
-    """ReLU of a linear layer: a spiking layer. ReLU of a ReLU output: the identity."""
+    """ReLU of a linear layer (or of a population's affine map): a spiking layer. ReLU of a non-negative
+    tensor: the identity."""
     v = ctx.get(node, 0)
-    if isinstance(v, Lin):
-        name = ctx.add(node, replace(v.layer, relu=True, source=node.outputs[0]))
-        ctx.set(node, _identity_pop(name, v.layer.shape, nonnegative=True))
-    elif isinstance(v, Pop) and v.nonnegative:
+    if isinstance(v, Pop) and not v.pads and (v.nonnegative or _tensor_nonnegative(v)):
         ctx.set(node, v)
+    elif isinstance(v, (Lin, Pop)):
+        ctx.set(node, _spiking(node, ctx, _as_linear(node, ctx, v)))
     else:
-        raise unsupported(node, "a ReLU must follow a linear layer (Conv, Gemm, MatMul) or its affine maps")
+        raise unsupported(node, "a ReLU of a constant")
 
 
 @converter("BatchNormalization")
@@ -337,10 +407,12 @@ def convert_batchnorm(node: OnnxNode, ctx: Context) -> None:
 
 @converter("Add", "Sub", "Mul", "Div")
 def convert_arithmetic(node: OnnxNode, ctx: Context) -> None:
-    """An activation and a constant: x+c, x−c, c−x, x·c, x/c as tensor ↦ k·tensor + h."""
+    """With a constant: x+c, x−c, c−x, x·c, x/c as tensor ↦ k·tensor + h. Two activations: a sum or
+    difference is one affine layer with the terms of both (a residual connection)."""
     x, y = ctx.get(node, 0), ctx.get(node, 1)
     if not isinstance(x, Const) and not isinstance(y, Const):
-        raise unsupported(node, "both operands are activations (residual connections are not supported yet)")
+        _sum_of_activations(node, ctx, x, y)
+        return
     const_first = isinstance(x, Const)
     value, c = (y, x.value) if const_first else (x, y.value)
     c = np.asarray(c, dtype=np.float64)
@@ -359,36 +431,88 @@ def convert_arithmetic(node: OnnxNode, ctx: Context) -> None:
     apply_affine(node, ctx, value, k, h)
 
 
+def _sum_of_activations(node: OnnxNode, ctx: Context, x, y) -> None:
+    if node.op_type not in ("Add", "Sub"):
+        raise unsupported(node, f"{node.op_type} of two activations has no exact spiking mapping")
+    first, second = _as_linear(node, ctx, x), _as_linear(node, ctx, y)
+    if first.shape != second.shape:
+        raise unsupported(node, f"its operands have shapes {first.shape} and {second.shape} (no broadcasting "
+                                "between activations)")
+    if node.op_type == "Sub":
+        second = ir.scale_outputs(second, -np.ones(second.shape[0]))
+    total = ir.compact_bias(ir.full_bias(first) + ir.full_bias(second))
+    layer = ir.Affine(ctx.unique(node.name), first.terms + second.terms, total, relu=False)
+    if node.op_type == "Add" and all(isinstance(v, Pop) and _tensor_nonnegative(v) for v in (x, y)):
+        ctx.set(node, _spiking(node, ctx, layer))   # a sum of non-negative tensors: its ReLU is the identity
+    else:
+        ctx.set(node, Lin(layer))
+
+
 @converter("MaxPool")
 def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
-    """Max-pooling of a population: the earliest spike (needs a positive per-channel pending scale)."""
-    a = ctx.pop(node, 0, rank=(3,))
+    """1-D or 2-D max-pooling of a population: the earliest spike; the latest for channels whose pending
+    scale is negative (max(k·a + h) = k·min(a) + h)."""
+    a = ctx.pop(node, 0, rank=(2, 3))
     scale = _per_channel(node, np.broadcast_to(a.scale, a.shape), a.shape)
     shift = _per_channel(node, np.broadcast_to(a.shift, a.shape), a.shape)
-    if np.any(scale <= 0):
-        raise unsupported(node, "a non-positive scale sits between the ReLU and the MaxPool")
+    rank = len(a.shape) - 1
     kernel = tuple(node.attr("kernel_shape"))
-    if len(kernel) != 2:
-        raise unsupported(node, "only 2-D max-pooling is supported")
-    strides = tuple(node.attr("strides") or (1, 1))
-    dilations = tuple(node.attr("dilations") or (1, 1))
-    pads = _pads(node, a.shape[1:], kernel, strides, dilations)
+    if len(kernel) != rank:
+        raise unsupported(node, f"kernel {kernel} on an input of shape {a.shape}")
+    if node.attr("storage_order", 0):
+        raise unsupported(node, "storage_order=1")
+    strides, pads, dilations = _geometry(node, rank, a.shape[1:], kernel)
+    latest = tuple(int(c) for c in np.flatnonzero(scale < 0))
     pool = ir.MaxPool(ctx.unique(node.name), a.node, a.shape, kernel, strides, pads, dilations,
-                      bool(node.attr("ceil_mode", 0)))
+                      bool(node.attr("ceil_mode", 0)), latest)
     if min(pool.shape) < 1:
         raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {pool.shape}")
-    ctx.add(node, pool)
-    ctx.set(node, Pop(pool.name, pool.shape, ops.channel_axis(scale, 3), ops.channel_axis(shift, 3), a.nonnegative))
+    ctx.add(pool)
+    ctx.set(node, Pop(pool.name, pool.shape, ops.channel_axis(scale, rank + 1), ops.channel_axis(shift, rank + 1),
+                      a.nonnegative, a.relu))
 
 
-def _flatten(node: OnnxNode, ctx: Context, a: Pop) -> None:
-    if len(a.shape) == 1:
+@converter("AveragePool", "GlobalAveragePool")
+def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
+    """Average pooling: a 1/k-weighted depthwise convolution. It becomes a spiking layer with fixed weights
+    (its ReLU is the identity on non-negative inputs), or waits for a ReLU if its input can be negative."""
+    a = ctx.pop(node, 0, rank=(2, 3), pads=True)
+    if not a.relu:
+        raise unsupported(node, "average pooling of the network input (pool the data before conversion)")
+    rank = len(a.shape) - 1
+    if node.op_type == "GlobalAveragePool":
+        kernel, strides, pads, dilations = tuple(a.shape[1:]), (1,) * rank, (0,) * 2 * rank, (1,) * rank
+        if a.pads:
+            raise unsupported(node, "it reads a Pad output")
+    else:
+        kernel = tuple(node.attr("kernel_shape"))
+        if len(kernel) != rank:
+            raise unsupported(node, f"kernel {kernel} on an input of shape {a.shape}")
+        own = _pads(node, a.shape[1:], kernel, tuple(node.attr("strides") or (1,) * rank), (1,) * rank)
+        if any(own) and not node.attr("count_include_pad", 0):
+            raise unsupported(node, "count_include_pad=0 with padding divides by a count that varies with the "
+                                    "position")
+        strides, pads, dilations = _geometry(node, rank, a.shape[1:], kernel, a.pads)
+        if node.attr("ceil_mode", 0) and (ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations, True)
+                                          != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations)):
+            raise unsupported(node, "ceil_mode=1 adds windows that are cut short")
+    c = a.shape[0]
+    weight = np.full((c, 1) + kernel, 1.0 / int(np.prod(kernel)))
+    term = ir.Conv(a.node, weight, a.shape, strides, pads, dilations, groups=c)
+    layer = _affine(node, ctx, [(a, term)], np.zeros(c))
+    ctx.set(node, _spiking(node, ctx, layer) if _tensor_nonnegative(a) else Lin(layer))
+
+
+def _reshape(node: OnnxNode, ctx: Context, a: Pop, shape: tuple[int, ...]) -> None:
+    """The population reshaped (C order), its pending map with it."""
+    shape = tuple(int(d) for d in shape)
+    if shape == tuple(a.shape):
         ctx.set(node, a)
         return
-    flat = ir.Flatten(ctx.unique(node.name), a.node, a.shape)
-    ctx.add(node, flat)
-    ctx.set(node, Pop(flat.name, flat.shape, np.broadcast_to(a.scale, a.shape).reshape(-1),
-                      np.broadcast_to(a.shift, a.shape).reshape(-1), a.nonnegative))
+    out = ir.Reshape(ctx.unique(node.name), a.node, a.shape, shape)
+    ctx.add(out)
+    scale, shift = _full(a)
+    ctx.set(node, replace(a, node=out.name, shape=shape, scale=scale.reshape(shape), shift=shift.reshape(shape)))
 
 
 @converter("Flatten")
@@ -396,23 +520,165 @@ def convert_flatten(node: OnnxNode, ctx: Context) -> None:
     """Flatten with axis 1: (batch, C, H, W) → (batch, C·H·W)."""
     if node.attr("axis", 1) != 1:
         raise unsupported(node, f"axis={node.attr('axis')} (only axis=1 keeps the batch axis)")
-    _flatten(node, ctx, ctx.pop(node, 0))
+    a = ctx.pop(node, 0)
+    _reshape(node, ctx, a, (int(np.prod(a.shape)),))
 
 
 @converter("Reshape")
 def convert_reshape(node: OnnxNode, ctx: Context) -> None:
-    """Reshape used as a flatten: a constant target (0 or −1, C·H·W) or (0 or −1, −1)."""
+    """Reshape to a constant (or constant-folded) target that keeps the batch axis first (0 or −1 there)."""
     a = ctx.pop(node, 0)
     target = [int(t) for t in ctx.const(node, 1, "target shape")]
+    if node.attr("allowzero", 0) and 0 in target:
+        raise unsupported(node, "allowzero=1 with a zero in the target shape")
     n = int(np.prod(a.shape))
-    if len(target) == 2 and target[0] in (0, -1) and target[1] in (-1, n) and target != [-1, -1]:
-        if target[0] == -1 and target[1] == -1:
-            raise unsupported(node, f"target shape {target}")
-        _flatten(node, ctx, a)
-    elif target[1:] == list(a.shape) and target[0] in (0, -1):
-        ctx.set(node, a)
+    if not target or target[0] not in (0, -1) or (target[0] == -1 and -1 in target[1:]):
+        raise unsupported(node, f"target shape {target} does not keep the batch axis of an input of shape "
+                                f"(batch, {', '.join(map(str, a.shape))})")
+    rest = [a.shape[i - 1] if t == 0 else t for i, t in enumerate(target) if i > 0]
+    if -1 in rest:
+        known = int(np.prod([d for d in rest if d != -1]))
+        if known == 0 or n % known:
+            raise ModelError(f"{node.label}: cannot reshape {a.shape} to {target}")
+        rest[rest.index(-1)] = n // known
+    if int(np.prod(rest)) != n or any(d < 1 for d in rest):
+        raise ModelError(f"{node.label}: cannot reshape {a.shape} to {target}")
+    _reshape(node, ctx, a, tuple(rest))
+
+
+def _axes(node: OnnxNode, ctx: Context, rank: int) -> list[int]:
+    """Axes from the ``axes`` attribute (opset < 13) or the second input, made non-negative for ``rank``."""
+    axes = node.attr("axes")
+    if axes is None and ctx.get(node, 1) is not None:
+        axes = ctx.const(node, 1, "axes")
+    axes = [int(x) % rank for x in np.atleast_1d(axes if axes is not None else [])]
+    if len(set(axes)) != len(axes) or any(not 0 <= x < rank for x in axes):
+        raise unsupported(node, f"axes {axes}")
+    return axes
+
+
+@converter("Squeeze", "Unsqueeze")
+def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
+    """Remove or insert axes of size 1 (never the batch axis): a reshape."""
+    v = ctx.get(node, 0)
+    if isinstance(v, Const):
+        rank = v.value.ndim + (len(_axes(node, ctx, 99)) if node.op_type == "Unsqueeze" else 0)
+        axes = _axes(node, ctx, rank)
+        fn = np.expand_dims if node.op_type == "Unsqueeze" else np.squeeze
+        ctx.set(node, Const(fn(v.value, tuple(axes))))
+        return
+    a = ctx.pop(node, 0)
+    shape = [-1, *a.shape]   # the batch axis in front
+    if node.op_type == "Unsqueeze":
+        axes = _axes(node, ctx, len(shape) + len(_axes(node, ctx, 99)))
+        for x in sorted(axes):
+            shape.insert(x, 1)
     else:
-        raise unsupported(node, f"target shape {target} is not a flatten of {a.shape}")
+        axes = _axes(node, ctx, len(shape)) or [i for i, d in enumerate(shape) if d == 1]
+        if any(shape[x] != 1 for x in axes):
+            raise unsupported(node, f"axes {axes} of an input of shape (batch, {', '.join(map(str, a.shape))}) "
+                                    "are not all of size 1")
+        shape = [d for i, d in enumerate(shape) if i not in axes]
+    if 0 in axes or shape[0] != -1:
+        raise unsupported(node, "it moves the batch axis")
+    _reshape(node, ctx, a, tuple(shape[1:]))
+
+
+@converter("Transpose")
+def convert_transpose(node: OnnxNode, ctx: Context) -> None:
+    """A permutation of the non-batch axes (e.g. NHWC ↔ NCHW): neurons change places, spikes do not."""
+    v = ctx.get(node, 0)
+    if isinstance(v, Const):
+        ctx.set(node, Const(np.transpose(v.value, node.attr("perm"))))
+        return
+    a = ctx.pop(node, 0)
+    perm = [int(p) for p in (node.attr("perm") or range(len(a.shape), -1, -1))]
+    if perm[0] != 0 or sorted(perm) != list(range(len(a.shape) + 1)):
+        raise unsupported(node, f"perm {perm} moves the batch axis")
+    perm = tuple(p - 1 for p in perm[1:])
+    if perm == tuple(range(len(a.shape))):
+        ctx.set(node, a)
+        return
+    out = ir.Transpose(ctx.unique(node.name), a.node, a.shape, perm)
+    ctx.add(out)
+    scale, shift = _full(a)
+    ctx.set(node, replace(a, node=out.name, shape=out.shape, scale=scale.transpose(perm), shift=shift.transpose(perm)))
+
+
+@converter("Concat")
+def convert_concat(node: OnnxNode, ctx: Context) -> None:
+    """Populations side by side along a non-batch axis (from different windows: delays align them, DESIGN §4);
+    constants (shape computations) are concatenated as they are."""
+    values = [ctx.get(node, i) for i in range(len(node.inputs))]
+    if all(isinstance(v, Const) for v in values):
+        ctx.set(node, Const(np.concatenate([np.atleast_1d(v.value) for v in values], axis=node.attr("axis"))))
+        return
+    pops = [ctx.pop(node, i) for i in range(len(node.inputs))]
+    rank = len(pops[0].shape)
+    axis = int(node.attr("axis")) % (rank + 1)
+    if axis == 0:
+        raise unsupported(node, "it concatenates along the batch axis")
+    out = ir.Concat(ctx.unique(node.name), tuple(p.node for p in pops), tuple(tuple(p.shape) for p in pops), axis - 1)
+    ctx.add(out)
+    maps = [_full(p) for p in pops]
+    ctx.set(node, Pop(out.name, out.shape, np.concatenate([m[0] for m in maps], axis=axis - 1),
+                      np.concatenate([m[1] for m in maps], axis=axis - 1),
+                      all(p.nonnegative for p in pops), all(p.relu for p in pops)))
+
+
+@converter("Pad")
+def convert_pad(node: OnnxNode, ctx: Context) -> None:
+    """Constant zero padding of the spatial axes: kept pending and absorbed by the next Conv or AveragePool
+    as extra zero padding (DESIGN §4: padded positions are virtual inputs at the window end)."""
+    a = ctx.pop(node, 0, rank=(2, 3), pads=True)
+    if node.attr("mode", "constant") != "constant":
+        raise unsupported(node, f"mode={node.attr('mode')} (only constant zero padding)")
+    pads = node.attr("pads")
+    if pads is None:
+        pads = ctx.const(node, 1, "pads")
+    value = ctx.const(node, 2, "constant value") if ctx.get(node, 2) is not None else node.attr("value", 0.0)
+    if np.any(np.asarray(value) != 0):
+        raise unsupported(node, f"padding with {np.asarray(value).tolist()} (only zero padding)")
+    if ctx.get(node, 3) is not None:
+        raise unsupported(node, "the axes input")
+    full = [int(p) for p in np.asarray(pads).reshape(-1)]
+    rank = len(a.shape) + 1
+    if len(full) != 2 * rank or any(full[i] or full[i + rank] for i in (0, 1)) or min(full) < 0:
+        raise unsupported(node, f"pads {full}: only non-negative padding of the spatial axes")
+    spatial = tuple(full[2:rank]) + tuple(full[rank + 2:])
+    before = a.pads or (0,) * len(spatial)
+    ctx.set(node, replace(a, pads=tuple(p + q for p, q in zip(before, spatial))))
+
+
+@converter("Shape")
+def convert_shape(node: OnnxNode, ctx: Context) -> None:
+    """The shape of an activation as a constant, 0 standing for the batch axis (which Reshape reads as "keep")."""
+    v = ctx.get(node, 0)
+    shape = v.layer.shape if isinstance(v, Lin) else getattr(v, "shape", None)
+    if shape is None:
+        shape = np.shape(v.value)[1:]
+    full = np.array([0, *shape], dtype=np.int64)
+    ctx.set(node, Const(full[node.attr("start", 0):node.attr("end", len(full))]))
+
+
+@converter("Gather")
+def convert_gather(node: OnnxNode, ctx: Context) -> None:
+    """Constant folding only (shape computations): take indices of a constant."""
+    data, idx = ctx.const(node, 0, "data"), ctx.const(node, 1, "indices")
+    ctx.set(node, Const(np.take(data, idx.astype(np.int64), axis=node.attr("axis", 0))))
+
+
+@converter("Cast")
+def convert_cast(node: OnnxNode, ctx: Context) -> None:
+    """Constant folding of a cast; on an activation, a cast to a float type is the identity."""
+    v = ctx.get(node, 0)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(node.attr("to"))
+    if isinstance(v, Const):
+        ctx.set(node, Const(v.value.astype(dtype)))
+    elif np.dtype(dtype).kind == "f":
+        ctx.set(node, v)
+    else:
+        raise unsupported(node, f"a cast of an activation to {np.dtype(dtype)}")
 
 
 @converter("Identity", "Dropout")
@@ -511,8 +777,9 @@ def input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
             raise ModelError(f"input '{inp.name}' has a dynamic dimension {i} ('{d.dim_param}'); "
                              "only the batch dimension may be dynamic")
         shape.append(d.dim_value)
-    if len(shape) not in (1, 3):
-        raise ModelError(f"input '{inp.name}' has shape {_dims(dims)}; expected (batch, features) or (batch, C, H, W)")
+    if len(shape) not in (1, 2, 3):
+        raise ModelError(f"input '{inp.name}' has shape {_dims(dims)}; expected (batch, features), (batch, C, L) "
+                         "or (batch, C, H, W)")
     return inp.name, tuple(shape)
 
 
@@ -543,25 +810,23 @@ def import_model(path: str | Path) -> Imported:
                     if n.op_type not in CONVERTERS or p.domain not in ("", "ai.onnx"))
     if missing:
         listing = ", ".join(f"{op} '{name}'" for name, op in missing)
-        hint = ("; Shape…Concat feeding a Reshape is how x.view(x.size(0), -1) exports: use torch.flatten or "
-                "nn.Flatten, or the dynamo exporter" if {"Shape", "Reshape"} <= {n.op_type for n in nodes} else "")
         raise UnsupportedOperatorError(
             f"{path}: {len(missing)} node(s) without an exact spiking mapping: {listing} "
-            f"(supported: {SUPPORTED_DOC}){hint}", missing)
+            f"(supported: {SUPPORTED_DOC})", missing)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name))
     ctx.nodes.append(ir.Input(in_name, in_shape))
-    ctx.values[in_name] = _identity_pop(in_name, in_shape, nonnegative=False)
+    ctx.values[in_name] = _identity_pop(in_name, in_shape, relu=False)
     for node in nodes:
         CONVERTERS[node.op_type](node, ctx)
     out = ctx.values.get(ctx.graph_output)
+    readout = OnnxNode("readout", "Identity", (ctx.graph_output,), (ctx.logits_tensor,), MappingProxyType({}))
     if isinstance(out, Lin):
-        ctx.add(None, replace(out.layer, source=ctx.logits_tensor))
-    elif isinstance(out, Pop) and len(out.shape) == 1:
-        n = out.shape[0]  # ReLU at the output: read the population through its pending affine map
-        ident = ir.Dense(ctx.unique("readout"), out.node, np.eye(n), np.zeros(n), relu=False, source=ctx.logits_tensor)
-        ctx.add(None, ir.fold_input_affine(ident, out.shape, out.scale, out.shift))
+        ctx.add(replace(out.layer, source=ctx.logits_tensor))
+    elif isinstance(out, Pop) and out.node != in_name:
+        # a ReLU (or pooling) at the output: read the population through its pending affine map
+        ctx.add(replace(_as_linear(readout, ctx, out), source=ctx.logits_tensor))
     else:
-        raise ModelError(f"{path}: the output '{ctx.graph_output}' is not a linear layer's output")
+        raise ModelError(f"{path}: the output '{ctx.graph_output}' is not computed from a linear layer")
     graph = ir.Graph(tuple(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
     return Imported(graph, opset, sha, Path(path).name)

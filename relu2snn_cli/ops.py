@@ -37,23 +37,32 @@ def out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
     return n
 
 
-def out_shape2d(size: Pair, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
-                ceil_mode: bool = False) -> Pair:
-    """(Ho, Wo) of a 2-D sliding window over (H, W): ``out_size`` along each axis."""
-    return (out_size(size[0], kernel[0], strides[0], pads[0], pads[2], dilations[0], ceil_mode),
-            out_size(size[1], kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode))
+def lift(kernel, strides, pads, dilations) -> tuple[Pair, Pair, Quad, Pair]:
+    """1-D geometry ((k,), (s,), (begin, end), (d,)) as the 2-D geometry of a height-1 image; 2-D unchanged."""
+    if len(kernel) == 2:
+        return tuple(kernel), tuple(strides), tuple(pads), tuple(dilations)
+    return (1, kernel[0]), (1, strides[0]), (0, pads[0], 0, pads[1]), (1, dilations[0])
 
 
-def windows(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
-            pad_value: float, ceil_mode: bool = False) -> np.ndarray:
-    """View of every sliding window: (N, C, H, W) → (N, C, Ho, Wo, kh, kw).
+def out_spatial(size, kernel, strides, pads, dilations, ceil_mode: bool = False) -> tuple[int, ...]:
+    """Output spatial shape of a 1-D or 2-D sliding window: ``out_size`` along each axis (pads: begins, then ends)."""
+    n = len(kernel)
+    return tuple(out_size(size[i], kernel[i], strides[i], pads[i], pads[i + n], dilations[i], ceil_mode)
+                 for i in range(n))
+
+
+def windows(x: np.ndarray, kernel, strides, pads, dilations, pad_value: float,
+            ceil_mode: bool = False) -> np.ndarray:
+    """View of every sliding window: (N, C, H, W) → (N, C, Ho, Wo, kh, kw); 1-D input (N, C, L) as H = 1.
 
     Positions outside the input read ``pad_value``. The result is a strided view of a
     padded copy, so it costs one copy of the input.
     """
+    if x.ndim == 3:
+        x = x[:, :, None, :]
+    kernel, strides, pads, dilations = lift(kernel, strides, pads, dilations)
     n, c, h, w = x.shape
-    ho = out_size(h, kernel[0], strides[0], pads[0], pads[2], dilations[0], ceil_mode)
-    wo = out_size(w, kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode)
+    ho, wo = out_spatial((h, w), kernel, strides, pads, dilations, ceil_mode)
     span_h = (kernel[0] - 1) * dilations[0] + 1
     span_w = (kernel[1] - 1) * dilations[1] + 1
     need_h = (ho - 1) * strides[0] + span_h
@@ -67,38 +76,64 @@ def windows(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations: P
                 ::dilations[0], ::dilations[1]]
 
 
-def conv2d(x: np.ndarray, weight: np.ndarray, strides: Pair, pads: Quad, dilations: Pair) -> np.ndarray:
-    """2-D cross-correlation without bias: y[n,o,i,j] = Σ_{c,u,v} w[o,c,u,v]·x_pad[n,c,i·s+u·d, j·s+v·d].
+def _unlift(y: np.ndarray, ndim: int) -> np.ndarray:
+    """(N, C, 1, L) back to (N, C, L) when the input was 1-D."""
+    return y[:, :, 0, :] if ndim == 3 else y
 
-    x (N, C, H, W), weight (O, C, kh, kw) → (N, O, Ho, Wo); zero padding. One matrix
-    product over all positions (im2col), so BLAS does the work.
+
+def conv(x: np.ndarray, weight: np.ndarray, strides, pads, dilations, groups: int = 1) -> np.ndarray:
+    """1-D or 2-D grouped cross-correlation without bias, zero padding:
+    y[n,o,i,j] = Σ_{c∈group(o),u,v} w[o,c,u,v]·x_pad[n,c,i·s+u·d, j·s+v·d].
+
+    x (N, C, H, W) or (N, C, L); weight (O, C/groups, kh, kw) or (O, C/groups, k). One
+    matrix product over all positions (im2col), so BLAS does the work; groups > 1 as one
+    einsum over the group axis.
     """
+    w = weight if weight.ndim == 4 else weight[:, :, None, :]
     patches = windows(x, weight.shape[2:], strides, pads, dilations, 0.0)
-    y = np.tensordot(patches, weight, axes=([1, 4, 5], [1, 2, 3]))  # (N, Ho, Wo, O)
-    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+    if groups == 1:
+        y = np.tensordot(patches, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)  # (N, O, Ho, Wo)
+    else:
+        n, c, ho, wo, kh, kw = patches.shape
+        p = patches.reshape(n, groups, c // groups, ho, wo, kh, kw)
+        g = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])
+        y = np.einsum("ngchwuv,gocuv->ngohw", p, g, optimize=True).reshape(n, -1, ho, wo)
+    return _unlift(np.ascontiguousarray(y), x.ndim)
 
 
-def max_pool2d(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
-               ceil_mode: bool = False) -> np.ndarray:
-    """Max over each window, padded positions ignored (they read −∞)."""
-    return windows(x, kernel, strides, pads, dilations, -np.inf, ceil_mode).max(axis=(4, 5))
+def max_pool(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool = False) -> np.ndarray:
+    """Max over each 1-D or 2-D window, padded positions ignored (they read −∞)."""
+    return _unlift(windows(x, kernel, strides, pads, dilations, -np.inf, ceil_mode).max(axis=(4, 5)), x.ndim)
 
 
-def min_pool2d(x: np.ndarray, kernel: Pair, strides: Pair, pads: Quad, dilations: Pair,
-               ceil_mode: bool = False) -> np.ndarray:
-    """Min over each window, padded positions ignored (they read +∞): the earliest spike."""
-    return windows(x, kernel, strides, pads, dilations, np.inf, ceil_mode).min(axis=(4, 5))
+def min_pool(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool = False) -> np.ndarray:
+    """Min over each 1-D or 2-D window, padded positions ignored (they read +∞): the earliest spike."""
+    return _unlift(windows(x, kernel, strides, pads, dilations, np.inf, ceil_mode).min(axis=(4, 5)), x.ndim)
+
+
+def pool_channels(x: np.ndarray, latest, pool_max, pool_min, *geometry) -> np.ndarray:
+    """``pool_max`` on every channel except those listed in ``latest``, which get ``pool_min``."""
+    y = pool_max(x, *geometry)
+    if len(latest):
+        idx = list(latest)
+        y[:, idx] = pool_min(x[:, idx], *geometry)
+    return y
 
 
 def gather_fan_in(source: np.ndarray, weight: np.ndarray, shape: tuple[int, ...], samples: np.ndarray,
                   neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and weights of P (sample, flat neuron index) pairs, as two (P, K) arrays.
 
-    Dense: ``source`` is the input (N, K) and ``weight`` (out, K). Convolution: ``source`` is
-    ``windows(...)`` of the input (N, C, Ho, Wo, kh, kw) — its padded taps read the pad value —
-    and ``weight`` (O, C, kh, kw); ``shape`` is the output shape (O, Ho, Wo).
+    Dense: ``source`` is the input (N, *in_shape), flattened, and ``weight`` (out, K). Convolution:
+    ``source`` is ``windows(...)`` of the input (N, C, Ho, Wo, kh, kw) — its padded taps read the
+    pad value — and ``weight`` (O, C/groups, kh, kw) (or 1-D (O, C/groups, k)); ``shape`` is the
+    output shape (O, Ho, Wo) or (O, L). Each output channel reads the channels of its group.
     """
     if weight.ndim == 2:
-        return source[samples], weight[neurons]
-    o, i, j = np.unravel_index(neurons, shape)
-    return source[samples, :, i, j].reshape(len(samples), -1), weight.reshape(weight.shape[0], -1)[o]
+        return source[samples].reshape(len(samples), -1), weight[neurons]
+    o, i, j = np.unravel_index(neurons, shape if len(shape) == 3 else (shape[0], 1, shape[1]))
+    per_group = weight.shape[1]
+    groups = source.shape[1] // per_group
+    channels = (o // (weight.shape[0] // groups))[:, None] * per_group + np.arange(per_group)
+    taps = source[samples[:, None], channels, i[:, None], j[:, None]]   # (P, C/groups, kh, kw)
+    return taps.reshape(len(samples), -1), weight.reshape(weight.shape[0], -1)[o]

@@ -29,17 +29,27 @@ SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact scan
 
 # ----------------------------------------------------------------------------- synapses
 
-def drive(layer: snn._Synapses, a: np.ndarray, J: np.ndarray | None = None) -> np.ndarray:
+def drive(syn: snn.Synapses, a: np.ndarray, J: np.ndarray | None = None) -> np.ndarray:
     """Σ_j J_ij·a_j for a batch of input activations a (N, *in_shape) → (N, *shape); zero-padded for convolutions."""
-    J = layer.J if J is None else J
-    if layer.is_conv:
-        return ops.conv2d(a, J, layer.strides, layer.pads, layer.dilations)
-    return a @ J.T
+    J = syn.J if J is None else J
+    if syn.is_conv:
+        return ops.conv(a, J, syn.strides, syn.pads, syn.dilations, syn.groups)
+    return a.reshape(len(a), -1) @ J.T
 
 
-def conv_windows(layer: snn._Synapses, t_in: np.ndarray, t_pad: float) -> np.ndarray:
-    """Each output position's input spike times (N, C, Ho, Wo, kh, kw); padded taps fire at ``t_pad``."""
-    return ops.windows(t_in, layer.J.shape[2:], layer.strides, layer.pads, layer.dilations, t_pad)
+def fan_in_source(syn: snn.Synapses, t: np.ndarray, t_pad: float) -> np.ndarray:
+    """The (delayed) input spike times as ``ops.gather_fan_in`` reads them: for a convolution each output
+    position's window (N, C, Ho, Wo, kh, kw), padded taps firing at ``t_pad``."""
+    if syn.is_conv:
+        return ops.windows(t, syn.J.shape[2:], syn.strides, syn.pads, syn.dilations, t_pad)
+    return t.reshape(len(t), -1)
+
+
+def fan_in(synapses, sources: list[np.ndarray], shape: tuple[int, ...], samples: np.ndarray,
+           neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Input spike times and weights of P (sample, flat neuron) pairs over every synapse set, as (P, K) arrays."""
+    parts = [ops.gather_fan_in(src, syn.J, shape, samples, neurons) for syn, src in zip(synapses, sources)]
+    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
 
 
 # ----------------------------------------------------------------------------- dynamics
@@ -91,68 +101,90 @@ class Counts:
 
 
 class CompiledLayer:
-    """A SpikingLayer with its per-neuron constants expanded once for the simulation."""
+    """A SpikingLayer with its per-neuron constants expanded once for the simulation.
 
-    def __init__(self, layer: snn.SpikingLayer, in_window: tuple[float, float]):
+    ``in_windows`` are the windows (T_k, B_k) of the layer's input populations, in the order
+    of its synapses; input k's codes are a = T_k + B_k − t (its own window end minus the
+    spike time), the same as T − (t + delay_k) at the end T of the merged input window.
+    """
+
+    def __init__(self, layer: snn.SpikingLayer, in_windows: list[tuple[float, float]]):
         self.layer = layer
-        self.t_in, self.b_in = in_window
+        self.ends = [t + b for t, b in in_windows]
+        self.lengths = [b for _, b in in_windows]
+        (self.t_in, self.b_in), _ = snn.merge_windows(in_windows)
         self.t_start = self.t_in + self.b_in
         self.t_end = sum(layer.window)
         shape = layer.shape
         self.alpha = ops.per_neuron(layer.alpha, shape).reshape(-1)
         self.theta = ops.per_neuron(layer.theta, shape).reshape(-1)
-        self.slope = self.alpha + ops.per_neuron(layer.J.reshape(layer.J.shape[0], -1).sum(axis=1), shape).reshape(-1)
-        certified = static_certificate(layer.J, layer.theta, layer.alpha, self.b_in)
+        j_sum = sum(syn.J.reshape(syn.J.shape[0], -1).sum(axis=1) for syn in layer.synapses)
+        self.slope = self.alpha + ops.per_neuron(j_sum, shape).reshape(-1)
+        certified = static_certificate([(syn.J, b) for syn, b in zip(layer.synapses, self.lengths)],
+                                       layer.theta, layer.alpha, self.b_in)
         self.static = ops.per_neuron(certified, shape).reshape(-1)
         self.unsure = np.flatnonzero(~certified.reshape(certified.shape[0], -1).all(axis=1))  # output channels
-        self.j_pos = np.clip(layer.J, 0, None)
+        self.j_pos = [np.clip(syn.J, 0, None) for syn in layer.synapses]
+        self.fan_in = sum(int(np.prod(syn.J.shape[1:])) for syn in layer.synapses)
 
-    def fire(self, t_in: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """Spike times (N, *shape) for input spike times t_in; also counts of early spikes and scanned pairs."""
-        n = t_in.shape[0]
-        a = (self.t_start - t_in)
-        u = drive(self.layer, a).reshape(n, -1)
+    def fire(self, t_in: list[np.ndarray]) -> tuple[np.ndarray, int, int]:
+        """Spike times (N, *shape) for the input spike times of each synapse set (undelayed);
+        also counts of early spikes and scanned pairs."""
+        layer = self.layer
+        n = t_in[0].shape[0]
+        a = [end - t for end, t in zip(self.ends, t_in)]
+        u = sum(drive(syn, a_k) for syn, a_k in zip(layer.synapses, a)).reshape(n, -1)
         with np.errstate(divide="ignore"):  # a non-rising potential (slope ≤ 0) never crosses after T
             t = np.where(self.slope > 0, self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope, np.inf)
         rows, cols = np.nonzero(self._uncertified(a))
         early = 0
         if len(rows):
-            source = conv_windows(self.layer, t_in, self.t_start) if self.layer.is_conv else t_in
-            step = max(1, SCAN_CHUNK // self.j_pos[0].size)
+            sources = [fan_in_source(syn, t_k + syn.delay, self.t_start) for syn, t_k in zip(layer.synapses, t_in)]
+            step = max(1, SCAN_CHUNK // self.fan_in)
             for lo in range(0, len(rows), step):
                 r, c = rows[lo:lo + step], cols[lo:lo + step]
-                times, weights = ops.gather_fan_in(source, self.layer.J, self.layer.shape, r, c)
+                times, weights = fan_in(layer.synapses, sources, layer.shape, r, c)
                 t[r, c] = first_crossing(times, weights, self.alpha[c], self.theta[c], self.t_in)
                 early += int(np.count_nonzero(t[r, c] < self.t_start))
         t = np.minimum(t, self.t_end)
-        return t.reshape((n,) + self.layer.shape), early, len(rows)
+        return t.reshape((n,) + layer.shape), early, len(rows)
 
-    def _uncertified(self, a: np.ndarray) -> np.ndarray:
+    def _bound(self, a: list[np.ndarray], idx: np.ndarray, channels: np.ndarray | None) -> np.ndarray:
+        """α·B_in + Σ_k Σ_j max(J_kij, 0)·a_kj for the samples ``idx`` and the output ``channels`` (all if None)."""
+        total = 0.0
+        for syn, j_pos, a_k in zip(self.layer.synapses, self.j_pos, a):
+            if channels is None or (syn.is_conv and syn.groups > 1):   # a channel subset would break the groups
+                pos = drive(syn, a_k[idx], j_pos)
+                pos = pos if channels is None else pos[:, channels]
+            else:
+                pos = drive(syn, a_k[idx], j_pos[channels])
+            total = total + pos.reshape(len(idx), -1)
+        return total
+
+    def _uncertified(self, a: list[np.ndarray]) -> np.ndarray:
         """(N, neurons) mask of the pairs the closed form cannot be trusted for.
 
         A pair is trusted when the certificate α·B_in + Σ_j max(J_ij,0)·a_j < ϑ_i holds
-        (statically for the neuron if every a_j is within [0, B_in]) and no input arrives after
-        the input window (a_j < 0, an input value above the encoder's range): the closed form
-        assumes every input is in by T.
+        (statically for the neuron if every input code a_j is within [0, B_k] of its
+        population) and no input arrives after the input window (a_j < 0, an input value above
+        the encoder's range): the closed form assumes every input is in by T.
         """
-        n = a.shape[0]
+        n = a[0].shape[0]
         failing = np.zeros((n, self.theta.size), dtype=bool)
-        flat = a.reshape(n, -1)
-        late = flat.min(axis=1) < 0
+        flat = [a_k.reshape(n, -1) for a_k in a]
+        late = np.any([f.min(axis=1) < 0 for f in flat], axis=0)
         failing[late] = True
-        in_window = (flat.max(axis=1) <= self.b_in) & ~late
-        layer, shape = self.layer, self.layer.shape
+        in_window = np.all([f.max(axis=1) <= b for f, b in zip(flat, self.lengths)], axis=0) & ~late
+        shape = self.layer.shape
         per_ch = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         if len(self.unsure) and in_window.any():
             idx = np.flatnonzero(in_window)
-            pos = drive(layer, a[idx], self.j_pos[self.unsure]).reshape(len(idx), -1)
             cols = (self.unsure[:, None] * per_ch + np.arange(per_ch)).reshape(-1)
-            bound = self.alpha[cols] * self.b_in + pos
+            bound = self.alpha[cols] * self.b_in + self._bound(a, idx, self.unsure)
             failing[np.ix_(idx, cols)] = ~(bound < self.theta[cols]) & ~self.static[cols]
         if not (in_window | late).all():
             idx = np.flatnonzero(~in_window & ~late)
-            pos = drive(layer, a[idx], self.j_pos).reshape(len(idx), -1)
-            failing[idx] = ~(self.alpha * self.b_in + pos < self.theta)
+            failing[idx] = ~(self.alpha * self.b_in + self._bound(a, idx, None) < self.theta)
         return failing
 
 
@@ -167,11 +199,27 @@ def encode(enc: snn.Encoder, x: np.ndarray) -> tuple[np.ndarray, int]:
     return sum(enc.window) - a * enc.window[1], outside
 
 
-def read_out(readout: snn.Readout, t_in: np.ndarray) -> np.ndarray:
-    """V(T_out) = α·(T_out − T_in) + Σ_j J_ij·max(0, T_out − t_j) at the end T_out of the input window."""
+def read_out(readout: snn.Readout, t_in: list[np.ndarray]) -> np.ndarray:
+    """V(T_out) = α·B_in + Σ_j J_ij·max(0, T_out − t_j − delay_j) at the end T_out of the input window."""
     t_out = sum(readout.window)
-    a = np.maximum(t_out - t_in, 0.0)
-    return ops.per_neuron(readout.alpha, readout.shape) * readout.window[1] + drive(readout, a)
+    u = sum(drive(syn, np.maximum(t_out - (t + syn.delay), 0.0)) for syn, t in zip(readout.synapses, t_in))
+    return ops.per_neuron(readout.alpha, readout.shape) * readout.window[1] + u
+
+
+def move(node, t_in: list[np.ndarray]) -> np.ndarray:
+    """Spike times of a node that moves neurons: pooling (earliest spike, or latest for the ``latest``
+    channels), reshaping, transposing, concatenating (delayed to the common window)."""
+    t = t_in[0]
+    if isinstance(node, snn.SpikePool):
+        geometry = (node.kernel, node.strides, node.pads, node.dilations, node.ceil_mode)
+        return ops.pool_channels(t, node.latest, ops.min_pool, ops.max_pool, *geometry)
+    if isinstance(node, snn.Reshape):
+        return t.reshape((len(t),) + tuple(node.shape))
+    if isinstance(node, snn.Transpose):
+        return np.ascontiguousarray(t.transpose((0,) + tuple(p + 1 for p in node.perm)))
+    if isinstance(node, snn.Concat):
+        return np.concatenate([t_k + d for t_k, d in zip(t_in, node.delays)], axis=node.axis + 1)
+    raise TypeError(f"no simulation rule for {type(node).__name__}")
 
 
 @dataclass
@@ -189,11 +237,11 @@ class Simulator:
     def __init__(self, net: snn.Network):
         self.net = net
         windows = {n.name: n.window for n in net.nodes}
-        self.compiled = {n.name: CompiledLayer(n, windows[n.input])
+        self.compiled = {n.name: CompiledLayer(n, [windows[name] for name in n.inputs])
                          for n in net.nodes if isinstance(n, snn.SpikingLayer)}
         spiking = [n for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer))]
         self.neurons = sum(int(np.prod(n.shape)) for n in spiking)  # spiking neurons per sample
-        self.last_use = {n.input: i for i, n in enumerate(net.nodes) if not isinstance(n, snn.Encoder)}
+        self.last_use = {name: i for i, n in enumerate(net.nodes) for name in n.inputs}
 
     def run(self, x: np.ndarray, keep_times: bool = False) -> Result:
         """Simulate one batch x (N, *input shape)."""
@@ -203,19 +251,17 @@ class Simulator:
         times = {enc.name: t}
         logits = None
         for i, node in enumerate(self.net.nodes[1:], 1):
-            t_in = times[node.input]
+            t_in = [times[name] for name in node.inputs]
             if isinstance(node, snn.SpikingLayer):
                 out, early, scanned = self.compiled[node.name].fire(t_in)
                 counts.early_spikes += early
                 counts.scanned += scanned
                 counts.spikes += _spikes(out)
-            elif isinstance(node, snn.SpikePool):
-                out = ops.min_pool2d(t_in, node.kernel, node.strides, node.pads, node.dilations, node.ceil_mode)
-            elif isinstance(node, snn.Flatten):
-                out = t_in.reshape(len(t_in), -1)
-            else:
+            elif isinstance(node, snn.Readout):
                 logits = read_out(node, t_in)
                 continue
+            else:
+                out = move(node, t_in)
             times[node.name] = out
             if not keep_times:  # free what no later node reads
                 times = {k: v for k, v in times.items() if self.last_use.get(k, -1) > i}

@@ -4,10 +4,13 @@ Conventions, in one place:
 - time is in units of τ_c; a population's ``window = (T, B)`` is the interval [T, T + B]
   in which it fires; the encoder fires in [0, 1];
 - **activation = window end − spike time**: a neuron of activation a fires at T + B − a;
-- shapes omit the batch axis; a layer's synapses ``J`` are (out, in) for dense
-  connectivity or (O, C, kh, kw) for a convolution (``strides``, ``pads`` (top, left,
-  bottom, right), ``dilations``; padded positions are virtual inputs that fire at the
-  end of the input window);
+- a node reading several populations (a residual sum, a concatenation) has one input
+  window: it ends at the latest end among its inputs and is as long as the longest
+  (``merge_windows``); spikes from a population that ends earlier are delayed;
+- shapes omit the batch axis; a layer's synapses from each input population ``J`` are
+  (out, in) for dense connectivity or (O, C/groups, kh, kw) for a convolution (1-D:
+  (O, C/groups, k)) with ``strides``, ``pads`` (begins, then ends), ``dilations``;
+  padded positions are virtual inputs that fire at the end of the input window;
 - per-neuron parameters (ϑ, α, certificate) are one value per output channel (O,) or
   a map of the whole output shape; ``scale`` (c of DESIGN §3) and ``x_max`` (calibrated
   maximum activation, before scaling) are per output channel; ``x_n`` is the calibrated
@@ -33,10 +36,10 @@ def _array(owner: str, name: str, value, dtype=np.float64, finite: bool = True) 
     return arr
 
 
-def _check_geometry(owner: str, **fields) -> None:
-    """Strides, dilations and kernels: positive pairs; pads: four non-negative numbers."""
+def _check_geometry(owner: str, rank: int = 2, **fields) -> None:
+    """Strides, dilations and kernels: ``rank`` positive integers; pads: 2·rank non-negative ones."""
     for name, value in fields.items():
-        n, low = (4, 0) if name == "pads" else (2, 1)
+        n, low = (2 * rank, 0) if name == "pads" else (rank, 1)
         if len(value) != n or any(int(v) != v or v < low for v in value):
             raise GraphError(f"{owner}: {name} {tuple(value)} must be {n} integers ≥ {low}")
 
@@ -63,36 +66,90 @@ class Encoder:
             raise GraphError(f"{self.name}: input range [{self.low}, {self.high}] must be finite and non-empty")
         object.__setattr__(self, "window", _check_window(self.name, self.window))
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return ()
+
+
+def merge_windows(windows: list[tuple[float, float]]) -> tuple[tuple[float, float], tuple[float, ...]]:
+    """The input window of a node reading populations with windows (T_k, B_k), and the delay per input (DESIGN §4).
+
+    The window ends at T = max_k (T_k + B_k), the latest end, and has length B_in = max_k B_k;
+    spikes of input k are delayed by T − (T_k + B_k), so that a_j = T − (t_j + delay) is
+    input k's own code. Returns ((T − B_in, B_in), delays).
+    """
+    end = max(t + b for t, b in windows)
+    length = max(b for _, b in windows)
+    return (end - length, length), tuple(end - (t + b) for t, b in windows)
+
 
 @dataclass(frozen=True, eq=False)
-class _Synapses:
-    """Fields and shapes shared by the two kinds of layer that integrate input spikes."""
+class Synapses:
+    """The synapses from one input population, with their ``delay``.
 
-    name: str
+    ``J`` (out, in) for dense connectivity (the input flattened in C order), or
+    (O, C/groups, kh, kw) / (O, C/groups, k) for a convolution with ``strides``, ``pads``
+    (begins, then ends) and ``dilations``; a dense block leaves those empty.
+    """
+
     input: str
     in_shape: tuple[int, ...]
     J: np.ndarray
-    alpha: np.ndarray
-    window: tuple[float, float]
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
+    delay: float = 0.0
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    groups: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "J", _array(self.name, "J", self.J))
+        object.__setattr__(self, "J", _array(self.input, "J", self.J))
+        if not (np.isfinite(self.delay) and self.delay >= 0):
+            raise GraphError(f"synapses from {self.input}: delay {self.delay} must be finite and ≥ 0")
+        if self.J.ndim == 2:
+            if self.J.shape[1] != int(np.prod(self.in_shape)) or self.strides or self.pads or self.dilations:
+                raise GraphError(f"synapses from {self.input}: J of shape {self.J.shape} does not fit "
+                                 f"input shape {self.in_shape}")
+        elif self.J.ndim in (3, 4):
+            rank = self.J.ndim - 2
+            _check_geometry(self.input, strides=self.strides, pads=self.pads, dilations=self.dilations, rank=rank)
+            if (self.groups < 1 or len(self.in_shape) != rank + 1 or self.in_shape[0] != self.J.shape[1] * self.groups
+                    or self.J.shape[0] % self.groups):
+                raise GraphError(f"synapses from {self.input}: J of shape {self.J.shape} with groups={self.groups} "
+                                 f"does not fit input shape {self.in_shape}")
+        else:
+            raise GraphError(f"synapses from {self.input}: J must be (out, in) or (O, C, *kernel), got {self.J.shape}")
+        if min(self.shape) < 1:
+            raise GraphError(f"synapses from {self.input}: output shape {self.shape} is empty")
+
+    @property
+    def is_conv(self) -> bool:
+        return self.J.ndim > 2
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if not self.is_conv:
+            return (self.J.shape[0],)
+        return (self.J.shape[0],
+                *ops.out_spatial(self.in_shape[1:], self.J.shape[2:], self.strides, self.pads, self.dilations))
+
+
+@dataclass(frozen=True, eq=False)
+class _Integrator:
+    """Fields and shapes shared by the two kinds of neuron that integrate input spikes."""
+
+    name: str
+    synapses: tuple[Synapses, ...]
+    alpha: np.ndarray
+    window: tuple[float, float]
+
+    def __post_init__(self):
+        object.__setattr__(self, "synapses", tuple(self.synapses))
+        if not self.synapses or not all(isinstance(s, Synapses) for s in self.synapses):
+            raise GraphError(f"{self.name}: needs at least one set of synapses")
+        if len({s.shape for s in self.synapses}) != 1:
+            raise GraphError(f"{self.name}: its synapses give different shapes {[s.shape for s in self.synapses]}")
         object.__setattr__(self, "alpha", _array(self.name, "alpha", self.alpha))
         object.__setattr__(self, "window", _check_window(self.name, self.window))
-        _check_geometry(self.name, strides=self.strides, pads=self.pads, dilations=self.dilations)
-        if self.J.ndim == 2:
-            if self.in_shape != (self.J.shape[1],):
-                raise GraphError(f"{self.name}: J of shape {self.J.shape} does not fit input shape {self.in_shape}")
-        elif self.J.ndim == 4:
-            if len(self.in_shape) != 3 or self.in_shape[0] != self.J.shape[1]:
-                raise GraphError(f"{self.name}: J of shape {self.J.shape} does not fit input shape {self.in_shape}")
-        else:
-            raise GraphError(f"{self.name}: J must be (out, in) or (O, C, kh, kw), got {self.J.shape}")
-        if min(self.shape) < 1:
-            raise GraphError(f"{self.name}: output shape {self.shape} is empty")
         self._check_per_neuron("alpha", self.alpha)
 
     def _check_per_neuron(self, name: str, arr: np.ndarray) -> None:
@@ -100,24 +157,25 @@ class _Synapses:
             raise GraphError(f"{self.name}: {name} of shape {arr.shape} fits neither {self.shape[:1]} nor {self.shape}")
 
     @property
-    def is_conv(self) -> bool:
-        return self.J.ndim == 4
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(s.input for s in self.synapses)
+
+    @property
+    def in_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(s.in_shape) for s in self.synapses)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        if not self.is_conv:
-            return (self.J.shape[0],)
-        return (self.J.shape[0],
-                *ops.out_shape2d(self.in_shape[1:], self.J.shape[2:], self.strides, self.pads, self.dilations))
+        return self.synapses[0].shape
 
 
 @dataclass(frozen=True, eq=False)
-class SpikingLayer(_Synapses):
-    """Single-spike integrate-and-fire neurons (DESIGN §2), dense or convolutional synapses.
+class SpikingLayer(_Integrator):
+    """Single-spike integrate-and-fire neurons (DESIGN §2) fed by one or more synapse sets.
 
-    V_i(t) = α_i·(t − T_in) + Σ_j J_ij·max(0, t − t_j) from the start T_in of the input
-    window; the neuron fires when V_i first reaches ϑ_i, at the latest at its window end.
-    ``certified`` marks neurons that provably cannot fire before all inputs are in (§3).
+    V_i(t) = α_i·(t − T_in) + Σ_j J_ij·max(0, t − t_j − delay_j) from the start T_in of the
+    input window; the neuron fires when V_i first reaches ϑ_i, at the latest at its window
+    end. ``certified`` marks neurons that provably cannot fire before all inputs are in (§3).
     """
 
     theta: np.ndarray = None
@@ -146,54 +204,135 @@ class SpikingLayer(_Synapses):
 
 
 @dataclass(frozen=True, eq=False)
-class Readout(_Synapses):
-    """Non-spiking output neurons: the potential V_i(T_out) = α_i·B_in + Σ_j J_ij·(T_out − t_j) at the
-    end T_out of the input window is the logit. Its ``window`` is that input window."""
+class Readout(_Integrator):
+    """Non-spiking output neurons: the potential V_i(T_out) = α_i·B_in + Σ_j J_ij·(T_out − t_j − delay_j) at
+    the end T_out of the input window is the logit. Its ``window`` is that input window."""
 
     source: str = ""
 
 
 @dataclass(frozen=True)
 class SpikePool:
-    """Max-pooling of activations = the earliest spike in each window (no new neurons, same window)."""
+    """Max-pooling of activations = the earliest spike in each window (no new neurons, same window).
 
-    name: str
-    input: str
-    in_shape: tuple[int, int, int]
-    kernel: tuple[int, int]
-    strides: tuple[int, int]
-    window: tuple[float, float]
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
-    ceil_mode: bool = False
-
-    def __post_init__(self):
-        _check_geometry(self.name, kernel=self.kernel, strides=self.strides, pads=self.pads, dilations=self.dilations)
-        object.__setattr__(self, "window", _check_window(self.name, self.window))
-        if len(self.in_shape) != 3 or min(self.shape) < 1:
-            raise GraphError(f"{self.name}: pooling {self.in_shape} gives the empty shape {self.shape}")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.in_shape[0],
-                *ops.out_shape2d(self.in_shape[1:], self.kernel, self.strides, self.pads, self.dilations, self.ceil_mode))
-
-
-@dataclass(frozen=True)
-class Flatten:
-    """Spike times reshaped to (C·H·W,) in C order (no new neurons, same window)."""
+    The channels listed in ``latest`` take the latest spike (the minimum activation).
+    """
 
     name: str
     input: str
     in_shape: tuple[int, ...]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
     window: tuple[float, float]
+    pads: tuple[int, ...] = (0, 0, 0, 0)
+    dilations: tuple[int, ...] = (1, 1)
+    ceil_mode: bool = False
+    latest: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        rank = len(self.kernel)
+        _check_geometry(self.name, kernel=self.kernel, strides=self.strides, pads=self.pads, dilations=self.dilations,
+                        rank=rank)
+        object.__setattr__(self, "window", _check_window(self.name, self.window))
+        if rank not in (1, 2) or len(self.in_shape) != rank + 1 or min(self.shape) < 1:
+            raise GraphError(f"{self.name}: pooling {self.in_shape} with kernel {self.kernel} gives shape {self.shape}")
+        if any(not 0 <= c < self.in_shape[0] for c in self.latest):
+            raise GraphError(f"{self.name}: latest-spike channels {self.latest} outside 0..{self.in_shape[0] - 1}")
 
     @property
-    def shape(self) -> tuple[int]:
-        return (int(np.prod(self.in_shape)),)
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.in_shape[0], *ops.out_spatial(self.in_shape[1:], self.kernel, self.strides, self.pads,
+                                                   self.dilations, self.ceil_mode))
 
 
-KINDS = {cls.__name__: cls for cls in (Encoder, SpikingLayer, Readout, SpikePool, Flatten)}
+@dataclass(frozen=True)
+class Reshape:
+    """Spike times reshaped to ``shape`` in C order (no new neurons, same window)."""
+
+    name: str
+    input: str
+    in_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    window: tuple[float, float]
+
+    def __post_init__(self):
+        if int(np.prod(self.in_shape)) != int(np.prod(self.shape)):
+            raise GraphError(f"{self.name}: cannot reshape {self.in_shape} to {self.shape}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """Spike times with their (non-batch) axes permuted, y.shape[i] = x.shape[perm[i]] (same window)."""
+
+    name: str
+    input: str
+    in_shape: tuple[int, ...]
+    perm: tuple[int, ...]
+    window: tuple[float, float]
+
+    def __post_init__(self):
+        if sorted(self.perm) != list(range(len(self.in_shape))):
+            raise GraphError(f"{self.name}: {self.perm} is not a permutation of the axes of {self.in_shape}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.in_shape[p] for p in self.perm)
+
+
+@dataclass(frozen=True)
+class Concat:
+    """Populations side by side along (non-batch) ``axis``; input k's spikes delayed by ``delays[k]``
+    so that all share the window ``merge_windows`` gives (no new neurons)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    in_shapes: tuple[tuple[int, ...], ...]
+    axis: int
+    window: tuple[float, float]
+    delays: tuple[float, ...]
+
+    def __post_init__(self):
+        rest = {tuple(s[:self.axis]) + tuple(s[self.axis + 1:]) for s in self.in_shapes}
+        if len(rest) != 1 or not (len(self.inputs) == len(self.in_shapes) == len(self.delays)):
+            raise GraphError(f"{self.name}: shapes {list(self.in_shapes)} do not concatenate along axis {self.axis}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        first = tuple(self.in_shapes[0])
+        return first[:self.axis] + (sum(s[self.axis] for s in self.in_shapes),) + first[self.axis + 1:]
+
+
+KINDS = {cls.__name__: cls for cls in (Encoder, SpikingLayer, Readout, SpikePool, Reshape, Transpose, Concat)}
+
+
+def _in_shapes(node) -> tuple:
+    if isinstance(node, (_Integrator, Concat)):
+        return tuple(tuple(s) for s in node.in_shapes)
+    return (tuple(node.in_shape),)
+
+
+def _delays(node) -> tuple[float, ...]:
+    return tuple(s.delay for s in node.synapses) if isinstance(node, _Integrator) else tuple(node.delays)
+
+
+def _expected_window(node, sources: list) -> tuple[tuple[float, float], tuple[float, ...]]:
+    """The window a node must have given its sources' windows, and the delays it must apply."""
+    (t_in, b_in), delays = merge_windows([s.window for s in sources])
+    if isinstance(node, SpikingLayer):
+        return (t_in + b_in, node.window[1]), delays
+    return (t_in, b_in), delays
 
 
 @dataclass(frozen=True)
@@ -214,14 +353,20 @@ class Network:
             if node.name in seen:
                 raise GraphError(f"node name {node.name!r} is used twice")
             if not isinstance(node, Encoder):
-                src = seen.get(node.input)
-                if src is None:
-                    raise GraphError(f"{node.name}: input {node.input!r} is not an earlier node")
-                if tuple(src.shape) != tuple(node.in_shape):
-                    raise GraphError(f"{node.name}: input shape {node.in_shape} but {src.name} has {src.shape}")
-                expected = (sum(src.window), node.window[1]) if isinstance(node, SpikingLayer) else src.window
-                if not np.allclose(node.window, expected, rtol=1e-12, atol=0):
-                    raise GraphError(f"{node.name}: window {node.window} does not follow its input's {src.window}")
+                sources = []
+                for name, in_shape in zip(node.inputs, _in_shapes(node)):
+                    src = seen.get(name)
+                    if src is None or isinstance(src, Readout):
+                        raise GraphError(f"{node.name}: input {name!r} is not an earlier population")
+                    if tuple(src.shape) != tuple(in_shape):
+                        raise GraphError(f"{node.name}: input shape {in_shape} but {src.name} has {src.shape}")
+                    sources.append(src)
+                window, delays = _expected_window(node, sources)
+                if isinstance(node, (SpikingLayer, Readout, Concat)):
+                    if not np.allclose(_delays(node), delays, rtol=1e-12, atol=1e-12):
+                        raise GraphError(f"{node.name}: delays {_delays(node)} do not align its inputs (expected {delays})")
+                if not np.allclose(node.window, window, rtol=1e-12, atol=0):
+                    raise GraphError(f"{node.name}: window {node.window} does not follow its inputs' windows")
             seen[node.name] = node
 
     @property
@@ -229,12 +374,18 @@ class Network:
         """T_out: the end of the readout's input window."""
         return float(sum(self.nodes[-1].window))
 
+    def input_window(self, node) -> tuple[float, float]:
+        """The input window (T_in, B_in) of a node: ``merge_windows`` of its inputs' windows."""
+        windows = {n.name: n.window for n in self.nodes}
+        return merge_windows([windows[name] for name in node.inputs])[0]
+
 
 def layer_table(net: Network) -> list[dict]:
     """One row per node: kind, shape, window [T, T + B], scaled X_n and the share of statically certified neurons."""
     rows = []
     for node in net.nodes:
         row = {"name": node.name, "kind": type(node).__name__, "shape": list(node.shape),
+               "inputs": list(getattr(node, "inputs", ())),
                "window": [node.window[0], node.window[0] + node.window[1]], "x_max": None, "certified": None}
         if isinstance(node, SpikingLayer):
             row["x_max"] = node.x_n

@@ -37,62 +37,68 @@ def first_spike(inputs: list[tuple[float, float]], alpha: float, theta: float, t
     return t_end
 
 
-def neuron_inputs(layer, t_in: np.ndarray, index: tuple[int, ...], t_pad: float) -> list[tuple[float, float]]:
-    """(spike time, weight) of every input of one neuron of one sample (t_in without the batch axis)."""
-    if not layer.is_conv:
-        return [(float(t_in[j]), float(layer.J[index[0], j])) for j in range(layer.J.shape[1])]
-    o, y, x = index
-    _, c_in, kh, kw = layer.J.shape
+def neuron_inputs(syn: snn.Synapses, t_in: np.ndarray, index: tuple[int, ...], t_pad: float) -> list[tuple[float, float]]:
+    """(arrival time, weight) of every input of one neuron from one synapse set, for one sample (t_in without the
+    batch axis): spike time plus the synapses' delay; a convolution's padded taps arrive at ``t_pad``."""
+    if not syn.is_conv:
+        flat = t_in.reshape(-1)
+        return [(float(flat[j]) + syn.delay, float(syn.J[index[0], j])) for j in range(flat.size)]
+    o, pos = index[0], index[1:]
+    per_group = syn.J.shape[1]
+    group = o // (syn.J.shape[0] // syn.groups)
     inputs = []
-    for c in range(c_in):
-        for u in range(kh):
-            for v in range(kw):
-                row = y * layer.strides[0] - layer.pads[0] + u * layer.dilations[0]
-                col = x * layer.strides[1] - layer.pads[1] + v * layer.dilations[1]
-                inside = 0 <= row < t_in.shape[1] and 0 <= col < t_in.shape[2]
-                inputs.append((float(t_in[c, row, col]) if inside else t_pad, float(layer.J[o, c, u, v])))
+    for c in range(per_group):
+        for tap in np.ndindex(*syn.J.shape[2:]):
+            src = [pos[d] * syn.strides[d] - syn.pads[d] + tap[d] * syn.dilations[d] for d in range(len(pos))]
+            inside = all(0 <= src[d] < t_in.shape[1 + d] for d in range(len(pos)))
+            time = float(t_in[(group * per_group + c, *src)]) + syn.delay if inside else t_pad
+            inputs.append((time, float(syn.J[(o, c, *tap)])))
     return inputs
+
+
+def all_inputs(layer, t_ins: list[np.ndarray], sample: int, index, t_pad: float) -> list[tuple[float, float]]:
+    return [pair for syn, t in zip(layer.synapses, t_ins) for pair in neuron_inputs(syn, t[sample], index, t_pad)]
 
 
 def _param(values: np.ndarray, index: tuple[int, ...]) -> float:
     return float(values[index] if values.ndim == len(index) else values[index[0]])
 
 
-def fire_layer(layer: snn.SpikingLayer, in_window: tuple[float, float], t_in: np.ndarray) -> np.ndarray:
-    """Spike times of a spiking layer for a batch of input spike times."""
+def fire_layer(layer: snn.SpikingLayer, in_window: tuple[float, float], t_ins: list[np.ndarray]) -> np.ndarray:
+    """Spike times of a spiking layer for a batch of input spike times, one array per synapse set."""
     t0 = in_window[0]
     t_pad = in_window[0] + in_window[1]
     t_end = sum(layer.window)
-    out = np.empty((len(t_in),) + layer.shape)
-    for s in range(len(t_in)):
+    out = np.empty((len(t_ins[0]),) + layer.shape)
+    for s in range(len(t_ins[0])):
         for index in np.ndindex(*layer.shape):
-            inputs = neuron_inputs(layer, t_in[s], index, t_pad)
+            inputs = all_inputs(layer, t_ins, s, index, t_pad)
             out[(s,) + index] = first_spike(inputs, _param(layer.alpha, index), _param(layer.theta, index), t0, t_end)
     return out
 
 
-def read_out(layer: snn.Readout, t_in: np.ndarray) -> np.ndarray:
+def read_out(layer: snn.Readout, t_ins: list[np.ndarray]) -> np.ndarray:
     t0, b_in = layer.window
     t_out = t0 + b_in
-    out = np.empty((len(t_in),) + layer.shape)
-    for s in range(len(t_in)):
+    out = np.empty((len(t_ins[0]),) + layer.shape)
+    for s in range(len(t_ins[0])):
         for index in np.ndindex(*layer.shape):
-            inputs = neuron_inputs(layer, t_in[s], index, t_out)
+            inputs = all_inputs(layer, t_ins, s, index, t_out)
             out[(s,) + index] = potential(t_out, inputs, _param(layer.alpha, index), t0)
     return out
 
 
 def pool(node: snn.SpikePool, t_in: np.ndarray) -> np.ndarray:
-    """Earliest spike in each pooling window, positions outside the input ignored."""
-    out = np.full((len(t_in),) + node.shape, math.inf)
+    """Earliest spike in each pooling window (latest for the ``latest`` channels), positions outside ignored."""
+    out = np.empty((len(t_in),) + node.shape)
     for s in range(len(t_in)):
-        for c, y, x in np.ndindex(*node.shape):
-            for u in range(node.kernel[0]):
-                for v in range(node.kernel[1]):
-                    row = y * node.strides[0] - node.pads[0] + u * node.dilations[0]
-                    col = x * node.strides[1] - node.pads[1] + v * node.dilations[1]
-                    if 0 <= row < t_in.shape[2] and 0 <= col < t_in.shape[3]:
-                        out[s, c, y, x] = min(out[s, c, y, x], t_in[s, c, row, col])
+        for c, *pos in np.ndindex(*node.shape):
+            times = []
+            for tap in np.ndindex(*node.kernel):
+                src = [pos[d] * node.strides[d] - node.pads[d] + tap[d] * node.dilations[d] for d in range(len(pos))]
+                if all(0 <= src[d] < t_in.shape[2 + d] for d in range(len(pos))):
+                    times.append(t_in[(s, c, *src)])
+            out[(s, c, *pos)] = max(times) if c in node.latest else min(times)
     return out
 
 
@@ -101,16 +107,19 @@ def run(net: snn.Network, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarr
     enc = net.nodes[0]
     a = (np.asarray(x, dtype=np.float64) - enc.low) / (enc.high - enc.low)
     times = {enc.name: 1.0 - a}
-    windows = {n.name: n.window for n in net.nodes}
     logits = None
     for node in net.nodes[1:]:
-        t_in = times[node.input]
+        t_ins = [times[name] for name in node.inputs]
         if isinstance(node, snn.SpikingLayer):
-            times[node.name] = fire_layer(node, windows[node.input], t_in)
+            times[node.name] = fire_layer(node, net.input_window(node), t_ins)
         elif isinstance(node, snn.SpikePool):
-            times[node.name] = pool(node, t_in)
-        elif isinstance(node, snn.Flatten):
-            times[node.name] = t_in.reshape(len(t_in), -1)
+            times[node.name] = pool(node, t_ins[0])
+        elif isinstance(node, snn.Reshape):
+            times[node.name] = t_ins[0].reshape((len(x),) + tuple(node.shape))
+        elif isinstance(node, snn.Transpose):
+            times[node.name] = np.stack([t.transpose(node.perm) for t in t_ins[0]])
+        elif isinstance(node, snn.Concat):
+            times[node.name] = np.concatenate([t + d for t, d in zip(t_ins, node.delays)], axis=node.axis + 1)
         else:
-            logits = read_out(node, t_in)
+            logits = read_out(node, t_ins)
     return logits, times

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -81,7 +80,7 @@ class Setup:
         stats = calibrate.input_stats(self.data, self.graph.input.shape, str(self.calib_path))
         self.range = mapping.encoding_range(stats.low, stats.high, mapping.MappingOptions().zeta)
         self.scaled = mapping.scale_graph(self.graph, self.range)
-        self.layers = [n for n in self.scaled.graph.nodes if isinstance(n, (ir.Dense, ir.Conv)) and n.relu]
+        self.layers = [n for n in self.scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
 
     def run(self, batch_size: int, data=None) -> calibrate.Calibration:
         return calibrate.calibrate(self.model_path, self.graph, self.scaled, self.data if data is None else data,
@@ -172,7 +171,7 @@ def test_no_early_spike_on_calibration_data(converted, model, zeta):
     sim = simulator.Simulator(net)
     for node in net.nodes:
         if isinstance(node, snn.SpikingLayer):
-            _, early, _ = sim.compiled[node.name].fire(result.times[node.input])
+            _, early, _ = sim.compiled[node.name].fire([result.times[name] for name in node.inputs])
             assert early == 0, node.name
 
 
@@ -238,16 +237,18 @@ def test_required_window_is_the_smallest_safe_window():
 
 
 def gathered_dense(layer, a):
-    return [(n, o, a[n], layer.weight[o]) for n in range(len(a)) for o in range(layer.shape[0])]
+    weight = layer.terms[0].weight
+    return [(n, o, a[n], weight[o]) for n in range(len(a)) for o in range(layer.shape[0])]
 
 
 def gathered_conv(layer, a):
     """(sample, flat neuron, inputs, weights) by explicit loops, zero padding."""
-    o_n, c_n, kh, kw = layer.weight.shape
+    term = layer.terms[0]
+    o_n, c_n, kh, kw = term.weight.shape
     _, ho, wo = layer.shape
-    sh, sw = layer.strides
-    dh, dw = layer.dilations
-    top, left = layer.pads[:2]
+    sh, sw = term.strides
+    dh, dw = term.dilations
+    top, left = term.pads[:2]
     out = []
     for n in range(len(a)):
         for o in range(o_n):
@@ -260,24 +261,28 @@ def gathered_conv(layer, a):
                                 y, x = i * sh + u * dh - top, j * sw + v * dw - left
                                 inside = 0 <= y < a.shape[2] and 0 <= x < a.shape[3]
                                 vals.append(a[n, c, y, x] if inside else 0.0)
-                                wts.append(layer.weight[o, c, u, v])
+                                wts.append(term.weight[o, c, u, v])
                     out.append((n, (o * ho + i) * wo + j, np.array(vals), np.array(wts)))
     return out
+
+
+def dense(name, source, weight, bias):
+    return ir.Affine(name, (ir.Dense(source, weight, (weight.shape[1],)),), bias, relu=True)
 
 
 def dense_layer(rng):
     weight = rng.normal(0.2, 1.0, (6, 9))
     bias = rng.normal(0.0, 1.0, 6)
     bias[4] = -100.0  # channel 4 never exceeds the running maximum
-    return ir.Dense("d", "x", weight, bias, relu=True), rng.uniform(0, 2, (12, 9)), gathered_dense
+    return dense("d", "x", weight, bias), rng.uniform(0, 2, (12, 9)), gathered_dense
 
 
 def conv_layer(rng):
-    layer = ir.Conv("c", "x", rng.normal(0.1, 1.0, (4, 2, 3, 2)), np.zeros(4), relu=True, in_shape=(2, 6, 5),
-                    strides=(2, 1), pads=(1, 0, 2, 1), dilations=(1, 2))
-    bias = rng.normal(0.0, 1.0, layer.shape)  # a bias map: every position its own bias
+    term = ir.Conv("x", rng.normal(0.1, 1.0, (4, 2, 3, 2)), (2, 6, 5), strides=(2, 1), pads=(1, 0, 2, 1),
+                   dilations=(1, 2))
+    bias = rng.normal(0.0, 1.0, term.shape)  # a bias map: every position its own bias
     bias[2] = -100.0
-    layer = dataclasses.replace(layer, bias=bias)
+    layer = ir.Affine("c", (term,), bias, relu=True)
     return layer, rng.uniform(0, 2, (3, 2, 6, 5)), gathered_conv
 
 
@@ -289,7 +294,7 @@ def test_update_requirement(make):
     per_channel = int(np.prod(layer.shape[1:]))
     s = ir.incoming_sum(layer)
     bias = ir.full_bias(layer).reshape(-1)
-    positive = np.clip(layer.weight, 0, None)
+    positive = np.clip(layer.terms[0].weight, 0, None)
     pairs = gather(layer, a)
     bound = {(n, c): bias[c] + positive.reshape(channels, -1)[c // per_channel] @ vals
              for n, c, vals, _ in pairs}
@@ -297,30 +302,30 @@ def test_update_requirement(make):
     needs = [mapping.required_window(vals[None], wts[None], bias[c:c + 1], s[c // per_channel:c // per_channel + 1])[0]
              for n, c, vals, wts in pairs]
     want = max(running, max(needs))  # pairs below the running maximum have R* ≤ bound ≤ running
-    got = calibrate.update_requirement(layer, a, running)
+    got = calibrate.update_requirement(layer, [a], running)
     assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
 def test_update_requirement_ignores_pairs_below_running_maximum():
     rng = np.random.default_rng(6)
     layer, a, _ = dense_layer(rng)
-    positive = np.clip(layer.weight, 0, None)
+    positive = np.clip(layer.terms[0].weight, 0, None)
     top = float(np.max(a @ positive.T + layer.bias))
-    assert calibrate.update_requirement(layer, a, top) == top
+    assert calibrate.update_requirement(layer, [a], top) == top
 
 
 def test_update_requirement_only_pairs_above_running():
     """The requirement of a pair above the running maximum raises it; nothing below it can."""
     weight = np.array([[1.0, -5.0]])          # s = −4, 1 − s = 5
-    layer = ir.Dense("d", "x", weight, np.zeros(1), relu=True)
+    layer = dense("d", "x", weight, np.zeros(1))
     a = np.array([[0.9, 0.0],                 # bound 0.9: R* = z = 0.9
                   [3.0, 0.6]])                # bound 3.0: R* = max(z = 0, −0.6, −15) = 0
     s = ir.incoming_sum(layer)
     need = mapping.required_window(a, np.repeat(weight, 2, axis=0), np.zeros(2), np.repeat(s, 2))
     np.testing.assert_allclose(need, [0.9, 0.0], atol=1e-12)
-    assert calibrate.update_requirement(layer, a, 0.5) == pytest.approx(0.9, abs=1e-12)
-    assert calibrate.update_requirement(layer, a, 1.0) == 1.0
-    assert calibrate.update_requirement(layer, a, 3.0) == 3.0
+    assert calibrate.update_requirement(layer, [a], 0.5) == pytest.approx(0.9, abs=1e-12)
+    assert calibrate.update_requirement(layer, [a], 1.0) == 1.0
+    assert calibrate.update_requirement(layer, [a], 3.0) == 3.0
 
 
 # ----------------------------------------------------------------------------- bad calibration data

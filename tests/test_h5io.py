@@ -10,7 +10,6 @@ the message names the file and that it is one line.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 from pathlib import Path
@@ -51,12 +50,17 @@ def plain(value):
     return value
 
 
-def assert_same_node(a, b):
-    assert type(a) is type(b), (a.name, type(a), type(b))
+def assert_same_node(a, b, owner=None):
+    owner = owner or a.name
+    assert type(a) is type(b), (owner, type(a), type(b))
     for fld in dataclasses.fields(a):
         x, y = getattr(a, fld.name), getattr(b, fld.name)
-        where = f"{a.name}.{fld.name}"
-        if isinstance(x, np.ndarray):
+        where = f"{owner}.{fld.name}"
+        if isinstance(x, tuple) and x and dataclasses.is_dataclass(x[0]):
+            assert len(x) == len(y), where
+            for i, (u, v) in enumerate(zip(x, y)):
+                assert_same_node(u, v, f"{where}[{i}]")
+        elif isinstance(x, np.ndarray):
             assert isinstance(y, np.ndarray), where
             assert x.dtype == y.dtype, (where, x.dtype, y.dtype)
             assert x.shape == y.shape, (where, x.shape, y.shape)
@@ -110,29 +114,40 @@ def test_round_trip(converted, model):
     assert h5io.content_hash(net) == h5io.content_hash(back)
 
 
-def test_cnn_holds_every_node_kind(converted):
+def test_cnn_holds_conv_and_dense_layers(converted):
     net, _ = converted["cnn"]
-    kinds = {type(n).__name__ for n in net.nodes}
-    assert kinds == set(snn.KINDS)
     layers = [n for n in net.nodes if isinstance(n, snn.SpikingLayer)]
-    assert any(n.is_conv for n in layers) and any(not n.is_conv for n in layers)
+    assert any(n.synapses[0].is_conv for n in layers) and any(not n.synapses[0].is_conv for n in layers)
+
+
+def hand_built(rng) -> snn.Network:
+    """Every node kind: a layer reading two populations (grouped conv with a delay, 1×1 conv), pooling with a
+    latest-spike channel, transpose, reshape, and a concatenation of populations from different windows."""
+    enc = snn.Encoder("in", (2, 5, 5), -1.0, 2.0)
+    c1 = snn.SpikingLayer(
+        "c1", (snn.Synapses("in", (2, 5, 5), rng.normal(size=(3, 2, 3, 3)), 0.0, (2, 1), (1, 0, 1, 2), (1, 2)),),
+        np.ones(3), (1.0, 2.5), theta=rng.normal(size=(3, 3, 3)), certified=rng.random((3, 3, 3)) > 0.5,
+        scale=np.full(3, 0.5), x_max=rng.random(3), x_n=1.0, source="")
+    c2 = snn.SpikingLayer(
+        "c2", (snn.Synapses("in", (2, 5, 5), rng.normal(size=(4, 1, 3, 3)), 2.5, (2, 2), (1, 1, 1, 1), (1, 1), 2),
+               snn.Synapses("c1", (3, 3, 3), rng.normal(size=(4, 3, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1))),
+        np.ones(4), (3.5, 1.5), theta=rng.normal(size=4) + 5, certified=np.zeros(4, bool), scale=np.ones(4),
+        x_max=rng.random(4), x_n=1.0, source="add")
+    pool = snn.SpikePool("p", "c2", c2.shape, (2, 2), (2, 2), c2.window, (0, 0, 1, 1), (1, 1), True, (1,))
+    tr = snn.Transpose("t", "p", pool.shape, (1, 2, 0), pool.window)
+    flat = snn.Reshape("f", "t", tr.shape, (16,), tr.window)
+    raw = snn.Reshape("e", "in", enc.shape, (50,), enc.window)
+    cat = snn.Concat("cat", ("f", "e"), ((16,), (50,)), 0, (3.5, 1.5), (0.0, 4.0))
+    readout = snn.Readout("r", (snn.Synapses("cat", (66,), rng.normal(size=(4, 66))),), rng.normal(size=4), cat.window)
+    meta = {"note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ("a", "b"), "empty": ()}
+    return snn.Network((enc, c1, c2, pool, tr, flat, raw, cat, readout), meta)
 
 
 def test_round_trip_hand_built(tmp_path):
-    """Non-default geometry, a per-position theta map, ceil_mode, an empty source and odd meta values."""
-    rng = np.random.default_rng(1)
-    enc = snn.Encoder("in", (2, 5, 5), -1.0, 2.0)
-    layer = snn.SpikingLayer(
-        name="c1", input="in", in_shape=(2, 5, 5), J=rng.normal(size=(3, 2, 3, 3)), alpha=np.ones(3),
-        window=(1.0, 2.5), strides=(2, 1), pads=(1, 0, 1, 2), dilations=(1, 2),
-        theta=rng.normal(size=(3, 3, 3)), certified=rng.random((3, 3, 3)) > 0.5, scale=np.full(3, 0.5),
-        x_max=rng.random(3), x_n=1.0, source="")
-    pool = snn.SpikePool("p", "c1", layer.shape, (2, 2), (2, 2), layer.window, (0, 0, 1, 1), (1, 1), True)
-    flat = snn.Flatten("f", "p", pool.shape, pool.window)
-    readout = snn.Readout(name="r", input="f", in_shape=flat.shape, J=rng.normal(size=(4, flat.shape[0])),
-                          alpha=rng.normal(size=4), window=flat.window)
-    meta = {"note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ("a", "b"), "empty": ()}
-    net = snn.Network((enc, layer, pool, flat, readout), meta)
+    """Every node kind, non-default geometry, delays, a per-position theta map, ceil_mode, an empty source
+    and odd meta values."""
+    net = hand_built(np.random.default_rng(1))
+    assert {type(n).__name__ for n in net.nodes} == set(snn.KINDS)
     path = tmp_path / "h.snn.h5"
     h5io.write(path, net)
     back = h5io.read(path)
@@ -303,13 +318,18 @@ def test_invalid_format_version(cnn_copy, version):
 
 
 def test_missing_dataset(cnn_copy):
-    edit(cnn_copy, lambda f: f["nodes/001"].__delitem__("J"))
+    edit(cnn_copy, lambda f: f["nodes/001/synapses/0"].__delitem__("J"))
     msg = read_error(cnn_copy)
     assert "001" in msg and "'J'" in msg
 
 
+def test_missing_synapses(cnn_copy):
+    edit(cnn_copy, lambda f: f["nodes/001"].__delitem__("synapses"))
+    assert "synapses" in read_error(cnn_copy)
+
+
 def test_missing_attribute(cnn_copy):
-    edit(cnn_copy, lambda f: f["nodes/001"].attrs.__delitem__("in_shape"))
+    edit(cnn_copy, lambda f: f["nodes/001/synapses/0"].attrs.__delitem__("in_shape"))
     assert "in_shape" in read_error(cnn_copy)
 
 
@@ -342,8 +362,8 @@ def test_theta_not_finite(cnn_copy, value):
 
 def test_inconsistent_shapes(cnn_copy):
     def change(f):
-        del f["nodes/001/J"]
-        f["nodes/001"].create_dataset("J", data=np.zeros((8, 2, 3, 3)))
+        del f["nodes/001/synapses/0/J"]
+        f["nodes/001/synapses/0"].create_dataset("J", data=np.zeros((8, 2, 3, 3)))
     edit(cnn_copy, change)
     read_error(cnn_copy)
 
@@ -355,10 +375,12 @@ def test_missing_encoder(cnn_copy):
 
 # A corrupt tuple attribute is an ArtifactError too, never another exception or a silent truncation.
 BAD_GEOMETRY = [
-    pytest.param("001", "strides", [0, 0], id="conv-stride-0"),
+    pytest.param("001/synapses/0", "strides", [0, 0], id="conv-stride-0"),
     pytest.param("003", "strides", [0, 0], id="pool-stride-0"),
-    pytest.param("001", "strides", [1], id="conv-stride-short"),
-    pytest.param("001", "strides", [1.5, 1.0], id="conv-stride-fractional"),
+    pytest.param("001/synapses/0", "strides", [1], id="conv-stride-short"),
+    pytest.param("001/synapses/0", "strides", [1.5, 1.0], id="conv-stride-fractional"),
+    pytest.param("001/synapses/0", "delay", -1.0, id="negative-delay"),
+    pytest.param("001/synapses/0", "groups", 3, id="groups-not-dividing"),
 ]
 
 

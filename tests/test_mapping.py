@@ -91,9 +91,10 @@ def test_static_certificate_is_sound(seed):
     theta = rng.uniform(0, 8, 5)
     alpha = rng.uniform(0.1, 1.0, 5)
     b_in = 2.0
-    cert = mapping.static_certificate(J, theta, alpha, b_in)
+    b_first = rng.uniform(0.5, b_in)   # two input populations: inputs 0, 1 from a shorter window, delayed
+    cert = mapping.static_certificate([(J[:, :2], b_first), (J[:, 2:], b_in)], theta, alpha, b_in)
     for _ in range(20):
-        times = rng.uniform(0, b_in, 4)
+        times = np.concatenate([rng.uniform(b_in - b_first, b_in, 2), rng.uniform(0, b_in, 2)])
         for i in np.flatnonzero(cert):
             assert reference.first_spike(list(zip(times, J[i])), alpha[i], theta[i], 0.0) >= b_in
 
@@ -113,7 +114,7 @@ def test_scale_graph_preserves_the_function(tmp_path):
     assert np.allclose(codes[last], ann[last], rtol=1e-12, atol=1e-12)
     assert any(np.any(c != 1) for c in scaled.scales.values())  # the sample CNN does need scaling
     for node in scaled.graph.nodes:
-        if isinstance(node, (ir.Dense, ir.Conv)) and node.relu:
+        if isinstance(node, ir.Affine) and node.relu:
             assert np.all(ir.incoming_sum(node) <= 0.99 + 1e-12)
             assert np.all(ir.incoming_sum(node) >= -10 - 1e-12)
 
@@ -121,13 +122,13 @@ def test_scale_graph_preserves_the_function(tmp_path):
 def test_bias_map_with_padding_is_exact():
     """Folding x = 2·a − 1 into a padded conv gives a bias map that differs at the borders."""
     rng = np.random.default_rng(0)
-    conv = ir.Conv("c", "in", rng.normal(size=(2, 1, 3, 3)), np.zeros(2), relu=False, in_shape=(1, 4, 5),
-                   pads=(1, 1, 1, 1))
-    folded = ir.fold_input_affine(conv, (1, 4, 5), np.full((1, 4, 5), 2.0), np.full((1, 4, 5), -1.0))
+    term = ir.Conv("in", rng.normal(size=(2, 1, 3, 3)), (1, 4, 5), (1, 1), (1, 1, 1, 1), (1, 1))
+    conv = ir.Affine("c", (term,), np.zeros(2), relu=False)
+    folded = ir.fold_input_affine(conv, {"in": (np.full((1, 4, 5), 2.0), np.full((1, 4, 5), -1.0))})
     assert folded.bias.shape == (2, 4, 5)
     assert not np.allclose(folded.bias[:, 0, 0], folded.bias[:, 1, 1])
     a = rng.uniform(size=(3, 1, 4, 5))
-    assert np.allclose(ir.apply_linear(folded, a), ir.apply_linear(conv, 2 * a - 1), rtol=1e-12, atol=1e-12)
+    assert np.allclose(ir.apply_linear(folded, [a]), ir.apply_linear(conv, [2 * a - 1]), rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=25, deadline=None)

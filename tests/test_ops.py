@@ -78,7 +78,7 @@ def test_conv2d_matches_onnxruntime(kernel, strides, pads, dilations):
     x = _data(1, N, C, H, W)
     w = _data(2, O, C, *kernel)
     want = ort_conv(x, w, strides, pads, dilations)
-    got = ops.conv2d(x, w, strides, pads, dilations)
+    got = ops.conv(x, w, strides, pads, dilations)
     assert got.dtype == np.float64
     assert_close(got, want)
     # out_size gives ORT's output shape
@@ -92,7 +92,7 @@ def test_conv2d_is_cross_correlation_by_hand():
     x = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
     w = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
     want = np.array([[[[0 + 2 + 9 + 16, 1 + 4 + 12 + 20], [3 + 8 + 18 + 28, 4 + 10 + 21 + 32]]]], dtype=np.float64)
-    np.testing.assert_array_equal(ops.conv2d(x, w, (1, 1), (0, 0, 0, 0), (1, 1)), want)
+    np.testing.assert_array_equal(ops.conv(x, w, (1, 1), (0, 0, 0, 0), (1, 1)), want)
 
 
 # ----------------------------------------------------------------------------- max_pool2d / min_pool2d
@@ -102,7 +102,7 @@ def test_conv2d_is_cross_correlation_by_hand():
 def test_max_pool2d_matches_onnxruntime(kernel, strides, pads, dilations, ceil_mode):
     x = _data(3, N, C, H, W)
     want = ort_maxpool(x, kernel, strides, pads, dilations, ceil_mode)
-    got = ops.max_pool2d(x, kernel, strides, pads, dilations, ceil_mode)
+    got = ops.max_pool(x, kernel, strides, pads, dilations, ceil_mode)
     assert got.dtype == np.float64
     assert np.all(np.isfinite(got)), "a window saw only padding"
     # max-pooling only selects values: exact equality on float32-representable data
@@ -115,7 +115,7 @@ def test_max_pool2d_matches_onnxruntime(kernel, strides, pads, dilations, ceil_m
 
 def test_max_pool2d_ignores_padding_for_negative_inputs():
     x = -1.0 - np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)  # all negative: a zero pad would win
-    got = ops.max_pool2d(x, (2, 2), (2, 2), (1, 1, 1, 1), (1, 1))
+    got = ops.max_pool(x, (2, 2), (2, 2), (1, 1, 1, 1), (1, 1))
     np.testing.assert_array_equal(got, ort_maxpool(x, (2, 2), (2, 2), (1, 1, 1, 1), (1, 1), False))
     assert np.all(got < 0)
 
@@ -127,8 +127,8 @@ MIN_POOL_CASES = [g for i, g in enumerate(POOL_GRID) if i % 7 == 0]
                          ids=[_geom_id(*g) for g in MIN_POOL_CASES])
 def test_min_pool2d_is_negated_max_pool_of_negation(kernel, strides, pads, dilations, ceil_mode):
     t = _data(4, N, C, H, W)
-    got = ops.min_pool2d(t, kernel, strides, pads, dilations, ceil_mode)
-    np.testing.assert_array_equal(got, -ops.max_pool2d(-t, kernel, strides, pads, dilations, ceil_mode))
+    got = ops.min_pool(t, kernel, strides, pads, dilations, ceil_mode)
+    np.testing.assert_array_equal(got, -ops.max_pool(-t, kernel, strides, pads, dilations, ceil_mode))
     assert np.all(np.isfinite(got))
 
 
@@ -157,7 +157,7 @@ def test_out_size_matches_onnxruntime_pool_shape(size, kernel, stride, pb, pe, d
     x = _data(5, 1, 1, size, 2)
     want = ort_maxpool(x, (kernel, 1), (stride, 1), (pb, 0, pe, 0), (dilation, 1), ceil_mode)
     assert want.shape[2] == ops.out_size(size, kernel, stride, pb, pe, dilation, ceil_mode)
-    np.testing.assert_array_equal(ops.max_pool2d(x, (kernel, 1), (stride, 1), (pb, 0, pe, 0), (dilation, 1),
+    np.testing.assert_array_equal(ops.max_pool(x, (kernel, 1), (stride, 1), (pb, 0, pe, 0), (dilation, 1),
                                                  ceil_mode), want)
 
 
@@ -193,7 +193,7 @@ def test_conv2d_random_geometry_matches_onnxruntime(g):
     x = _data(g["seed"], n, c, h, w)
     wt = _data(g["seed"] + 1, g["o"], c, *g["kernel"])
     want = ort_conv(x, wt, g["strides"], g["pads"], g["dilations"])
-    got = ops.conv2d(x, wt, g["strides"], g["pads"], g["dilations"])
+    got = ops.conv(x, wt, g["strides"], g["pads"], g["dilations"])
     assert_close(got, want)
     assert want.shape[2:] == tuple(
         ops.out_size(size, k, s, pb, pe, d)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -50,55 +52,75 @@ def test_first_crossing_fires_early_then_inputs_pull_down():
 
 # ----------------------------------------------------------------------------- one layer
 
-def random_layer(rng, conv: bool, early: float) -> tuple[snn.SpikingLayer, tuple[float, float]]:
-    """A spiking layer with random parameters; ``early`` lowers thresholds so many neurons cross early."""
-    in_window = (1.0, 2.0)
-    if conv:
-        c, h, w = 2, 5, 4
-        J = rng.normal(0, 1, (3, c, 3, 2))
-        attrs = dict(in_shape=(c, h, w), strides=(2, 1), pads=(1, 0, 2, 1), dilations=(1, 2))
+LAYER_KINDS = ["dense", "conv", "conv1d-grouped", "two-inputs"]
+
+
+def random_layer(rng, kind: str, early: float) -> tuple[snn.SpikingLayer, list[tuple[float, float]]]:
+    """A spiking layer with random parameters and the windows of its inputs; ``early`` lowers thresholds so
+    many neurons cross early. "two-inputs": a conv and a depthwise 1×1 conv from a population whose window
+    ends earlier (its synapses get a delay)."""
+    conv2 = dict(strides=(2, 1), pads=(1, 0, 2, 1), dilations=(1, 2))
+    if kind == "dense":
+        synapses, windows = [snn.Synapses("in", (7,), rng.normal(0, 1, (6, 7)))], [(1.0, 2.0)]
+    elif kind == "conv":
+        synapses, windows = [snn.Synapses("in", (2, 5, 4), rng.normal(0, 1, (3, 2, 3, 2)), **conv2)], [(1.0, 2.0)]
+    elif kind == "conv1d-grouped":
+        synapses = [snn.Synapses("in", (4, 7), rng.normal(0, 1, (6, 2, 3)), 0.0, (2,), (1, 2), (2,), groups=2)]
+        windows = [(1.0, 2.0)]
     else:
-        J = rng.normal(0, 1, (6, 7))
-        attrs = dict(in_shape=(7,))
-    probe = snn.Readout("p", "in", J=J, alpha=np.ones(J.shape[0]), window=in_window, **attrs)
-    shape = probe.shape
+        windows = [(1.0, 2.0), (0.5, 1.0)]
+        (_, b_in), delays = snn.merge_windows(windows)
+        synapses = [snn.Synapses("a", (2, 5, 4), rng.normal(0, 1, (3, 2, 3, 2)), delays[0], **conv2),
+                    snn.Synapses("b", (3, 3, 3), rng.normal(0, 1, (3, 1, 1, 1)), delays[1], (1, 1), (0, 0, 0, 0),
+                                 (1, 1), groups=3)]
+    shape = synapses[0].shape
     theta = rng.uniform(0, 6, shape) - early
     alpha = rng.uniform(0.2, 1.5, shape[0])
-    cert = np.zeros(shape, bool)
-    layer = snn.SpikingLayer("l", "in", J=J, alpha=alpha, window=(3.0, 2.5), theta=theta, certified=cert,
-                             scale=np.ones(shape[0]), x_max=np.ones(shape[0]), x_n=1.0, **attrs)
-    return layer, in_window
+    (t_in, b_in), _ = snn.merge_windows(windows)
+    layer = snn.SpikingLayer("l", tuple(synapses), alpha, (t_in + b_in, 2.5), theta=theta,
+                             certified=np.zeros(shape, bool), scale=np.ones(shape[0]), x_max=np.ones(shape[0]), x_n=1.0)
+    return layer, windows
 
 
-@pytest.mark.parametrize("conv", [False, True])
+def input_times(rng, layer, windows, n):
+    """Spike times inside each input's own window, one early and one late outlier."""
+    out = []
+    for syn, (t, b) in zip(layer.synapses, windows):
+        times = t + b - rng.uniform(0, b, (n,) + syn.in_shape)
+        times[0].flat[0] = t - 0.5  # an input that itself fired early: outside the window
+        times[1].flat[-1] = t + b + 0.7  # an input that arrives after the window (an input above range)
+        out.append(times)
+    return out
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
 @pytest.mark.parametrize("early", [0.0, 3.0])
-def test_layer_matches_reference(conv, early):
-    rng = np.random.default_rng(7 + int(conv) + int(early))
+def test_layer_matches_reference(kind, early):
+    rng = np.random.default_rng(7 + LAYER_KINDS.index(kind) + int(early))
     total_early = 0
     for _ in range(5):
-        layer, (t0, b_in) = random_layer(rng, conv, early)
-        t_in = t0 + b_in - rng.uniform(0, b_in, (4,) + layer.in_shape)
-        t_in[0].flat[0] = t0 - 0.5  # an input that itself fired early: outside the window
-        t_in[1].flat[-1] = t0 + b_in + 0.7  # an input that arrives after the window (an input above range)
-        got, n_early, scanned = simulator.CompiledLayer(layer, (t0, b_in)).fire(t_in)
-        want = reference.fire_layer(layer, (t0, b_in), t_in)
+        layer, windows = random_layer(rng, kind, early)
+        t_in = input_times(rng, layer, windows, 4)
+        got, n_early, scanned = simulator.CompiledLayer(layer, windows).fire(t_in)
+        merged, _ = snn.merge_windows(windows)
+        want = reference.fire_layer(layer, merged, t_in)
         assert close(got, want)
-        assert n_early == int(np.sum(want < t0 + b_in))
+        assert n_early == int(np.sum(want < sum(merged)))
         total_early += n_early
     if early:
         assert total_early > 0  # the case is built to exercise early crossings
 
 
-def test_fast_path_is_used_only_where_certified():
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_fast_path_is_used_only_where_certified(kind):
     """A layer whose thresholds are far above any input drive: every neuron is statically certified, no scan."""
     rng = np.random.default_rng(3)
-    layer, window = random_layer(rng, conv=True, early=0.0)
-    layer = snn.SpikingLayer(**{**{f: getattr(layer, f) for f in layer.__dataclass_fields__},
-                                "theta": np.full(layer.shape, 1e3)})
-    t_in = window[0] + window[1] - rng.uniform(0, window[1], (3,) + layer.in_shape)
-    got, early, scanned = simulator.CompiledLayer(layer, window).fire(t_in)
+    layer, windows = random_layer(rng, kind, early=0.0)
+    layer = dataclasses.replace(layer, theta=np.full(layer.shape, 1e3))
+    t_in = [t + b - rng.uniform(0, b, (3,) + syn.in_shape) for syn, (t, b) in zip(layer.synapses, windows)]
+    got, early, scanned = simulator.CompiledLayer(layer, windows).fire(t_in)
     assert scanned == 0 and early == 0
-    assert close(got, reference.fire_layer(layer, window, t_in))
+    assert close(got, reference.fire_layer(layer, snn.merge_windows(windows)[0], t_in))
 
 
 # ----------------------------------------------------------------------------- whole networks
