@@ -12,7 +12,7 @@ from builders import save
 from relu2snn_cli import convert, h5io, ir, mapping, ops, simulator, snn
 from relu2snn_cli.errors import GraphError
 from relu2snn_cli.onnx_import import import_model
-from strategies import relu_stacks
+from strategies import relu_dags, relu_stacks
 
 TOL = 1e-9
 
@@ -140,6 +140,30 @@ def test_converted_spike_times_equal_window_end_minus_activation(tmp_path_factor
     path = save(model, d / "m.onnx")
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(48,) + shape).astype(np.float32)
+    np.save(d / "c.npy", x)
+    convert.convert(path, str(d / "c.npy"), d / "m.snn.h5")
+    net = h5io.read(d / "m.snn.h5")
+    graph = import_model(path).graph
+    result = simulator.simulate(net, x, keep_times=True)
+    ann = ir.forward(graph, x, keep=True)
+    assert result.counts.early_spikes == 0 and result.counts.out_of_range_inputs == 0
+    for node in net.nodes:
+        if isinstance(node, snn.SpikingLayer):
+            want = sum(node.window) - ops.per_neuron(node.scale, node.shape) * ann[node.name]
+            assert np.max(np.abs(result.times[node.name] - want)) <= TOL * (1 + sum(node.window)), node.name
+    logits = ann[graph.nodes[-1].name]
+    assert np.max(np.abs(result.logits - logits)) <= TOL * max(1.0, np.max(np.abs(logits)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(dag=relu_dags())
+def test_converted_dags_equal_the_float64_forward_pass(tmp_path_factory, dag):
+    """Random DAGs (residual sums, concatenations, pooling): every population's spike times are its window end
+    minus its scaled activation to 1e-9 — whatever delays its inputs had — and the logits equal the ANN's."""
+    model, shape, seed = dag
+    d = tmp_path_factory.mktemp("m")
+    path = save(model, d / "m.onnx")
+    x = np.random.default_rng(seed).normal(size=(48,) + shape).astype(np.float32)
     np.save(d / "c.npy", x)
     convert.convert(path, str(d / "c.npy"), d / "m.snn.h5")
     net = h5io.read(d / "m.snn.h5")
