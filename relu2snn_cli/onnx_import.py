@@ -144,6 +144,7 @@ class Context:
     def __init__(self, consts: dict[str, np.ndarray], graph_output: str, output_tail: set[str]):
         self.values: dict[str, Const | Pop | Lin] = {k: Const(v) for k, v in consts.items()}
         self.nodes: list = []
+        self.by_name: dict = {}
         self.graph_output = graph_output
         self.output_tail = output_tail  # tensors that reach the output through Identity/Dropout only
         self.logits_tensor = graph_output
@@ -181,6 +182,7 @@ class Context:
     def add(self, ir_node) -> str:
         """Append an IR node; its inputs are earlier nodes because ONNX graphs are topologically sorted."""
         self.nodes.append(ir_node)
+        self.by_name[ir_node.name] = ir_node
         return ir_node.name
 
     def unique(self, name: str) -> str:
@@ -504,15 +506,20 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
 
 
 def _reshape(node: OnnxNode, ctx: Context, a: Pop, shape: tuple[int, ...]) -> None:
-    """The population reshaped (C order), its pending map with it."""
+    """The population reshaped (C order), its pending map with it; a reshape of a reshape reads the original."""
     shape = tuple(int(d) for d in shape)
-    if shape == tuple(a.shape):
-        ctx.set(node, a)
-        return
-    out = ir.Reshape(ctx.unique(node.name), a.node, a.shape, shape)
-    ctx.add(out)
     scale, shift = _full(a)
-    ctx.set(node, replace(a, node=out.name, shape=shape, scale=scale.reshape(shape), shift=shift.reshape(shape)))
+    a = replace(a, scale=scale.reshape(shape), shift=shift.reshape(shape), shape=shape)
+    source = ctx.by_name.get(a.node)
+    if isinstance(source, ir.Reshape):
+        a = replace(a, node=source.input)
+        in_shape = tuple(source.in_shape)
+    else:
+        in_shape = tuple(scale.shape)
+    if shape != in_shape:
+        out = ir.Reshape(ctx.unique(node.name), a.node, in_shape, shape)
+        a = replace(a, node=ctx.add(out))
+    ctx.set(node, a)
 
 
 @converter("Flatten")
@@ -796,6 +803,15 @@ def _output_tail(nodes: list[OnnxNode], output: str) -> set[str]:
     return tail
 
 
+def _used(nodes: list) -> tuple:
+    """The nodes the readout (the last node) depends on, in order: unused branches and reshapes dropped."""
+    needed = {nodes[0].name, nodes[-1].name}
+    for node in reversed(nodes):
+        if node.name in needed:
+            needed.update(node.inputs)
+    return tuple(n for n in nodes if n.name in needed)
+
+
 def import_model(path: str | Path) -> Imported:
     """Read an ONNX file into the IR, folding affine maps and removing a final softmax (DESIGN §4)."""
     model, sha = load_model(path)
@@ -815,7 +831,7 @@ def import_model(path: str | Path) -> Imported:
             f"(supported: {SUPPORTED_DOC})", missing)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name))
-    ctx.nodes.append(ir.Input(in_name, in_shape))
+    ctx.add(ir.Input(in_name, in_shape))
     ctx.values[in_name] = _identity_pop(in_name, in_shape, relu=False)
     for node in nodes:
         CONVERTERS[node.op_type](node, ctx)
@@ -828,5 +844,5 @@ def import_model(path: str | Path) -> Imported:
         ctx.add(replace(_as_linear(readout, ctx, out), source=ctx.logits_tensor))
     else:
         raise ModelError(f"{path}: the output '{ctx.graph_output}' is not computed from a linear layer")
-    graph = ir.Graph(tuple(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
+    graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
     return Imported(graph, opset, sha, Path(path).name)

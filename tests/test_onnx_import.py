@@ -856,3 +856,193 @@ def test_dynamic_flatten_pattern_is_folded(tmp_path):
     target = b.op("Concat", [b.op("Unsqueeze", [batch, b.int_const([0])]), b.int_const([-1])], axis=0)
     imp = check(b.build(gemm(b, rng, b.op("Reshape", [h, target]), 3, k=32)), tmp_path)
     assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Flatten", "Dense"]
+
+
+# ----------------------------------------------------------------------------- graph operators (DAGs, layouts)
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_conv1d_grouped_pools_and_batchnorm(tmp_path, opset):
+    """1-D: Conv (strided, dilated, grouped), BatchNorm after the ReLU, MaxPool1d, AveragePool1d with padding."""
+    rng = np.random.default_rng(60)
+    b = GraphBuilder((2, 11), opset=opset)
+    h = b.op("Relu", [conv(b, rng, "x", 4, kernel=(3,), pads=[1, 2], strides=[2], dilations=[1])])
+    h = bn(b, rng, h)
+    h = b.op("Relu", [b.op("Conv", [h, b.const(rnd(rng, 4, 2, 3)), b.const(rnd(rng, 4))], kernel_shape=[3],
+                           pads=[1, 1], group=2, dilations=[2])])
+    h = b.op("MaxPool", [h], kernel_shape=[2], strides=[1])
+    h = b.op("AveragePool", [h], kernel_shape=[2], strides=[1], pads=[1, 0], count_include_pad=1)
+    imp = check(readout(b, rng, h), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+relu", "MaxPool", "Conv+relu", "Flatten", "Dense"]
+
+
+@pytest.mark.parametrize("case", ["valid", "padded", "global", "after-bn"])
+def test_average_pooling(tmp_path, case):
+    """AveragePool / GlobalAveragePool: a spiking layer with fixed weights 1/k; after a BatchNorm whose output
+    may be negative it needs the ReLU that follows."""
+    rng = np.random.default_rng(61)
+    b = GraphBuilder((2, 6, 5))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    if case == "valid":
+        h = b.op("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    elif case == "padded":
+        h = b.op("AveragePool", [h], kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1], count_include_pad=1)
+    elif case == "global":
+        h = b.op("GlobalAveragePool", [h])
+    else:
+        h = b.op("Relu", [b.op("AveragePool", [bn(b, rng, h)], kernel_shape=[2, 2], strides=[1, 1])])
+    imp = check(readout(b, rng, h), tmp_path)
+    pool = imp.graph.nodes[2]
+    assert isinstance(pool, ir.Affine) and pool.relu and pool.terms[0].groups == 3
+
+
+def test_average_pooling_with_count_include_pad_0_and_padding_is_refused(tmp_path):
+    rng = np.random.default_rng(62)
+    b = GraphBuilder((2, 6, 5))
+    h = b.op("Relu", [conv(b, rng, "x", 3)])
+    h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    name = b.nodes[-1].name
+    error, msg = import_error(readout(b, rng, h), tmp_path, UnsupportedOperatorError)
+    assert name in msg and "count_include_pad" in msg
+    assert error.nodes == ((name, "AveragePool"),)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_pad_is_absorbed_by_the_next_conv(tmp_path, opset):
+    """Zero Pad (asymmetric) of a population with a pending BatchNorm, then a padded conv: one conv whose pads are
+    the sum; the bias map sees the zeros where the BatchNorm was not applied."""
+    rng = np.random.default_rng(63)
+    b = GraphBuilder((2, 5, 6), opset=opset)
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])]))
+    pads = [0, 0, 1, 2, 0, 0, 2, 0]
+    if opset >= 11:
+        h = b.op("Pad", [h, b.int_const(pads), b.const(0.0)], mode="constant")
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 4, pads=[0, 1, 1, 0])])), tmp_path)
+    term = imp.graph.nodes[2].terms[0]
+    assert term.pads == (1, 3, 3, 0) and imp.graph.nodes[2].bias.ndim == 3
+
+
+@pytest.mark.parametrize("mode, value", [("reflect", 0.0), ("constant", 1.0)])
+def test_pad_other_than_zero_is_refused(tmp_path, mode, value):
+    rng = np.random.default_rng(64)
+    b = GraphBuilder((2, 5, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3)])
+    h = b.op("Pad", [h, b.int_const([0, 0, 1, 1, 0, 0, 1, 1]), b.const(value)], mode=mode)
+    name = b.nodes[-1].name
+    error, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2)])), tmp_path, UnsupportedOperatorError)
+    assert name in msg and error.nodes == ((name, "Pad"),)
+
+
+def test_nhwc_graph_as_tf2onnx_writes_it(tmp_path):
+    """Input NHWC → Transpose → Conv → Relu → MaxPool → Transpose back → Reshape(-1, K) → MatMul + Add → Relu → ..."""
+    rng = np.random.default_rng(65)
+    b = GraphBuilder((6, 6, 2), opset=13)
+    h = b.op("Transpose", ["x"], perm=[0, 3, 1, 2])
+    h = b.op("MaxPool", [b.op("Relu", [conv(b, rng, h, 4, pads=[1, 1, 1, 1])])], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("Reshape", [b.op("Transpose", [h], perm=[0, 2, 3, 1]), b.int_const([-1, 36])])
+    h = b.op("Relu", [b.op("Add", [b.op("MatMul", [h, b.const(rnd(rng, 36, 8))]), b.const(rnd(rng, 8))])])
+    model = b.build(b.op("Add", [b.op("MatMul", [h, b.const(rnd(rng, 8, 3))]), b.const(rnd(rng, 3))]))
+    imp = check(model, tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Transpose", "Conv+relu", "MaxPool", "Transpose", "Flatten",
+                                   "Dense+relu", "Dense"]
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_squeeze_and_unsqueeze(tmp_path, opset):
+    rng = np.random.default_rng(66)
+    b = GraphBuilder((5,), opset=opset)
+    h = b.op("Relu", [gemm(b, rng, "x", 4)])
+    if opset < 13:
+        h = b.op("Squeeze", [b.op("Unsqueeze", [h], axes=[2, -1])], axes=[-2])
+        h = b.op("Squeeze", [h], axes=[2])
+    else:
+        h = b.op("Squeeze", [b.op("Unsqueeze", [h, b.int_const([2, -1])]), b.int_const([-2])])
+        h = b.op("Squeeze", [h])
+    imp = check(b.build(gemm(b, rng, h, 3, k=4)), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
+
+
+def test_unsqueeze_to_an_image_for_a_conv(tmp_path):
+    rng = np.random.default_rng(67)
+    b = GraphBuilder((12,))
+    h = b.op("Reshape", [b.op("Relu", [gemm(b, rng, "x", 12)]), b.int_const([0, 3, 4])])
+    h = b.op("Unsqueeze", [h, b.int_const([1])])   # (batch, 1, 3, 4)
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(2, 2))])), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Reshape", "Conv+relu", "Flatten", "Dense"]  # one reshape
+
+
+@pytest.mark.parametrize("axis", [1, -3])
+def test_concat_of_branches_of_different_depths(tmp_path, axis):
+    """Channels of a shallow branch (with a pending BatchNorm) and a deep one side by side."""
+    rng = np.random.default_rng(68)
+    b = GraphBuilder((1, 5, 5))
+    stem = b.op("Relu", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1])])
+    shallow = bn(b, rng, b.op("Relu", [conv(b, rng, stem, 2, pads=[1, 1, 1, 1])]))
+    deep = b.op("Relu", [conv(b, rng, b.op("Relu", [conv(b, rng, stem, 3, kernel=(1, 1))]), 3, pads=[1, 1, 1, 1])])
+    h = b.op("Concat", [shallow, deep], axis=axis)
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, pads=[1, 1, 1, 1])])), tmp_path)
+    cat = next(n for n in imp.graph.nodes if isinstance(n, ir.Concat))
+    assert cat.axis == 0 and cat.shape == (5, 5, 5)
+
+
+def test_concat_of_vectors_and_the_input(tmp_path):
+    rng = np.random.default_rng(69)
+    b = GraphBuilder((4,))
+    h = b.op("Concat", [b.op("Relu", [gemm(b, rng, "x", 3)]), "x"], axis=-1)
+    check(b.build(gemm(b, rng, h, 2, k=7)), tmp_path)
+
+
+def test_matmul_with_a_constant_first_operand_is_a_1x1_convolution(tmp_path):
+    rng = np.random.default_rng(70)
+    b = GraphBuilder((3, 5))
+    h = b.op("Add", [b.op("MatMul", [b.const(rnd(rng, 4, 3)), "x"]), b.const(rnd(rng, 4, 1))])
+    imp = check(readout(b, rng, b.op("Relu", [h])), tmp_path)
+    assert ir_kinds(imp.graph)[:2] == ["Input", "Conv+relu"]
+
+
+def test_projection_shortcut(tmp_path):
+    """ResNet's stride-2 block: conv3x3/s2 → BN → ReLU → conv3x3 → BN, plus 1×1/s2 conv → BN, then ReLU."""
+    rng = np.random.default_rng(71)
+    b = GraphBuilder((2, 7, 7))
+    x = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("Relu", [bn(b, rng, conv(b, rng, x, 4, pads=[1, 1, 1, 1], strides=[2, 2]))])
+    h = bn(b, rng, conv(b, rng, h, 4, pads=[1, 1, 1, 1]))
+    short = bn(b, rng, conv(b, rng, x, 4, kernel=(1, 1), strides=[2, 2]))
+    imp = check(readout(b, rng, b.op("Relu", [b.op("Add", [h, short])])), tmp_path)
+    assert ir_kinds(imp.graph)[:5] == ["Input", "Conv+relu", "Conv+relu", "Conv+Conv+relu", "Flatten"]
+
+
+def test_identity_shortcut_with_pending_batchnorm(tmp_path):
+    """conv → BN + (BN of an earlier ReLU output): the population joins through 1×1 depthwise synapses."""
+    rng = np.random.default_rng(72)
+    b = GraphBuilder((2, 5, 5))
+    x = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = bn(b, rng, conv(b, rng, x, 3, pads=[1, 1, 1, 1]))
+    imp = check(readout(b, rng, b.op("Relu", [b.op("Add", [bn(b, rng, x), h])])), tmp_path)
+    join = imp.graph.nodes[2]
+    assert join.terms[0].groups == 3 and join.terms[0].weight.shape == (3, 1, 1, 1)
+
+
+@pytest.mark.parametrize("build, op", [
+    (lambda b, h: b.op("Mul", [h, h]), "Mul"),
+    (lambda b, h: b.op("Concat", [h, h], axis=0), "Concat"),
+    (lambda b, h: b.op("Transpose", [h], perm=[1, 0, 2, 3]), "Transpose"),
+    (lambda b, h: b.op("Reshape", [h, b.int_const([2, -1])]), "Reshape"),
+], ids=["product", "concat-batch", "transpose-batch", "reshape-batch"])
+def test_refused_graph_operations_name_the_node(tmp_path, build, op):
+    rng = np.random.default_rng(73)
+    b = GraphBuilder((2, 4, 4))
+    h = build(b, b.op("Relu", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1])]))
+    name = b.nodes[-1].name
+    model = b.build(h) if op == "Reshape" else readout(b, rng, b.op("Relu", [conv(b, rng, h, 2)]))
+    error, msg = import_error(model, tmp_path, UnsupportedOperatorError)
+    assert name in msg and op in msg and DOC in msg
+    assert error.nodes == ((name, op),)
+
+
+def test_unused_branches_are_dropped(tmp_path):
+    rng = np.random.default_rng(74)
+    b = GraphBuilder((4,))
+    h = b.op("Relu", [gemm(b, rng, "x", 3)])
+    b.op("Relu", [gemm(b, rng, h, 5)])          # computed, never read
+    imp = check(b.build(gemm(b, rng, h, 2)), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
