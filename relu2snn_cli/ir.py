@@ -346,6 +346,29 @@ def fold_input_affine(layer: Affine, codes: dict) -> Affine:
     return replace(layer, terms=tuple(terms), bias=compact_bias(bias))
 
 
+def dense_after_pooling(weight: np.ndarray, pool: Affine, max_size: int = 1 << 24) -> np.ndarray | None:
+    """W·P: a dense weight on the output of an average pooling, as a dense weight on the pooled population
+    (DESIGN §4, AveragePool folds into the following linear layer).
+
+    ``pool`` is one depthwise term whose taps carry one weight k_c per channel (1/K times the scale of a
+    folded affine map), so P = blockdiag_c(k_c·S) with S the pooling of one channel with unit taps, found by
+    pooling the unit vectors. weight (out, C·m) → (out, C·n), m and n the pooled and the input positions.
+    None when the pooling is not of that form or S would exceed ``max_size`` entries.
+    """
+    term = pool.terms[0] if len(pool.terms) == 1 else None
+    if not isinstance(term, Conv) or term.groups != term.in_shape[0] or term.weight.shape[0] != term.groups:
+        return None
+    c, n = term.in_shape[0], int(np.prod(term.in_shape[1:]))
+    taps = term.weight.reshape(c, -1)
+    m = int(np.prod(term.shape[1:]))
+    if not np.all(taps == taps[:, :1]) or n * m > max_size:
+        return None
+    unit = replace(term, weight=np.ones((1, 1) + term.weight.shape[2:]), in_shape=(1,) + term.in_shape[1:], groups=1)
+    s = apply_term(unit, np.eye(n).reshape((n, 1) + term.in_shape[1:])).reshape(n, m)   # S transposed
+    w = np.einsum("ocm,nm->ocn", weight.reshape(len(weight), c, m), s) * taps[None, :, :1]
+    return w.reshape(len(weight), c * n)
+
+
 # ----------------------------------------------------------------------------- forward pass
 
 def apply_linear(layer: Affine, xs: list[np.ndarray]) -> np.ndarray:

@@ -67,6 +67,17 @@ class Lin:
     layer: ir.Affine
 
 
+@dataclass(frozen=True, eq=False)
+class Pooled:
+    """An average pooling of a population, its output non-negative, not yet a spiking layer: ``layer`` seen
+    with ``shape`` (it may have been flattened since). A dense layer reading it absorbs it (DESIGN §4: fold
+    into the following linear layer); any other reader makes it a spiking layer equal to ONNX ``tensor``."""
+
+    layer: ir.Affine
+    tensor: str
+    shape: tuple[int, ...]
+
+
 def _identity_pop(node: str, shape: tuple[int, ...], relu: bool) -> Pop:
     return Pop(node, tuple(shape), np.ones(()), np.zeros(()), nonnegative=relu, relu=relu)
 
@@ -150,13 +161,24 @@ class Context:
         self.logits_tensor = graph_output
         self.removed: list[str] = []
 
-    def get(self, node: OnnxNode, i: int):
+    def get(self, node: OnnxNode, i: int, raw: bool = False):
+        """The value of input i (None if absent); a pending average pooling becomes a spiking layer unless ``raw``."""
         if i >= len(node.inputs) or not node.inputs[i]:
             return None
-        if node.inputs[i] not in self.values:
-            raise unsupported(node, f"its input '{node.inputs[i]}' is a secondary output (a mask or indices) "
+        name = node.inputs[i]
+        if name not in self.values:
+            raise unsupported(node, f"its input '{name}' is a secondary output (a mask or indices) "
                                     "that has no spiking counterpart")
-        return self.values[node.inputs[i]]
+        v = self.values[name]
+        return self.materialize(name, v) if isinstance(v, Pooled) and not raw else v
+
+    def materialize(self, tensor: str, v: Pooled) -> Pop:
+        """A pending average pooling as a spiking layer (its ReLU the identity), reshaped as it was seen."""
+        pop = _identity_pop(self.add(replace(v.layer, relu=True, source=v.tensor)), v.layer.shape, relu=True)
+        if v.shape != tuple(v.layer.shape):
+            pop = _reshaped(self, pop, v.shape, f"{v.layer.name}/reshape")
+        self.values[tensor] = pop
+        return pop
 
     def const(self, node: OnnxNode, i: int, what: str) -> np.ndarray:
         v = self.get(node, i)
@@ -300,13 +322,27 @@ def convert_gemm(node: OnnxNode, ctx: Context) -> None:
     """Y = alpha·A'·B' + beta·C with A the activation (batch, K) and B, C constants."""
     if node.attr("transA", 0):
         raise unsupported(node, "transA=1 on the activation puts the batch axis last")
-    a = ctx.pop(node, 0, rank=(1,))
     b = ctx.const(node, 1, "B operand")
     w = node.attr("alpha", 1.0) * (b.T if not node.attr("transB", 0) else b)
-    if w.ndim != 2 or w.shape[1] != a.shape[0]:
-        raise ModelError(f"{node.label}: its weight of shape {b.shape} does not fit its input of shape {a.shape}")
     c = ctx.const(node, 2, "C operand") if ctx.get(node, 2) is not None else np.zeros(())
     bias = node.attr("beta", 1.0) * _const_for(node, c, w.shape[:1])
+    _dense(node, ctx, w, bias, b.shape)
+
+
+def _dense(node: OnnxNode, ctx: Context, w: np.ndarray, bias, given: tuple[int, ...]) -> None:
+    """A dense layer W·x + b on input 0; a pending average pooling x = P·a + p folds in: W·P on a, b + W·p."""
+    v = ctx.get(node, 0, raw=True)
+    if isinstance(v, Pooled) and len(v.shape) == 1 and w.ndim == 2 and w.shape[1] == v.shape[0]:
+        folded = ir.dense_after_pooling(w, v.layer)
+        if folded is not None:
+            pool = v.layer.terms[0]
+            term = ir.Dense(pool.input, folded, pool.in_shape)
+            a = _identity_pop(pool.input, pool.in_shape, relu=True)
+            ctx.set(node, Lin(_affine(node, ctx, [(a, term)], bias + w @ ir.full_bias(v.layer).reshape(-1))))
+            return
+    a = ctx.pop(node, 0, rank=(1,))
+    if w.ndim != 2 or w.shape[1] != a.shape[0]:
+        raise ModelError(f"{node.label}: its weight of shape {given} does not fit its input of shape {a.shape}")
     ctx.set(node, Lin(_affine(node, ctx, [(a, ir.Dense(a.node, w, a.shape))], bias)))
 
 
@@ -316,11 +352,12 @@ def convert_matmul(node: OnnxNode, ctx: Context) -> None:
     (batch, K, L) is a 1×1 convolution over the sequence. An Add after it gives the bias."""
     x, y = ctx.get(node, 0), ctx.get(node, 1)
     if isinstance(y, Const):
-        a, b = ctx.pop(node, 0), ctx.const(node, 1, "second operand")
-        if len(a.shape) != 1 or b.ndim != 2 or b.shape[0] != a.shape[0]:
-            raise unsupported(node, f"activation {a.shape} times a constant {b.shape}: only (batch, K)·(K, M) "
+        b, shape = ctx.const(node, 1, "second operand"), getattr(x, "shape", None)
+        if shape is None or len(shape) != 1 or b.ndim != 2 or b.shape[0] != shape[0]:
+            raise unsupported(node, f"activation {shape} times a constant {b.shape}: only (batch, K)·(K, M) "
                                     "is a dense layer")
-        term = ir.Dense(a.node, b.T, a.shape)
+        _dense(node, ctx, b.T, np.zeros(b.shape[1]), b.shape)
+        return
     elif isinstance(x, Const):
         c, a = ctx.const(node, 0, "first operand"), ctx.pop(node, 1)
         if len(a.shape) != 2 or c.ndim != 2 or c.shape[1] != a.shape[0]:
@@ -502,10 +539,19 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
     weight = np.full((c, 1) + kernel, 1.0 / int(np.prod(kernel)))
     term = ir.Conv(a.node, weight, a.shape, strides, pads, dilations, groups=c)
     layer = _affine(node, ctx, [(a, term)], np.zeros(c))
-    ctx.set(node, _spiking(node, ctx, layer) if _tensor_nonnegative(a) else Lin(layer))
+    ctx.set(node, Pooled(layer, node.outputs[0], layer.shape) if _tensor_nonnegative(a) else Lin(layer))
 
 
-def _reshape(node: OnnxNode, ctx: Context, a: Pop, shape: tuple[int, ...]) -> None:
+def _reshape(node: OnnxNode, ctx: Context, a, shape: tuple[int, ...]) -> None:
+    """Set the node's output: a population or a pending average pooling reshaped (C order)."""
+    shape = tuple(int(d) for d in shape)
+    if isinstance(a, Pooled):
+        ctx.set(node, replace(a, shape=shape))
+    else:
+        ctx.set(node, _reshaped(ctx, a, shape, node.name))
+
+
+def _reshaped(ctx: Context, a: Pop, shape: tuple[int, ...], name: str) -> Pop:
     """The population reshaped (C order), its pending map with it; a reshape of a reshape reads the original."""
     shape = tuple(int(d) for d in shape)
     scale, shift = _full(a)
@@ -517,9 +563,8 @@ def _reshape(node: OnnxNode, ctx: Context, a: Pop, shape: tuple[int, ...]) -> No
     else:
         in_shape = tuple(scale.shape)
     if shape != in_shape:
-        out = ir.Reshape(ctx.unique(node.name), a.node, in_shape, shape)
-        a = replace(a, node=ctx.add(out))
-    ctx.set(node, a)
+        a = replace(a, node=ctx.add(ir.Reshape(ctx.unique(name), a.node, in_shape, shape)))
+    return a
 
 
 @converter("Flatten")
@@ -527,30 +572,45 @@ def convert_flatten(node: OnnxNode, ctx: Context) -> None:
     """Flatten with axis 1: (batch, C, H, W) → (batch, C·H·W)."""
     if node.attr("axis", 1) != 1:
         raise unsupported(node, f"axis={node.attr('axis')} (only axis=1 keeps the batch axis)")
-    a = ctx.pop(node, 0)
+    a = _flat_or_pop(node, ctx)
     _reshape(node, ctx, a, (int(np.prod(a.shape)),))
+
+
+def _flat_or_pop(node: OnnxNode, ctx: Context, shape=None):
+    """Input 0 as a pending average pooling if reshaping it gives a vector (``shape`` None: a flatten), else as
+    a population."""
+    v = ctx.get(node, 0, raw=True)
+    if isinstance(v, Pooled) and (shape is None or len(shape) == 1):
+        return v
+    return ctx.pop(node, 0)
 
 
 @converter("Reshape")
 def convert_reshape(node: OnnxNode, ctx: Context) -> None:
     """Reshape to a constant (or constant-folded) target that keeps the batch axis first (0 or −1 there)."""
-    a = ctx.pop(node, 0)
+    v = ctx.get(node, 0, raw=True)
+    shape = _reshape_target(node, ctx, tuple(v.shape) if isinstance(v, (Pop, Pooled)) else ctx.pop(node, 0).shape)
+    _reshape(node, ctx, _flat_or_pop(node, ctx, shape), shape)
+
+
+def _reshape_target(node: OnnxNode, ctx: Context, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape (batch axis omitted) that Reshape's target gives an input of ``shape``."""
     target = [int(t) for t in ctx.const(node, 1, "target shape")]
     if node.attr("allowzero", 0) and 0 in target:
         raise unsupported(node, "allowzero=1 with a zero in the target shape")
-    n = int(np.prod(a.shape))
+    n = int(np.prod(shape))
     if not target or target[0] not in (0, -1) or (target[0] == -1 and -1 in target[1:]):
         raise unsupported(node, f"target shape {target} does not keep the batch axis of an input of shape "
-                                f"(batch, {', '.join(map(str, a.shape))})")
-    rest = [a.shape[i - 1] if t == 0 else t for i, t in enumerate(target) if i > 0]
+                                f"(batch, {', '.join(map(str, shape))})")
+    rest = [shape[i - 1] if t == 0 else t for i, t in enumerate(target) if i > 0]
     if -1 in rest:
         known = int(np.prod([d for d in rest if d != -1]))
         if known == 0 or n % known:
-            raise ModelError(f"{node.label}: cannot reshape {a.shape} to {target}")
+            raise ModelError(f"{node.label}: cannot reshape {shape} to {target}")
         rest[rest.index(-1)] = n // known
     if int(np.prod(rest)) != n or any(d < 1 for d in rest):
-        raise ModelError(f"{node.label}: cannot reshape {a.shape} to {target}")
-    _reshape(node, ctx, a, tuple(rest))
+        raise ModelError(f"{node.label}: cannot reshape {shape} to {target}")
+    return tuple(rest)
 
 
 def _axes(node: OnnxNode, ctx: Context, rank: int) -> list[int]:
@@ -691,7 +751,7 @@ def convert_cast(node: OnnxNode, ctx: Context) -> None:
 @converter("Identity", "Dropout")
 def convert_identity(node: OnnxNode, ctx: Context) -> None:
     """Identity, and Dropout at inference: the output is the input."""
-    ctx.set(node, ctx.get(node, 0))
+    ctx.set(node, ctx.get(node, 0, raw=True))
 
 
 @converter("Softmax", "LogSoftmax")
@@ -703,7 +763,7 @@ def convert_softmax(node: OnnxNode, ctx: Context) -> None:
         raise unsupported(node, f"axis={node.attr('axis')} is not the class axis")
     ctx.removed.append(node.op_type)
     ctx.logits_tensor = node.inputs[0]
-    ctx.set(node, ctx.get(node, 0))
+    ctx.set(node, ctx.get(node, 0, raw=True))
 
 
 @converter("Constant")
@@ -836,6 +896,8 @@ def import_model(path: str | Path) -> Imported:
     for node in nodes:
         CONVERTERS[node.op_type](node, ctx)
     out = ctx.values.get(ctx.graph_output)
+    if isinstance(out, Pooled):
+        out = ctx.materialize(ctx.graph_output, out)
     readout = OnnxNode("readout", "Identity", (ctx.graph_output,), (ctx.logits_tensor,), MappingProxyType({}))
     if isinstance(out, Lin):
         ctx.add(replace(out.layer, source=ctx.logits_tensor))

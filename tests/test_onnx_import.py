@@ -872,13 +872,13 @@ def test_conv1d_grouped_pools_and_batchnorm(tmp_path, opset):
     h = b.op("MaxPool", [h], kernel_shape=[2], strides=[1])
     h = b.op("AveragePool", [h], kernel_shape=[2], strides=[1], pads=[1, 0], count_include_pad=1)
     imp = check(readout(b, rng, h), tmp_path)
-    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+relu", "MaxPool", "Conv+relu", "Flatten", "Dense"]
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+relu", "MaxPool", "Dense"]   # the pooling folded
 
 
-@pytest.mark.parametrize("case", ["valid", "padded", "global", "after-bn"])
+@pytest.mark.parametrize("case", ["valid", "padded", "global", "after-bn", "before-conv", "read-twice"])
 def test_average_pooling(tmp_path, case):
-    """AveragePool / GlobalAveragePool: a spiking layer with fixed weights 1/k; after a BatchNorm whose output
-    may be negative it needs the ReLU that follows."""
+    """AveragePool / GlobalAveragePool: folded into a dense layer that reads it, else a spiking layer with fixed
+    weights 1/k (after a BatchNorm whose output may be negative it needs the ReLU that follows)."""
     rng = np.random.default_rng(61)
     b = GraphBuilder((2, 6, 5))
     h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
@@ -888,11 +888,20 @@ def test_average_pooling(tmp_path, case):
         h = b.op("AveragePool", [h], kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1], count_include_pad=1)
     elif case == "global":
         h = b.op("GlobalAveragePool", [h])
-    else:
+    elif case == "after-bn":
         h = b.op("Relu", [b.op("AveragePool", [bn(b, rng, h)], kernel_shape=[2, 2], strides=[1, 1])])
+    elif case == "before-conv":
+        h = b.op("Relu", [conv(b, rng, b.op("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2]), 2, kernel=(2, 2))])
+    else:
+        p = b.op("Flatten", [b.op("GlobalAveragePool", [h])])
+        h = b.op("Concat", [b.op("Relu", [gemm(b, rng, p, 2, k=3)]), p], axis=1)
     imp = check(readout(b, rng, h), tmp_path)
-    pool = imp.graph.nodes[2]
-    assert isinstance(pool, ir.Affine) and pool.relu and pool.terms[0].groups == 3
+    kinds = ir_kinds(imp.graph)
+    if case in ("valid", "padded", "global"):
+        assert kinds == ["Input", "Conv+relu", "Dense"]
+    else:   # a spiking layer with fixed depthwise weights (for "read-twice", besides the fold into the Gemm)
+        pool = [n for n in imp.graph.nodes[2:] if isinstance(n, ir.Affine) and isinstance(n.terms[0], ir.Conv)][0]
+        assert pool.relu and pool.terms[0].groups == 3
 
 
 def test_average_pooling_with_count_include_pad_0_and_padding_is_refused(tmp_path):
