@@ -28,7 +28,10 @@ def error_line(result) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module", params=["mlp", "cnn"])
+SAMPLE_NAMES = ["mlp", "cnn", "resnet", "cnn1d", "dwsep", "concat", "concat_dense", "nhwc"]
+
+
+@pytest.fixture(scope="module", params=SAMPLE_NAMES)
 def converted(request, tmp_path_factory):
     name = request.param
     out = tmp_path_factory.mktemp(name) / "model.snn.h5"
@@ -43,7 +46,7 @@ def test_convert_report(converted):
     assert out.is_file()
     assert report["calibration_samples"] == 256
     assert report["forward_max_abs_error_vs_onnxruntime"] <= 1e-4 * report["forward_max_abs_logit"]
-    assert report["removed_output_ops"] == (["Softmax"] if name == "mlp" else [])
+    assert report["removed_output_ops"] == (["Softmax"] if name in ("mlp", "nhwc") else [])
     assert set(report["seconds"]) == {"import", "calibration", "mapping", "write"}
 
 
