@@ -205,7 +205,8 @@ Example:
 @click.argument("snn_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as one JSON object.")
 def inspect(snn_file, as_json):
-    """Describe SNN_FILE: one row per layer with its window, X_n and share of statically certified neurons."""
+    """Describe SNN_FILE: one row per node with its window, X_n, share of statically certified neurons and the
+    rows it reads."""
     from . import h5io, snn
     net = h5io.read(snn_file)
     rows = snn.layer_table(net)
@@ -217,12 +218,16 @@ def inspect(snn_file, as_json):
                 "removed_output_ops", "latency"):
         click.echo(f"{key:<20} {_fmt(net.meta.get(key))}")
     click.echo(f"{'content_sha256':<20} {h5io.content_hash(net)}")
-    click.echo(f"\n{'layer':<24} {'kind':<13} {'shape':<14} {'window [T, T+B]':<22} {'X_n':>10} {'certified':>9}")
-    for r in rows:
+    click.echo(f"\n{'#':>3} {'layer':<24} {'kind':<13} {'shape':<14} {'window [T, T+B]':<22} {'X_n':>10} "
+               f"{'certified':>9}  reads")
+    index = {r["name"]: i for i, r in enumerate(rows)}
+    for i, r in enumerate(rows):
         window = f"[{r['window'][0]:.4g}, {r['window'][1]:.4g}]"
         x = "" if r["x_max"] is None else f"{r['x_max']:.4g}"
         cert = "" if r["certified"] is None or math.isnan(r["certified"]) else f"{100 * r['certified']:.1f}%"
-        click.echo(f"{r['name'][:24]:<24} {r['kind']:<13} {str(tuple(r['shape'])):<14} {window:<22} {x:>10} {cert:>9}")
+        reads = ",".join(f"#{index[name]}" for name in r["inputs"])
+        click.echo(f"{i:>3} {r['name'][:24]:<24} {r['kind']:<13} {str(tuple(r['shape'])):<14} {window:<22} {x:>10} "
+                   f"{cert:>9}  {reads}".rstrip())
 
 
 def main() -> None:
