@@ -186,13 +186,14 @@ class Context:
             raise unsupported(node, f"its {what} must be a constant")
         return v.value.astype(np.float64) if v.value.dtype.kind == "f" else v.value
 
-    def pop(self, node: OnnxNode, i: int = 0, rank: tuple[int, ...] = (1, 2, 3), pads: bool = False) -> Pop:
+    def pop(self, node: OnnxNode, i: int = 0, rank: tuple[int, ...] | None = None, pads: bool = False) -> Pop:
+        """Input i as a population (of one of the ranks ``rank``, if given; with a pending Pad only if ``pads``)."""
         v = self.get(node, i)
         if isinstance(v, Lin):
             raise unsupported(node, "it is applied to a linear layer's output before a ReLU")
         if not isinstance(v, Pop):
             raise unsupported(node, "its input must be an activation, not a constant")
-        if len(v.shape) not in rank:
+        if rank is not None and len(v.shape) not in rank:
             raise unsupported(node, f"its input has shape {v.shape} (batch axis omitted)")
         if v.pads and not pads:
             raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")

@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import GraphBuilder, run_ort, save
-from relu2snn_cli import ir
+from relu2snn_cli import convert, h5io, ir, simulator
 from relu2snn_cli.errors import ModelError, UnsupportedOperatorError
 from relu2snn_cli.onnx_import import import_model
 
@@ -1055,3 +1055,31 @@ def test_unused_branches_are_dropped(tmp_path):
     b.op("Relu", [gemm(b, rng, h, 5)])          # computed, never read
     imp = check(b.build(gemm(b, rng, h, 2)), tmp_path)
     assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 14, 18, 21, 25])
+def test_many_graph_operators_at_every_opset(tmp_path, opset):
+    """NHWC input, Transpose, Pad, residual Add with BatchNorm, MaxPool, Concat, AveragePool, Squeeze/Unsqueeze,
+    GlobalAveragePool, Flatten, MatMul + Add — one model, from opset 11 to the newest onnxruntime runs."""
+    rng = np.random.default_rng(80 + opset)
+    b = GraphBuilder((6, 6, 2), opset=opset)
+    x = b.op("Relu", [conv(b, rng, b.op("Transpose", ["x"], perm=[0, 3, 1, 2]), 3, pads=[1, 1, 1, 1])])
+    h = b.op("Pad", [x, b.int_const([0, 0, 1, 1, 0, 0, 1, 1]), b.const(0.0)])
+    h = b.op("Relu", [b.op("Add", [bn(b, rng, conv(b, rng, h, 3)), x])])
+    h = b.op("Concat", [b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2]),
+                        b.op("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])], axis=1)
+    axes = {"axes": [4]} if opset < 13 else {}
+    h = b.op("Unsqueeze", [h] + ([b.int_const([4])] if opset >= 13 else []), **axes)
+    h = b.op("Squeeze", [h] + ([b.int_const([4])] if opset >= 13 else []), **axes)
+    h = b.op("Flatten", [b.op("GlobalAveragePool", [h])])
+    h = b.op("Add", [b.op("MatMul", [h, b.const(rnd(rng, 6, 4))]), b.const(rnd(rng, 4))])
+    model = b.build(h)
+    imp = check(model, tmp_path)
+    # and through the whole pipeline: the spiking network equals the float64 forward pass
+    x = rng.normal(size=(40, 6, 6, 2)).astype(np.float32)
+    np.save(tmp_path / "c.npy", x)
+    convert.convert(tmp_path / "model.onnx", str(tmp_path / "c.npy"), tmp_path / "m.snn.h5")
+    result = simulator.simulate(h5io.read(tmp_path / "m.snn.h5"), x)
+    want = ir.forward(imp.graph, x)
+    assert result.counts.early_spikes == 0
+    assert np.max(np.abs(result.logits - want)) <= 1e-9 * np.max(np.abs(want))
