@@ -619,37 +619,37 @@ def _axes(node: OnnxNode, ctx: Context, rank: int) -> list[int]:
     axes = node.attr("axes")
     if axes is None and ctx.get(node, 1) is not None:
         axes = ctx.const(node, 1, "axes")
-    axes = [int(x) % rank for x in np.atleast_1d(axes if axes is not None else [])]
-    if len(set(axes)) != len(axes) or any(not 0 <= x < rank for x in axes):
-        raise unsupported(node, f"axes {axes}")
-    return axes
+    axes = [int(x) for x in np.atleast_1d(axes if axes is not None else [])]
+    if any(not -rank <= x < rank for x in axes) or len({x % rank for x in axes}) != len(axes):
+        raise unsupported(node, f"axes {axes} for a result of rank {rank}")
+    return sorted(x % rank for x in axes)
+
+
+def _n_axes(node: OnnxNode, ctx: Context) -> int:
+    axes = node.attr("axes")
+    return len(np.atleast_1d(axes if axes is not None else ctx.const(node, 1, "axes")))
 
 
 @converter("Squeeze", "Unsqueeze")
 def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
-    """Remove or insert axes of size 1 (never the batch axis): a reshape."""
-    v = ctx.get(node, 0)
-    if isinstance(v, Const):
-        rank = v.value.ndim + (len(_axes(node, ctx, 99)) if node.op_type == "Unsqueeze" else 0)
-        axes = _axes(node, ctx, rank)
-        fn = np.expand_dims if node.op_type == "Unsqueeze" else np.squeeze
-        ctx.set(node, Const(fn(v.value, tuple(axes))))
-        return
-    a = ctx.pop(node, 0)
-    shape = [-1, *a.shape]   # the batch axis in front
+    """Remove or insert axes of size 1 (never the batch axis): a reshape; on a constant, numpy's."""
+    v = ctx.get(node, 0, raw=True)
+    shape = list(v.value.shape) if isinstance(v, Const) else [-1, *ctx.pop(node, 0).shape]  # batch axis first
     if node.op_type == "Unsqueeze":
-        axes = _axes(node, ctx, len(shape) + len(_axes(node, ctx, 99)))
-        for x in sorted(axes):
+        axes = _axes(node, ctx, len(shape) + _n_axes(node, ctx))
+        for x in axes:
             shape.insert(x, 1)
     else:
         axes = _axes(node, ctx, len(shape)) or [i for i, d in enumerate(shape) if d == 1]
         if any(shape[x] != 1 for x in axes):
-            raise unsupported(node, f"axes {axes} of an input of shape (batch, {', '.join(map(str, a.shape))}) "
-                                    "are not all of size 1")
+            raise unsupported(node, f"axes {axes} of an input of shape {tuple(shape)} are not all of size 1")
         shape = [d for i, d in enumerate(shape) if i not in axes]
-    if 0 in axes or shape[0] != -1:
+    if isinstance(v, Const):
+        ctx.set(node, Const(v.value.reshape(shape)))
+    elif 0 in axes or shape[0] != -1:
         raise unsupported(node, "it moves the batch axis")
-    _reshape(node, ctx, a, tuple(shape[1:]))
+    else:
+        _reshape(node, ctx, ctx.pop(node, 0), tuple(shape[1:]))
 
 
 @converter("Transpose")
@@ -721,11 +721,11 @@ def convert_pad(node: OnnxNode, ctx: Context) -> None:
 @converter("Shape")
 def convert_shape(node: OnnxNode, ctx: Context) -> None:
     """The shape of an activation as a constant, 0 standing for the batch axis (which Reshape reads as "keep")."""
-    v = ctx.get(node, 0)
-    shape = v.layer.shape if isinstance(v, Lin) else getattr(v, "shape", None)
-    if shape is None:
-        shape = np.shape(v.value)[1:]
-    full = np.array([0, *shape], dtype=np.int64)
+    v = ctx.get(node, 0, raw=True)
+    if isinstance(v, Const):
+        full = np.array(v.value.shape, dtype=np.int64)
+    else:
+        full = np.array([0, *(v.layer.shape if isinstance(v, Lin) else v.shape)], dtype=np.int64)
     ctx.set(node, Const(full[node.attr("start", 0):node.attr("end", len(full))]))
 
 
