@@ -1,0 +1,170 @@
+"""ONNX → IR: one converter per ONNX op type, registered in a table, plus the folding rules of DESIGN §4.
+
+The converters live in ``linear``, ``pooling``, ``movement`` and ``constants``; ``core`` holds the values,
+the node wrapper, the table and the helpers they share. This module reads a file and drives them.
+
+The importer walks the graph in topological order and gives every ONNX tensor a
+symbolic value:
+
+- ``Const``: a constant array (initializer or Constant node);
+- ``Pop``: a spike-coded population a (the input, or a ReLU output, pooled or
+  flattened) seen through a pending elementwise affine map, tensor = scale·a + shift.
+  Affine maps after a ReLU (BatchNorm, Mul/Add by constants) stay pending here and
+  fold *forward* into the next linear layer;
+- ``Lin``: a linear layer applied to a population and not yet followed by its ReLU.
+  Affine maps before the ReLU fold *backward* into its weights and bias.
+
+A ReLU turns a ``Lin`` into an IR node with ``relu=True``; the ``Lin`` left at the graph
+output becomes the readout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+
+import onnx
+from onnx import external_data_helper, numpy_helper
+
+from .. import ir
+from ..errors import ModelError, UnsupportedOperatorError
+from . import constants, linear, movement, pooling
+from .core import (CONVERTERS, SUPPORTED_DOC, Context, Lin, OnnxNode, Pooled, Pop, as_linear, identity_pop,
+                   wrap_node)
+
+MIN_OPSET = 11
+CONVERTER_MODULES = (linear, pooling, movement, constants)  # importing them fills CONVERTERS
+
+
+@dataclass(frozen=True)
+class Imported:
+    """The result of an import: the IR graph and facts about the source model."""
+
+    graph: ir.Graph
+    opset: int
+    sha256: str
+    file_name: str
+
+
+def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
+    """Read and check an ONNX file, with weights stored beside it as external data.
+
+    Returns the model (external data loaded) and a sha256 of the file and of its
+    external data files, in the order the initializers name them.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read the model ({e.strerror or e})") from None
+    digest = hashlib.sha256(raw)
+    try:
+        model = onnx.load_from_string(raw)
+        locations = []
+        for tensor in model.graph.initializer:
+            if external_data_helper.uses_external_data(tensor):
+                info = external_data_helper.ExternalDataInfo(tensor)
+                if info.location not in locations:
+                    locations.append(info.location)
+        for location in locations:
+            digest.update((path.parent / location).read_bytes())
+        if locations:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises several unrelated types for broken files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path}: not a valid ONNX model ({first})") from None
+    return model, digest.hexdigest()
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelError("the model imports no default-domain opset")
+
+
+def input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
+    """The one real (non-initializer) graph input: its name and its shape without the batch axis."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"the model has {len(inputs)} inputs; relu2snn converts models with exactly one")
+    inp = inputs[0]
+    tt = inp.type.tensor_type
+    if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        raise ModelError(f"input '{inp.name}' has element type "
+                         f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; a float input is needed")
+    dims = tt.shape.dim
+    shape = []
+    for i, d in enumerate(dims[1:], 1):
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            raise ModelError(f"input '{inp.name}' has a dynamic dimension {i} ('{d.dim_param}'); "
+                             "only the batch dimension may be dynamic")
+        shape.append(d.dim_value)
+    if len(shape) not in (1, 2, 3):
+        raise ModelError(f"input '{inp.name}' has shape {_dims(dims)}; expected (batch, features), (batch, C, L) "
+                         "or (batch, C, H, W)")
+    return inp.name, tuple(shape)
+
+
+def _dims(dims) -> tuple:
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+
+
+def _output_tail(nodes: list[OnnxNode], output: str) -> set[str]:
+    """The graph output and the tensors that reach it through Identity or Dropout nodes only."""
+    tail = {output}
+    for node in reversed(nodes):
+        if node.op_type in ("Identity", "Dropout") and node.outputs[0] in tail:
+            tail.add(node.inputs[0])
+    return tail
+
+
+def _used(nodes: list) -> tuple:
+    """The nodes the readout (the last node) depends on, in order: unused branches and reshapes dropped."""
+    needed = {nodes[0].name, nodes[-1].name}
+    for node in reversed(nodes):
+        if node.name in needed:
+            needed.update(node.inputs)
+    return tuple(n for n in nodes if n.name in needed)
+
+
+def import_model(path: str | Path) -> Imported:
+    """Read an ONNX file into the IR, folding affine maps and removing a final softmax (DESIGN §4)."""
+    model, sha = load_model(path)
+    opset = model_opset(model)
+    if opset < MIN_OPSET:
+        raise ModelError(f"{path}: opset {opset} is older than {MIN_OPSET}; re-export with opset {MIN_OPSET} or newer")
+    if len(model.graph.output) != 1:
+        raise ModelError(f"{path}: the model has {len(model.graph.output)} outputs; relu2snn converts models with exactly one")
+    in_name, in_shape = input_spec(model)
+    nodes = [wrap_node(p, p.name or f"{p.op_type}_{i}", opset) for i, p in enumerate(model.graph.node)]
+    missing = tuple((n.name, n.op_type) for n, p in zip(nodes, model.graph.node)
+                    if n.op_type not in CONVERTERS or p.domain not in ("", "ai.onnx"))
+    if missing:
+        listing = ", ".join(f"{op} '{name}'" for name, op in missing)
+        raise UnsupportedOperatorError(
+            f"{path}: {len(missing)} node(s) without an exact spiking mapping: {listing} "
+            f"(supported: {SUPPORTED_DOC})", missing)
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name))
+    ctx.add(ir.Input(in_name, in_shape))
+    ctx.values[in_name] = identity_pop(in_name, in_shape, relu=False)
+    for node in nodes:
+        CONVERTERS[node.op_type](node, ctx)
+    out = ctx.values.get(ctx.graph_output)
+    if isinstance(out, Pooled):
+        out = ctx.materialize(ctx.graph_output, out)
+    readout = OnnxNode("readout", "Identity", (ctx.graph_output,), (ctx.logits_tensor,), MappingProxyType({}))
+    if isinstance(out, Lin):
+        ctx.add(replace(out.layer, source=ctx.logits_tensor))
+    elif isinstance(out, Pop) and out.node != in_name:
+        # a ReLU (or pooling) at the output: read the population through its pending affine map
+        ctx.add(replace(as_linear(readout, ctx, out), source=ctx.logits_tensor))
+    else:
+        raise ModelError(f"{path}: the output '{ctx.graph_output}' is not computed from a linear layer")
+    graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
+    return Imported(graph, opset, sha, Path(path).name)

@@ -1,0 +1,347 @@
+"""The importer's core: symbolic values, the read-only node wrapper, the converter table, the conversion
+context, and the folding helpers that converters share (DESIGN §4, §8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .. import ir, ops
+from ..errors import ModelError, UnsupportedOperatorError
+
+SUPPORTED_DOC = "docs/supported-operators.md"
+
+
+# ----------------------------------------------------------------------------- values
+
+@dataclass(frozen=True, eq=False)
+class Const:
+    value: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Pop:
+    """tensor = scale·a + shift, a the population of IR node ``node`` (shape without batch).
+
+    ``relu``: a ≥ 0 (the population comes from ReLU layers, not from the network input);
+    ``nonnegative``: moreover the affine map is the identity, so the tensor is a itself;
+    ``pads``: a pending zero padding (begins, then ends, per spatial axis) that the next
+    convolution or average pooling absorbs.
+    """
+
+    node: str
+    shape: tuple[int, ...]
+    scale: np.ndarray
+    shift: np.ndarray
+    nonnegative: bool
+    relu: bool = True
+    pads: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Lin:
+    """tensor = layer(a…): an affine layer on populations, its ReLU not yet applied."""
+
+    layer: ir.Affine
+
+
+@dataclass(frozen=True, eq=False)
+class Pooled:
+    """An average pooling of a population, its output non-negative, not yet a spiking layer: ``layer`` seen
+    with ``shape`` (it may have been flattened since). A dense layer reading it absorbs it (DESIGN §4: fold
+    into the following linear layer); any other reader makes it a spiking layer equal to ONNX ``tensor``."""
+
+    layer: ir.Affine
+    tensor: str
+    shape: tuple[int, ...]
+
+
+def identity_pop(node: str, shape: tuple[int, ...], relu: bool) -> Pop:
+    return Pop(node, tuple(shape), np.ones(()), np.zeros(()), nonnegative=relu, relu=relu)
+
+
+def full_map(pop: Pop) -> tuple[np.ndarray, np.ndarray]:
+    """The pending map's scale and shift at every position of the population."""
+    return np.broadcast_to(pop.scale, pop.shape), np.broadcast_to(pop.shift, pop.shape)
+
+
+# ----------------------------------------------------------------------------- nodes
+
+@dataclass(frozen=True)
+class OnnxNode:
+    """Read-only view of one ONNX node: attributes resolved with their schema defaults."""
+
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: Mapping = field(hash=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.op_type} node '{self.name}'"
+
+    def attr(self, key: str, default=None):
+        return self.attrs.get(key, default)
+
+
+def _attr_value(proto):
+    value = helper.get_attribute_value(proto)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value
+
+
+def wrap_node(proto: onnx.NodeProto, name: str, opset: int) -> OnnxNode:
+    """The read-only node: schema defaults for this opset, overridden by the node's own attributes."""
+    attrs = {}
+    try:
+        schema = onnx.defs.get_schema(proto.op_type, opset, proto.domain)
+        for key, spec in schema.attributes.items():
+            if spec.default_value.type != onnx.AttributeProto.UNDEFINED:
+                attrs[key] = _attr_value(spec.default_value)
+    except onnx.defs.SchemaError:
+        pass
+    attrs.update({a.name: _attr_value(a) for a in proto.attribute})
+    return OnnxNode(name, proto.op_type, tuple(proto.input), tuple(proto.output), MappingProxyType(attrs))
+
+
+# ----------------------------------------------------------------------------- registry
+
+Converter = Callable[[OnnxNode, "Context"], None]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*op_types: str):
+    """Register a converter for ONNX op types; registering an op type twice is an error."""
+    def register(fn: Converter) -> Converter:
+        for op in op_types:
+            if op in CONVERTERS:
+                raise RuntimeError(f"a converter for {op} is already registered")
+            CONVERTERS[op] = fn
+        return fn
+    return register
+
+
+class Context:
+    """The conversion state: ONNX tensor → value, and the IR nodes made so far."""
+
+    def __init__(self, consts: dict[str, np.ndarray], graph_output: str, output_tail: set[str]):
+        self.values: dict[str, Const | Pop | Lin] = {k: Const(v) for k, v in consts.items()}
+        self.nodes: list = []
+        self.by_name: dict = {}
+        self.graph_output = graph_output
+        self.output_tail = output_tail  # tensors that reach the output through Identity/Dropout only
+        self.logits_tensor = graph_output
+        self.removed: list[str] = []
+
+    def get(self, node: OnnxNode, i: int, raw: bool = False):
+        """The value of input i (None if absent); a pending average pooling becomes a spiking layer unless ``raw``."""
+        if i >= len(node.inputs) or not node.inputs[i]:
+            return None
+        name = node.inputs[i]
+        if name not in self.values:
+            raise unsupported(node, f"its input '{name}' is a secondary output (a mask or indices) "
+                                    "that has no spiking counterpart")
+        v = self.values[name]
+        return self.materialize(name, v) if isinstance(v, Pooled) and not raw else v
+
+    def materialize(self, tensor: str, v: Pooled) -> Pop:
+        """A pending average pooling as a spiking layer (its ReLU the identity), reshaped as it was seen."""
+        pop = identity_pop(self.add(replace(v.layer, relu=True, source=v.tensor)), v.layer.shape, relu=True)
+        if v.shape != tuple(v.layer.shape):
+            pop = reshaped(self, pop, v.shape, f"{v.layer.name}/reshape")
+        self.values[tensor] = pop
+        return pop
+
+    def const(self, node: OnnxNode, i: int, what: str) -> np.ndarray:
+        v = self.get(node, i)
+        if not isinstance(v, Const):
+            raise unsupported(node, f"its {what} must be a constant")
+        return v.value.astype(np.float64) if v.value.dtype.kind == "f" else v.value
+
+    def pop(self, node: OnnxNode, i: int = 0, rank: tuple[int, ...] | None = None, pads: bool = False) -> Pop:
+        """Input i as a population (of one of the ranks ``rank``, if given; with a pending Pad only if ``pads``)."""
+        v = self.get(node, i)
+        if isinstance(v, Lin):
+            raise unsupported(node, "it is applied to a linear layer's output before a ReLU")
+        if not isinstance(v, Pop):
+            raise unsupported(node, "its input must be an activation, not a constant")
+        if rank is not None and len(v.shape) not in rank:
+            raise unsupported(node, f"its input has shape {v.shape} (batch axis omitted)")
+        if v.pads and not pads:
+            raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
+        return v
+
+    def set(self, node: OnnxNode, value) -> None:
+        self.values[node.outputs[0]] = value
+
+    def add(self, ir_node) -> str:
+        """Append an IR node; its inputs are earlier nodes because ONNX graphs are topologically sorted."""
+        self.nodes.append(ir_node)
+        self.by_name[ir_node.name] = ir_node
+        return ir_node.name
+
+    def unique(self, name: str) -> str:
+        taken = {n.name for n in self.nodes}
+        base, k = name, 1
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+
+def unsupported(node: OnnxNode, why: str) -> UnsupportedOperatorError:
+    return UnsupportedOperatorError(f"{node.label} is not supported: {why} (see {SUPPORTED_DOC})",
+                                    ((node.name, node.op_type),))
+
+
+# ----------------------------------------------------------------------------- affine helpers
+
+def const_for(node: OnnxNode, c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A constant operand broadcast against a batch-first tensor of ``shape``: drop its batch axis."""
+    c = np.asarray(c, dtype=np.float64)
+    if c.ndim == len(shape) + 1:
+        if c.shape[0] != 1:
+            raise unsupported(node, f"its constant of shape {c.shape} varies over the batch")
+        c = c[0]
+    try:
+        np.broadcast_shapes(c.shape, shape)
+    except ValueError:
+        raise unsupported(node, f"its constant of shape {c.shape} does not broadcast to {shape}") from None
+    if np.broadcast_shapes(c.shape, shape) != tuple(shape):
+        raise unsupported(node, f"its constant of shape {c.shape} would change the shape {shape}")
+    return c
+
+
+def per_channel(node: OnnxNode, c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """c as one number per channel (axis 0 of ``shape``), or an error if it varies over positions."""
+    full = np.broadcast_to(c, shape)
+    first = full.reshape(shape[0], -1)[:, :1]
+    if not np.all(full.reshape(shape[0], -1) == first):
+        raise unsupported(node, "its constant varies over positions within a channel")
+    return first[:, 0]
+
+
+def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarray) -> None:
+    """tensor ↦ k·tensor + h with constants k, h: folds backward into a Lin, stays pending on a Pop."""
+    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(h))):
+        raise ModelError(f"{node.label}: its constants give a non-finite affine map "
+                         "(a division by zero, or a negative variance)")
+    if isinstance(value, Lin):
+        shape = value.layer.shape
+        k = per_channel(node, const_for(node, k, shape), shape)
+        h = const_for(node, h, shape)
+        ctx.set(node, Lin(ir.scale_outputs(value.layer, k, h)))
+    elif isinstance(value, Pop):
+        if value.pads:
+            raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
+        k = const_for(node, k, value.shape)
+        h = const_for(node, h, value.shape)
+        ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h, nonnegative=False))
+    else:
+        raise unsupported(node, "both operands are constants (constant folding is not done)")
+
+
+def affine(node: OnnxNode, ctx: Context, parts: list[tuple[Pop, ir.Term]], bias) -> ir.Affine:
+    """An affine layer of terms on populations, each population's pending map folded into its term (DESIGN §4)."""
+    shape = parts[0][1].shape
+    if min(shape) < 1:
+        raise ModelError(f"{node.label}: the kernel does not fit the input {parts[0][0].shape}: output shape {shape}")
+    bias = np.asarray(bias, dtype=np.float64)
+    terms, total = [], ops.per_neuron(bias, shape) if bias.ndim else np.broadcast_to(bias, shape)
+    for pop, term in parts:
+        try:
+            term, extra = ir.fold_term_input(term, pop.scale, pop.shift)
+        except ir.GraphError as e:
+            raise unsupported(node, str(e)) from None
+        terms.append(term)
+        total = total + extra
+    return ir.Affine(ctx.unique(node.name), tuple(terms), ir.compact_bias(total), relu=False)
+
+
+def identity_term(node: OnnxNode, pop: Pop) -> ir.Term:
+    """Synapses that copy a population: a diagonal dense block, or a 1×1 depthwise convolution."""
+    if len(pop.shape) == 1:
+        return ir.Dense(pop.node, np.eye(pop.shape[0]), pop.shape)
+    rank = len(pop.shape) - 1
+    return ir.Conv(pop.node, np.ones((pop.shape[0], 1) + (1,) * rank), pop.shape, (1,) * rank, (0,) * 2 * rank,
+                   (1,) * rank, groups=pop.shape[0])
+
+
+def as_linear(node: OnnxNode, ctx: Context, value) -> ir.Affine:
+    """A value as an affine layer not yet followed by its ReLU: a Lin as is, a population through identity synapses."""
+    if isinstance(value, Lin):
+        return value.layer
+    if not isinstance(value, Pop) or value.pads:
+        raise unsupported(node, "its operands must be activations or linear layers")
+    return affine(node, ctx, [(value, identity_term(node, value))], 0.0)
+
+
+def spiking(node: OnnxNode, ctx: Context, layer: ir.Affine) -> Pop:
+    """Make ``layer`` a ReLU layer whose output is this node's output tensor; its population."""
+    name = ctx.add(replace(layer, relu=True, source=node.outputs[0]))
+    return identity_pop(name, layer.shape, relu=True)
+
+
+def tensor_nonnegative(pop: Pop) -> bool:
+    """scale·a + shift ≥ 0 for every a ≥ 0."""
+    scale, shift = full_map(pop)
+    return pop.relu and bool(np.all(scale >= 0) and np.all(shift >= 0))
+
+
+def geometry(node: OnnxNode, rank: int, size, kernel, extra_pads=()) -> tuple[tuple, tuple, tuple]:
+    """strides, pads (begins, then ends, a pending Pad added) and dilations of a sliding-window node."""
+    strides = tuple(node.attr("strides") or (1,) * rank)
+    dilations = tuple(node.attr("dilations") or (1,) * rank)
+    if len(strides) != rank or len(dilations) != rank:
+        raise unsupported(node, f"strides {strides} or dilations {dilations} are not {rank}-D")
+    extra = tuple(extra_pads) or (0,) * 2 * rank
+    padded = tuple(n + extra[i] + extra[i + rank] for i, n in enumerate(size))
+    pads = explicit_pads(node, padded, kernel, strides, dilations)
+    return strides, tuple(p + e for p, e in zip(pads, extra)), dilations
+
+
+def explicit_pads(node: OnnxNode, size, kernel, strides, dilations) -> tuple[int, ...]:
+    """Explicit pads (begins, then ends) from ``pads`` or ``auto_pad`` (SAME_UPPER/SAME_LOWER/VALID)."""
+    rank = len(kernel)
+    mode = node.attr("auto_pad", "NOTSET")
+    if mode == "NOTSET":
+        pads = tuple(node.attr("pads") or (0,) * 2 * rank)
+        if len(pads) != 2 * rank:
+            raise unsupported(node, f"pads {pads} are not {rank}-D")
+        return pads
+    if mode == "VALID":
+        return (0,) * 2 * rank
+    begin, end = [], []
+    for n, k, s, d in zip(size, kernel, strides, dilations):
+        total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+        low = total // 2 if mode == "SAME_UPPER" else total - total // 2
+        begin.append(low)
+        end.append(total - low)
+    return tuple(begin) + tuple(end)
+
+
+def reshaped(ctx: Context, a: Pop, shape: tuple[int, ...], name: str) -> Pop:
+    """The population reshaped (C order), its pending map with it; a reshape of a reshape reads the original."""
+    shape = tuple(int(d) for d in shape)
+    scale, shift = full_map(a)
+    a = replace(a, scale=scale.reshape(shape), shift=shift.reshape(shape), shape=shape)
+    source = ctx.by_name.get(a.node)
+    if isinstance(source, ir.Reshape):
+        a = replace(a, node=source.input)
+        in_shape = tuple(source.in_shape)
+    else:
+        in_shape = tuple(scale.shape)
+    if shape != in_shape:
+        a = replace(a, node=ctx.add(ir.Reshape(ctx.unique(name), a.node, in_shape, shape)))
+    return a

@@ -1,0 +1,189 @@
+"""Converters that move neurons without computing: Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat, Pad,
+and the pass-through ops Identity, Dropout and a final Softmax."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .. import ir
+from ..errors import ModelError
+from .core import Const, Context, OnnxNode, Pooled, Pop, converter, full_map, reshaped, unsupported
+
+
+def _reshape(node: OnnxNode, ctx: Context, a, shape: tuple[int, ...]) -> None:
+    """Set the node's output: a population or a pending average pooling reshaped (C order)."""
+    shape = tuple(int(d) for d in shape)
+    if isinstance(a, Pooled):
+        ctx.set(node, replace(a, shape=shape))
+    else:
+        ctx.set(node, reshaped(ctx, a, shape, node.name))
+
+
+@converter("Flatten")
+def convert_flatten(node: OnnxNode, ctx: Context) -> None:
+    """Flatten with axis 1: (batch, C, H, W) → (batch, C·H·W)."""
+    if node.attr("axis", 1) != 1:
+        raise unsupported(node, f"axis={node.attr('axis')} (only axis=1 keeps the batch axis)")
+    a = _flat_or_pop(node, ctx)
+    _reshape(node, ctx, a, (int(np.prod(a.shape)),))
+
+
+def _flat_or_pop(node: OnnxNode, ctx: Context, shape=None):
+    """Input 0 as a pending average pooling if reshaping it gives a vector (``shape`` None: a flatten), else as
+    a population."""
+    v = ctx.get(node, 0, raw=True)
+    if isinstance(v, Pooled) and (shape is None or len(shape) == 1):
+        return v
+    return ctx.pop(node, 0)
+
+
+@converter("Reshape")
+def convert_reshape(node: OnnxNode, ctx: Context) -> None:
+    """Reshape to a constant (or constant-folded) target that keeps the batch axis first (0 or −1 there)."""
+    v = ctx.get(node, 0, raw=True)
+    shape = _reshape_target(node, ctx, tuple(v.shape) if isinstance(v, (Pop, Pooled)) else ctx.pop(node, 0).shape)
+    _reshape(node, ctx, _flat_or_pop(node, ctx, shape), shape)
+
+
+def _reshape_target(node: OnnxNode, ctx: Context, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape (batch axis omitted) that Reshape's target gives an input of ``shape``."""
+    target = [int(t) for t in ctx.const(node, 1, "target shape")]
+    if node.attr("allowzero", 0) and 0 in target:
+        raise unsupported(node, "allowzero=1 with a zero in the target shape")
+    n = int(np.prod(shape))
+    if not target or target[0] not in (0, -1) or (target[0] == -1 and -1 in target[1:]):
+        raise unsupported(node, f"target shape {target} does not keep the batch axis of an input of shape "
+                                f"(batch, {', '.join(map(str, shape))})")
+    rest = [shape[i - 1] if t == 0 else t for i, t in enumerate(target) if i > 0]
+    if -1 in rest:
+        known = int(np.prod([d for d in rest if d != -1]))
+        if known == 0 or n % known:
+            raise ModelError(f"{node.label}: cannot reshape {shape} to {target}")
+        rest[rest.index(-1)] = n // known
+    if int(np.prod(rest)) != n or any(d < 1 for d in rest):
+        raise ModelError(f"{node.label}: cannot reshape {shape} to {target}")
+    return tuple(rest)
+
+
+def _axes(node: OnnxNode, ctx: Context, rank: int) -> list[int]:
+    """Axes from the ``axes`` attribute (opset < 13) or the second input, made non-negative for ``rank``."""
+    axes = node.attr("axes")
+    if axes is None and ctx.get(node, 1) is not None:
+        axes = ctx.const(node, 1, "axes")
+    axes = [int(x) for x in np.atleast_1d(axes if axes is not None else [])]
+    if any(not -rank <= x < rank for x in axes) or len({x % rank for x in axes}) != len(axes):
+        raise unsupported(node, f"axes {axes} for a result of rank {rank}")
+    return sorted(x % rank for x in axes)
+
+
+def _n_axes(node: OnnxNode, ctx: Context) -> int:
+    axes = node.attr("axes")
+    return len(np.atleast_1d(axes if axes is not None else ctx.const(node, 1, "axes")))
+
+
+@converter("Squeeze", "Unsqueeze")
+def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
+    """Remove or insert axes of size 1 (never the batch axis): a reshape; on a constant, numpy's."""
+    v = ctx.get(node, 0, raw=True)
+    shape = list(v.value.shape) if isinstance(v, Const) else [-1, *ctx.pop(node, 0).shape]  # batch axis first
+    if node.op_type == "Unsqueeze":
+        axes = _axes(node, ctx, len(shape) + _n_axes(node, ctx))
+        for x in axes:
+            shape.insert(x, 1)
+    else:
+        axes = _axes(node, ctx, len(shape)) or [i for i, d in enumerate(shape) if d == 1]
+        if any(shape[x] != 1 for x in axes):
+            raise unsupported(node, f"axes {axes} of an input of shape {tuple(shape)} are not all of size 1")
+        shape = [d for i, d in enumerate(shape) if i not in axes]
+    if isinstance(v, Const):
+        ctx.set(node, Const(v.value.reshape(shape)))
+    elif 0 in axes or shape[0] != -1:
+        raise unsupported(node, "it moves the batch axis")
+    else:
+        _reshape(node, ctx, ctx.pop(node, 0), tuple(shape[1:]))
+
+
+@converter("Transpose")
+def convert_transpose(node: OnnxNode, ctx: Context) -> None:
+    """A permutation of the non-batch axes (e.g. NHWC ↔ NCHW): neurons change places, spikes do not."""
+    v = ctx.get(node, 0)
+    if isinstance(v, Const):
+        ctx.set(node, Const(np.transpose(v.value, node.attr("perm"))))
+        return
+    a = ctx.pop(node, 0)
+    perm = [int(p) for p in (node.attr("perm") or range(len(a.shape), -1, -1))]
+    if perm[0] != 0 or sorted(perm) != list(range(len(a.shape) + 1)):
+        raise unsupported(node, f"perm {perm} moves the batch axis")
+    perm = tuple(p - 1 for p in perm[1:])
+    if perm == tuple(range(len(a.shape))):
+        ctx.set(node, a)
+        return
+    out = ir.Transpose(ctx.unique(node.name), a.node, a.shape, perm)
+    ctx.add(out)
+    scale, shift = full_map(a)
+    ctx.set(node, replace(a, node=out.name, shape=out.shape, scale=scale.transpose(perm), shift=shift.transpose(perm)))
+
+
+@converter("Concat")
+def convert_concat(node: OnnxNode, ctx: Context) -> None:
+    """Populations side by side along a non-batch axis (from different windows: delays align them, DESIGN §4);
+    constants (shape computations) are concatenated as they are."""
+    values = [ctx.get(node, i) for i in range(len(node.inputs))]
+    if all(isinstance(v, Const) for v in values):
+        ctx.set(node, Const(np.concatenate([np.atleast_1d(v.value) for v in values], axis=node.attr("axis"))))
+        return
+    pops = [ctx.pop(node, i) for i in range(len(node.inputs))]
+    rank = len(pops[0].shape)
+    axis = int(node.attr("axis")) % (rank + 1)
+    if axis == 0:
+        raise unsupported(node, "it concatenates along the batch axis")
+    out = ir.Concat(ctx.unique(node.name), tuple(p.node for p in pops), tuple(tuple(p.shape) for p in pops), axis - 1)
+    ctx.add(out)
+    maps = [full_map(p) for p in pops]
+    ctx.set(node, Pop(out.name, out.shape, np.concatenate([m[0] for m in maps], axis=axis - 1),
+                      np.concatenate([m[1] for m in maps], axis=axis - 1),
+                      all(p.nonnegative for p in pops), all(p.relu for p in pops)))
+
+
+@converter("Pad")
+def convert_pad(node: OnnxNode, ctx: Context) -> None:
+    """Constant zero padding of the spatial axes: kept pending and absorbed by the next Conv or AveragePool
+    as extra zero padding (DESIGN §4: padded positions are virtual inputs at the window end)."""
+    a = ctx.pop(node, 0, rank=(2, 3), pads=True)
+    if node.attr("mode", "constant") != "constant":
+        raise unsupported(node, f"mode={node.attr('mode')} (only constant zero padding)")
+    pads = node.attr("pads")
+    if pads is None:
+        pads = ctx.const(node, 1, "pads")
+    value = ctx.const(node, 2, "constant value") if ctx.get(node, 2) is not None else node.attr("value", 0.0)
+    if np.any(np.asarray(value) != 0):
+        raise unsupported(node, f"padding with {np.asarray(value).tolist()} (only zero padding)")
+    if ctx.get(node, 3) is not None:
+        raise unsupported(node, "the axes input")
+    full = [int(p) for p in np.asarray(pads).reshape(-1)]
+    rank = len(a.shape) + 1
+    if len(full) != 2 * rank or any(full[i] or full[i + rank] for i in (0, 1)) or min(full) < 0:
+        raise unsupported(node, f"pads {full}: only non-negative padding of the spatial axes")
+    spatial = tuple(full[2:rank]) + tuple(full[rank + 2:])
+    before = a.pads or (0,) * len(spatial)
+    ctx.set(node, replace(a, pads=tuple(p + q for p, q in zip(before, spatial))))
+
+
+@converter("Identity", "Dropout")
+def convert_identity(node: OnnxNode, ctx: Context) -> None:
+    """Identity, and Dropout at inference: the output is the input."""
+    ctx.set(node, ctx.get(node, 0, raw=True))
+
+
+@converter("Softmax", "LogSoftmax")
+def convert_softmax(node: OnnxNode, ctx: Context) -> None:
+    """At the graph output only: removed, since the readout gives the logits; recorded in the artifact."""
+    if node.outputs[0] not in ctx.output_tail:
+        raise unsupported(node, "a softmax is only supported as the last operation")
+    if node.attr("axis", 1) not in (1, -1):
+        raise unsupported(node, f"axis={node.attr('axis')} is not the class axis")
+    ctx.removed.append(node.op_type)
+    ctx.logits_tensor = node.inputs[0]
+    ctx.set(node, ctx.get(node, 0, raw=True))
