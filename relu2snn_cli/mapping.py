@@ -6,7 +6,7 @@ activation = window end − spike time (see ``snn``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -157,6 +157,11 @@ def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
     return Scaled(replace(graph, nodes=tuple(nodes)), scales)
 
 
+def _fields(node) -> dict:
+    """A movement node's fields, to make its spiking counterpart (the same fields plus a window)."""
+    return {f.name: getattr(node, f.name) for f in fields(node)}
+
+
 def _synapses(layer: ir.Affine, weights: list[np.ndarray], delays: tuple[float, ...]) -> tuple[snn.Synapses, ...]:
     out = []
     for term, J, delay in zip(layer.terms, weights, delays):
@@ -198,15 +203,11 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
             out = snn.Readout(node.name, _synapses(node, [t.weight for t in node.terms], delays),
                               readout_drive(node.bias, b_in), (t_in, b_in), source=node.source)
         elif isinstance(node, ir.MaxPool):
-            out = snn.SpikePool(node.name, node.input, tuple(node.in_shape), node.kernel, node.strides, (t_in, b_in),
-                                node.pads, node.dilations, node.ceil_mode, tuple(node.latest))
-        elif isinstance(node, ir.Reshape):
-            out = snn.Reshape(node.name, node.input, tuple(node.in_shape), tuple(node.shape), (t_in, b_in))
-        elif isinstance(node, ir.Transpose):
-            out = snn.Transpose(node.name, node.input, tuple(node.in_shape), tuple(node.perm), (t_in, b_in))
+            out = snn.SpikePool(**_fields(node), window=(t_in, b_in))
+        elif isinstance(node, (ir.Reshape, ir.Transpose)):
+            out = snn.KINDS[type(node).__name__](**_fields(node), window=(t_in, b_in))
         elif isinstance(node, ir.Concat):
-            out = snn.Concat(node.name, tuple(node.inputs), tuple(map(tuple, node.in_shapes)), node.axis,
-                             (t_in, b_in), delays)
+            out = snn.Concat(**_fields(node), window=(t_in, b_in), delays=delays)
         else:
             raise GraphError(f"no spiking mapping for {type(node).__name__}")
         nodes.append(out)

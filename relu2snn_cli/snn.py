@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import ops
+from . import ir, ops
 from .errors import GraphError
 
 
@@ -212,22 +212,13 @@ class Readout(_Integrator):
 
 
 @dataclass(frozen=True)
-class SpikePool:
-    """Max-pooling of activations = the earliest spike in each window (no new neurons, same window).
+class SpikePool(ir.MaxPool):
+    """Max-pooling of activations = the earliest spike in each window (no new neurons, same ``window``).
 
     The channels listed in ``latest`` take the latest spike (the minimum activation).
     """
 
-    name: str
-    input: str
-    in_shape: tuple[int, ...]
-    kernel: tuple[int, ...]
-    strides: tuple[int, ...]
-    window: tuple[float, float]
-    pads: tuple[int, ...] = (0, 0, 0, 0)
-    dilations: tuple[int, ...] = (1, 1)
-    ceil_mode: bool = False
-    latest: tuple[int, ...] = ()
+    window: tuple[float, float] = field(kw_only=True)
 
     def __post_init__(self):
         rank = len(self.kernel)
@@ -239,79 +230,33 @@ class SpikePool:
         if any(not 0 <= c < self.in_shape[0] for c in self.latest):
             raise GraphError(f"{self.name}: latest-spike channels {self.latest} outside 0..{self.in_shape[0] - 1}")
 
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return (self.input,)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.in_shape[0], *ops.out_spatial(self.in_shape[1:], self.kernel, self.strides, self.pads,
-                                                   self.dilations, self.ceil_mode))
+@dataclass(frozen=True)
+class Reshape(ir.Reshape):
+    """Spike times reshaped to ``shape`` in C order (no new neurons, same ``window``)."""
+
+    window: tuple[float, float] = field(kw_only=True)
 
 
 @dataclass(frozen=True)
-class Reshape:
-    """Spike times reshaped to ``shape`` in C order (no new neurons, same window)."""
+class Transpose(ir.Transpose):
+    """Spike times with their (non-batch) axes permuted, y.shape[i] = x.shape[perm[i]] (same ``window``)."""
 
-    name: str
-    input: str
-    in_shape: tuple[int, ...]
-    shape: tuple[int, ...]
-    window: tuple[float, float]
-
-    def __post_init__(self):
-        if int(np.prod(self.in_shape)) != int(np.prod(self.shape)):
-            raise GraphError(f"{self.name}: cannot reshape {self.in_shape} to {self.shape}")
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return (self.input,)
+    window: tuple[float, float] = field(kw_only=True)
 
 
 @dataclass(frozen=True)
-class Transpose:
-    """Spike times with their (non-batch) axes permuted, y.shape[i] = x.shape[perm[i]] (same window)."""
-
-    name: str
-    input: str
-    in_shape: tuple[int, ...]
-    perm: tuple[int, ...]
-    window: tuple[float, float]
-
-    def __post_init__(self):
-        if sorted(self.perm) != list(range(len(self.in_shape))):
-            raise GraphError(f"{self.name}: {self.perm} is not a permutation of the axes of {self.in_shape}")
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return (self.input,)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.in_shape[p] for p in self.perm)
-
-
-@dataclass(frozen=True)
-class Concat:
+class Concat(ir.Concat):
     """Populations side by side along (non-batch) ``axis``; input k's spikes delayed by ``delays[k]``
-    so that all share the window ``merge_windows`` gives (no new neurons)."""
+    so that all share the ``window`` that ``merge_windows`` gives (no new neurons)."""
 
-    name: str
-    inputs: tuple[str, ...]
-    in_shapes: tuple[tuple[int, ...], ...]
-    axis: int
-    window: tuple[float, float]
-    delays: tuple[float, ...]
+    window: tuple[float, float] = field(kw_only=True)
+    delays: tuple[float, ...] = field(kw_only=True)
 
     def __post_init__(self):
-        rest = {tuple(s[:self.axis]) + tuple(s[self.axis + 1:]) for s in self.in_shapes}
-        if len(rest) != 1 or not (len(self.inputs) == len(self.in_shapes) == len(self.delays)):
-            raise GraphError(f"{self.name}: shapes {list(self.in_shapes)} do not concatenate along axis {self.axis}")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        first = tuple(self.in_shapes[0])
-        return first[:self.axis] + (sum(s[self.axis] for s in self.in_shapes),) + first[self.axis + 1:]
+        super().__post_init__()
+        if len(self.delays) != len(self.inputs):
+            raise GraphError(f"{self.name}: {len(self.delays)} delays for {len(self.inputs)} inputs")
 
 
 KINDS = {cls.__name__: cls for cls in (Encoder, SpikingLayer, Readout, SpikePool, Reshape, Transpose, Concat)}

@@ -133,11 +133,11 @@ def hand_built(rng) -> snn.Network:
                snn.Synapses("c1", (3, 3, 3), rng.normal(size=(4, 3, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1))),
         np.ones(4), (3.5, 1.5), theta=rng.normal(size=4) + 5, certified=np.zeros(4, bool), scale=np.ones(4),
         x_max=rng.random(4), x_n=1.0, source="add")
-    pool = snn.SpikePool("p", "c2", c2.shape, (2, 2), (2, 2), c2.window, (0, 0, 1, 1), (1, 1), True, (1,))
-    tr = snn.Transpose("t", "p", pool.shape, (1, 2, 0), pool.window)
-    flat = snn.Reshape("f", "t", tr.shape, (16,), tr.window)
-    raw = snn.Reshape("e", "in", enc.shape, (50,), enc.window)
-    cat = snn.Concat("cat", ("f", "e"), ((16,), (50,)), 0, (3.5, 1.5), (0.0, 4.0))
+    pool = snn.SpikePool("p", "c2", c2.shape, (2, 2), (2, 2), (0, 0, 1, 1), (1, 1), True, (1,), window=c2.window)
+    tr = snn.Transpose("t", "p", pool.shape, (1, 2, 0), window=pool.window)
+    flat = snn.Reshape("f", "t", tr.shape, (16,), window=tr.window)
+    raw = snn.Reshape("e", "in", enc.shape, (50,), window=enc.window)
+    cat = snn.Concat("cat", ("f", "e"), ((16,), (50,)), 0, window=(3.5, 1.5), delays=(0.0, 4.0))
     readout = snn.Readout("r", (snn.Synapses("cat", (66,), rng.normal(size=(4, 66))),), rng.normal(size=4), cat.window)
     meta = {"note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ("a", "b"), "empty": ()}
     return snn.Network((enc, c1, c2, pool, tr, flat, raw, cat, readout), meta)
