@@ -61,7 +61,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from make_samples import SEED, load_data, train
+from make_samples import SEED, load_data, train, write_data
 
 MIN_ACCURACY = 0.93
 MAX_DIFF = 1e-4
@@ -310,11 +310,7 @@ def main():
               f"max |onnx - torch| {diff:.3g}")
         assert diff < MAX_DIFF and accuracy(y_ort, yte) == acc
 
-        for fname, arr in [("calib.npy", cal), ("test.npy", te), ("labels.npy", yte)]:
-            np.save(os.path.join(d, fname), arr, allow_pickle=False)
-        for fname in ("model.onnx", "calib.npy", "test.npy", "labels.npy"):
-            p = os.path.join(d, fname)
-            print(f"wrote {p} ({os.path.getsize(p)} bytes)")
+        write_data(d, cal, te, yte)
 
 
 if __name__ == "__main__":

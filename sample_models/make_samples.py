@@ -116,6 +116,15 @@ def export(model, sample, path):
     return ops
 
 
+def write_data(d, cal, te, yte):
+    """calib.npy, test.npy and labels.npy beside the model in directory d; report the four files."""
+    for fname, arr in [("calib.npy", cal), ("test.npy", te), ("labels.npy", yte)]:
+        np.save(os.path.join(d, fname), arr, allow_pickle=False)
+    for fname in ("model.onnx", "calib.npy", "test.npy", "labels.npy"):
+        p = os.path.join(d, fname)
+        print(f"wrote {p} ({os.path.getsize(p)} bytes)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
@@ -147,11 +156,7 @@ def main():
         print(f"{name}: onnx test accuracy {(y_ort.argmax(1) == yte).mean():.4f}, "
               f"max |onnx - torch| {np.abs(y_ort - y_torch).max():.3g}")
 
-        for fname, arr in [("calib.npy", cal), ("test.npy", te), ("labels.npy", yte)]:
-            np.save(os.path.join(d, fname), arr, allow_pickle=False)
-        for fname in ("model.onnx", "calib.npy", "test.npy", "labels.npy"):
-            p = os.path.join(d, fname)
-            print(f"wrote {p} ({os.path.getsize(p)} bytes)")
+        write_data(d, cal, te, yte)
 
 
 if __name__ == "__main__":
