@@ -87,17 +87,8 @@ def input_stats(data, shape: tuple[int, ...], spec: str, batch_size: int = 1024)
     return InputStats(lo, hi, len(data), digest.hexdigest())
 
 
-def fan_in(layer: ir.Affine, sources: list[np.ndarray], samples: np.ndarray, neurons: np.ndarray):
-    """Inputs and weights of P (sample, flat neuron) pairs over every term, as two (P, K) arrays.
-
-    ``sources[k]`` is term k's input (dense) or ``ops.windows`` of it (convolution).
-    """
-    parts = [ops.gather_fan_in(src, t.weight, layer.shape, samples, neurons) for t, src in zip(layer.terms, sources)]
-    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
-
-
 def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0) -> list[np.ndarray]:
-    """Each term's input as ``fan_in`` reads it: the sliding windows for a convolution (pads read ``pad_value``)."""
+    """Each term's input as ``ops.gather_fan_in`` reads it: the sliding windows for a convolution (pads read ``pad_value``)."""
     return [ops.windows(x, t.weight.shape[2:], t.strides, t.pads, t.dilations, pad_value)
             if isinstance(t, ir.Conv) else x for t, x in zip(layer.terms, xs)]
 
@@ -124,7 +115,7 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) ->
     step = max(1, (1 << 20) // sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms))
     for lo in range(0, len(rows), step):
         r, c = rows[lo:lo + step], cols[lo:lo + step]
-        inputs, weights = fan_in(layer, sources, r, c)
+        inputs, weights = ops.gather_fan_ins(sources, [t.weight for t in layer.terms], layer.shape, r, c)
         need = required_window(inputs, weights, bias[c], s[c // per_channel])
         found = max(found, float(need.max()))
     return found

@@ -120,6 +120,13 @@ def pool_channels(x: np.ndarray, latest, pool_max, pool_min, *geometry) -> np.nd
     return y
 
 
+def gather_fan_ins(sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
+                   samples: np.ndarray, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``gather_fan_in`` over the synapse sets of a layer that reads several populations, side by side: (P, ΣK)."""
+    parts = [gather_fan_in(s, w, shape, samples, neurons) for s, w in zip(sources, weights)]
+    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
+
+
 def gather_fan_in(source: np.ndarray, weight: np.ndarray, shape: tuple[int, ...], samples: np.ndarray,
                   neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and weights of P (sample, flat neuron index) pairs, as two (P, K) arrays.

@@ -45,13 +45,6 @@ def fan_in_source(syn: snn.Synapses, t: np.ndarray, t_pad: float) -> np.ndarray:
     return t.reshape(len(t), -1)
 
 
-def fan_in(synapses, sources: list[np.ndarray], shape: tuple[int, ...], samples: np.ndarray,
-           neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Input spike times and weights of P (sample, flat neuron) pairs over every synapse set, as (P, K) arrays."""
-    parts = [ops.gather_fan_in(src, syn.J, shape, samples, neurons) for syn, src in zip(synapses, sources)]
-    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
-
-
 # ----------------------------------------------------------------------------- dynamics
 
 def first_crossing(times: np.ndarray, weights: np.ndarray, alpha: np.ndarray, theta: np.ndarray,
@@ -143,7 +136,7 @@ class CompiledLayer:
             step = max(1, SCAN_CHUNK // self.fan_in)
             for lo in range(0, len(rows), step):
                 r, c = rows[lo:lo + step], cols[lo:lo + step]
-                times, weights = fan_in(layer.synapses, sources, layer.shape, r, c)
+                times, weights = ops.gather_fan_ins(sources, [syn.J for syn in layer.synapses], layer.shape, r, c)
                 t[r, c] = first_crossing(times, weights, self.alpha[c], self.theta[c], self.t_in)
                 early += int(np.count_nonzero(t[r, c] < self.t_start))
         t = np.minimum(t, self.t_end)
