@@ -3,8 +3,9 @@
 Two streaming passes over the calibration data, batch by batch (a ``.npy`` stays memory-mapped):
 
 1. ``input_stats``: the inputs' min and max (for the input range), sha256, NaN/Inf check;
-2. ``calibrate``: onnxruntime with every ReLU output exposed as an extra graph output. Per
-   ReLU layer it keeps the per-channel maximum activation and the largest exact
+2. ``calibrate``: onnxruntime with every ReLU output exposed as an extra graph output (a layer
+   that no ONNX tensor equals — an average pooling seen through a pending affine map — is
+   computed from its inputs' codes instead). Per ReLU layer it keeps the per-channel maximum activation and the largest exact
    no-early-spike requirement ``mapping.required_window``, evaluated only for the
    (sample, neuron) pairs whose certificate bound b + Σ_j max(W_ij, 0)·a_j exceeds the
    layer's bound found so far — so that the window chosen from these bounds makes no
@@ -125,7 +126,7 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
               spec: str = "calibration data", batch_size: int = 256, progress=None) -> Calibration:
     """Pass 2: run the model over ``data`` in batches and collect the bounds of every ReLU layer."""
     layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
-    names = list(dict.fromkeys([graph.output_name] + [n.source for n in layers]))
+    names = list(dict.fromkeys([graph.output_name] + [n.source for n in layers if n.source]))
     sess = session(model_path, names)
     dtype = input_dtype(sess)
     x_max = {n.name: np.zeros(n.shape[0]) for n in layers}
@@ -138,11 +139,15 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
         codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
         for node in scaled.graph.nodes[1:]:
             if isinstance(node, ir.Affine) and node.relu:
-                act = out[node.source].astype(np.float64).reshape((len(batch),) + tuple(node.shape))
+                inputs = [codes[name] for name in node.inputs]
+                c = ops.channel_axis(scaled.scales[node.name], len(node.shape))
+                if node.source:
+                    act = out[node.source].astype(np.float64).reshape((len(batch),) + tuple(node.shape))
+                else:   # no ONNX tensor equals it (a pooling seen through an affine map): from the codes
+                    act = ir.apply(node, inputs) / c
                 x_max[node.name] = np.maximum(x_max[node.name], channel_max(act))
-                c = ops.channel_axis(scaled.scales[node.name], act.ndim - 1)
                 bound = max(required[node.name], float(np.max(c * x_max[node.name].reshape(c.shape))))
-                required[node.name] = update_requirement(node, [codes[name] for name in node.inputs], bound)
+                required[node.name] = update_requirement(node, inputs, bound)
                 codes[node.name] = c * act
             elif not isinstance(node, ir.Affine):
                 codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])

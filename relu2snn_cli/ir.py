@@ -327,13 +327,43 @@ def fold_term_input(term: Term, scale, shift) -> tuple[Term, np.ndarray]:
         return replace(term, weight=term.weight * scale.reshape(1, -1)), term.weight @ shift.reshape(-1)
     per_channel = scale.reshape(scale.shape[0], -1)[:, :1]
     if not np.all(scale.reshape(scale.shape[0], -1) == per_channel):
-        raise GraphError(f"an input scale that varies over positions cannot fold into a convolution on {term.input}")
+        raise GraphError(f"the neurons of {term.input} have different scales at different positions of a channel "
+                         "(e.g. populations with their own scales concatenated along a spatial axis), which one "
+                         "convolution kernel cannot carry")
     c = term.weight.shape[1]
     k = per_channel[:, 0].reshape(term.groups, 1, c)   # the scale of each group's input channels
     weight = (term.weight.reshape(term.groups, -1, c, *term.weight.shape[2:])
               * k.reshape(term.groups, 1, c, *(1,) * (term.weight.ndim - 2))).reshape(term.weight.shape)
     bias = apply_term(term, shift[None])[0] if np.any(shift) else np.zeros(term.shape)
     return replace(term, weight=weight), bias
+
+
+def ungroup(term: Conv) -> Conv:
+    """The same convolution with groups = 1: each output channel's kernel zero outside its group's channels."""
+    if term.groups == 1:
+        return term
+    o, per = term.weight.shape[:2]
+    per_out = o // term.groups
+    weight = np.zeros((o, per * term.groups) + term.weight.shape[2:])
+    for g in range(term.groups):
+        weight[g * per_out:(g + 1) * per_out, g * per:(g + 1) * per] = term.weight[g * per_out:(g + 1) * per_out]
+    return replace(term, weight=weight, groups=1)
+
+
+def stack_channels(name: str, layers: list[Affine]) -> Affine:
+    """Affine layers of the same spatial shape as one layer whose output channels are theirs, in order: each
+    layer's terms feed its block of channels (zero weights elsewhere), biases side by side."""
+    total = sum(layer.shape[0] for layer in layers)
+    terms, biases, start = [], [], 0
+    for layer in layers:
+        for term in layer.terms:
+            term = ungroup(term) if isinstance(term, Conv) else term
+            weight = np.zeros((total,) + term.weight.shape[1:])
+            weight[start:start + layer.shape[0]] = term.weight
+            terms.append(replace(term, weight=weight))
+        biases.append(full_bias(layer))
+        start += layer.shape[0]
+    return Affine(name, tuple(terms), compact_bias(np.concatenate(biases)), relu=False)
 
 
 def fold_input_affine(layer: Affine, codes: dict) -> Affine:

@@ -144,7 +144,10 @@ def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
     nodes, scales = [graph.input], {}
     for node in graph.nodes[1:]:
         if isinstance(node, ir.Affine):
-            node = ir.fold_input_affine(node, code)
+            try:
+                node = ir.fold_input_affine(node, code)
+            except GraphError as e:
+                raise GraphError(f"layer {node.name}: {e}") from None
             c = np.ones(node.shape[0])
             if node.relu:
                 c = scale_layer(ir.incoming_sum(node), options.s_min, options.s_max)

@@ -1083,3 +1083,98 @@ def test_many_graph_operators_at_every_opset(tmp_path, opset):
     want = ir.forward(imp.graph, x)
     assert result.counts.early_spikes == 0
     assert np.max(np.abs(result.logits - want)) <= 1e-9 * np.max(np.abs(want))
+
+
+# ----------------------------------------------------------------------------- patterns from exporters
+
+def convert_and_simulate(model_path, graph, tmp_path, x):
+    """The whole pipeline on x as calibration data; the largest |spiking logits − float64 forward pass|, relative."""
+    np.save(tmp_path / "c.npy", x)
+    convert.convert(model_path, str(tmp_path / "c.npy"), tmp_path / "m.snn.h5")
+    result = simulator.simulate(h5io.read(tmp_path / "m.snn.h5"), x)
+    want = ir.forward(graph, x)
+    assert result.counts.early_spikes == 0
+    return np.max(np.abs(result.logits - want)) / np.max(np.abs(want))
+
+
+def test_constant_subgraph_is_folded(tmp_path):
+    """TorchScript's F.pad computes its pads with ConstantOfShape, Concat, Reshape, Slice, Transpose and Cast:
+    nodes whose inputs are all constants are evaluated on import (onnx's reference evaluator)."""
+    rng = np.random.default_rng(90)
+    b = GraphBuilder((2, 5, 5), opset=17)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    zeros = b.op("ConstantOfShape", [b.int_const([4])], value=helper.make_tensor("v", TensorProto.INT64, [1], [0]))
+    pads = b.op("Concat", [b.int_const([1, 2, 0, 1]), zeros], axis=0)            # (W, H) pairs, torch order
+    pads = b.op("Reshape", [pads, b.int_const([-1, 2])])
+    pads = b.op("Slice", [pads, b.int_const([-1]), b.int_const([-(2**62)]), b.int_const([0]), b.int_const([-1])])
+    pads = b.op("Cast", [b.op("Reshape", [b.op("Transpose", [pads], perm=[1, 0]), b.int_const([-1])])], to=7)
+    h = b.op("Pad", [h, pads, b.const(0.0)])
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2)])), tmp_path)
+    assert imp.graph.nodes[2].terms[0].pads != (0, 0, 0, 0)
+
+
+def test_nondeterministic_ops_are_not_folded(tmp_path):
+    rng = np.random.default_rng(91)
+    b = GraphBuilder((4,))
+    noise = b.op("RandomNormal", [], shape=[1, 3], dtype=1)
+    h = b.op("Add", [b.op("Relu", [gemm(b, rng, "x", 3)]), noise])
+    error, msg = import_error(b.build(gemm(b, rng, h, 2, k=3)), tmp_path, UnsupportedOperatorError)
+    assert "RandomNormal" in msg and error.nodes == ((b.nodes[0].name, "RandomNormal"),)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("axes, keepdims", [((2, 3), 1), ((2, 3), 0), ((-1,), 1)], ids=["gap", "gap-flat", "width"])
+def test_reduce_mean_over_spatial_axes(tmp_path, opset, axes, keepdims):
+    """ReduceMean as the dynamo exporter writes AdaptiveAvgPool2d(1): an average pooling; before a Gemm it folds."""
+    rng = np.random.default_rng(92)
+    b = GraphBuilder((2, 5, 4), opset=opset)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    extra = {"axes": list(axes)} if opset < 18 else {}
+    h = b.op("ReduceMean", [h] + ([b.int_const(list(axes))] if opset >= 18 else []), keepdims=keepdims, **extra)
+    imp = check(readout(b, rng, h), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Dense"]
+
+
+def test_reduce_mean_over_channels_is_refused(tmp_path):
+    rng = np.random.default_rng(93)
+    b = GraphBuilder((2, 5, 4), opset=13)
+    h = b.op("ReduceMean", [b.op("Relu", [conv(b, rng, "x", 3)])], axes=[1])
+    error, msg = import_error(readout(b, rng, h), tmp_path, UnsupportedOperatorError)
+    assert "spatial" in msg and error.nodes[0][1] == "ReduceMean"
+
+
+@pytest.mark.parametrize("head", ["gap-gemm", "avgpool-conv", "avgpool-relu"])
+def test_average_pooling_after_batchnorm_with_negative_scale(tmp_path, head):
+    """ReLU → BN (some γ < 0) → pooling: P acts on the ReLU population and the map stays pending, folded into the
+    next layer; a pooling that becomes a spiking layer gets no ONNX tensor and is calibrated from the codes."""
+    rng = np.random.default_rng(94)
+    b = GraphBuilder((2, 6, 6))
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])]), negative_channel=True)
+    if head == "gap-gemm":
+        h = b.op("Flatten", [b.op("GlobalAveragePool", [h])])
+    elif head == "avgpool-conv":
+        h = b.op("Relu", [conv(b, rng, b.op("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2]), 2)])
+    else:
+        h = b.op("Relu", [b.op("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0],
+                                count_include_pad=1)])
+    model = readout(b, rng, h)
+    imp = check(model, tmp_path)
+    pools = [n for n in imp.graph.nodes if isinstance(n, ir.Affine) and n.relu and n.terms[0].groups == 3]
+    assert len(pools) == (head != "gap-gemm")   # "avgpool-relu": the pooling and its map under the ReLU
+    assert not pools or (pools[0].source == "") == (head == "avgpool-conv")
+    x = rng.normal(size=(40, 2, 6, 6)).astype(np.float32)
+    assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
+
+
+def test_concat_of_layers_before_their_relu(tmp_path):
+    """DenseNet-BC: concat(x, conv(x), grouped conv(x)) then BN → ReLU: one layer stacking the channels."""
+    rng = np.random.default_rng(95)
+    b = GraphBuilder((2, 5, 5))
+    x = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
+    grouped = b.op("Conv", [x, b.const(rnd(rng, 4, 2, 3, 3))], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2)
+    h = b.op("Concat", [x, conv(b, rng, x, 3, pads=[1, 1, 1, 1]), grouped], axis=1)
+    h = b.op("Relu", [bn(b, rng, h)])
+    imp = check(readout(b, rng, h), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+Conv+Conv+relu", "Flatten", "Dense"]
+    x = rng.normal(size=(40, 2, 5, 5)).astype(np.float32)
+    assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9

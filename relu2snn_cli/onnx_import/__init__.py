@@ -142,8 +142,11 @@ def import_model(path: str | Path) -> Imported:
         raise ModelError(f"{path}: the model has {len(model.graph.output)} outputs; relu2snn converts models with exactly one")
     in_name, in_shape = input_spec(model)
     nodes = [wrap_node(p, p.name or f"{p.op_type}_{i}", opset) for i, p in enumerate(model.graph.node)]
-    missing = tuple((n.name, n.op_type) for n, p in zip(nodes, model.graph.node)
-                    if n.op_type not in CONVERTERS or p.domain not in ("", "ai.onnx"))
+    constant = constants.constant_tensors(model.graph)
+    folded = {i for i, p in enumerate(model.graph.node)
+              if p.op_type not in ("Constant", "Shape") and constants.foldable(p, constant)}
+    missing = tuple((n.name, n.op_type) for i, (n, p) in enumerate(zip(nodes, model.graph.node))
+                    if i not in folded and (n.op_type not in CONVERTERS or p.domain not in ("", "ai.onnx")))
     if missing:
         listing = ", ".join(f"{op} '{name}'" for name, op in missing)
         raise UnsupportedOperatorError(
@@ -153,8 +156,11 @@ def import_model(path: str | Path) -> Imported:
     ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name))
     ctx.add(ir.Input(in_name, in_shape))
     ctx.values[in_name] = identity_pop(in_name, in_shape, relu=False)
-    for node in nodes:
-        CONVERTERS[node.op_type](node, ctx)
+    for i, (node, proto) in enumerate(zip(nodes, model.graph.node)):
+        if i in folded:
+            constants.fold(proto, node, ctx, opset)
+        else:
+            CONVERTERS[node.op_type](node, ctx)
     out = ctx.values.get(ctx.graph_output)
     if isinstance(out, Pooled):
         out = ctx.materialize(ctx.graph_output, out)

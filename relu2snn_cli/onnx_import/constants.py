@@ -1,4 +1,5 @@
-"""Constants and constant folding of shape computations: Constant, Shape, Gather, Cast."""
+"""Constants: Constant and Shape nodes, casts, and the constant folding of every other node whose inputs are
+all constants (shape and padding computations), evaluated with onnx's reference evaluator."""
 
 from __future__ import annotations
 
@@ -19,24 +20,13 @@ def convert_shape(node: OnnxNode, ctx: Context) -> None:
     ctx.set(node, Const(full[node.attr("start", 0):node.attr("end", len(full))]))
 
 
-@converter("Gather")
-def convert_gather(node: OnnxNode, ctx: Context) -> None:
-    """Constant folding only (shape computations): take indices of a constant."""
-    data, idx = ctx.const(node, 0, "data"), ctx.const(node, 1, "indices")
-    ctx.set(node, Const(np.take(data, idx.astype(np.int64), axis=node.attr("axis", 0))))
-
-
 @converter("Cast")
 def convert_cast(node: OnnxNode, ctx: Context) -> None:
-    """Constant folding of a cast; on an activation, a cast to a float type is the identity."""
-    v = ctx.get(node, 0)
+    """A cast of an activation to a float type is the identity (a cast of a constant is folded)."""
     dtype = onnx.helper.tensor_dtype_to_np_dtype(node.attr("to"))
-    if isinstance(v, Const):
-        ctx.set(node, Const(v.value.astype(dtype)))
-    elif np.dtype(dtype).kind == "f":
-        ctx.set(node, v)
-    else:
+    if np.dtype(dtype).kind != "f":
         raise unsupported(node, f"a cast of an activation to {np.dtype(dtype)}")
+    ctx.set(node, ctx.get(node, 0, raw=True))
 
 
 @converter("Constant")
@@ -47,3 +37,36 @@ def convert_constant(node: OnnxNode, ctx: Context) -> None:
             ctx.set(node, Const(np.asarray(node.attrs[key])))
             return
     raise unsupported(node, "only numeric constants are supported")
+
+
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                    "Bernoulli"}
+
+
+def foldable(proto: onnx.NodeProto, constant: set[str]) -> bool:
+    """A node evaluated on import: it has inputs, all of them constants, and a deterministic op."""
+    inputs = [name for name in proto.input if name]
+    return bool(inputs) and all(name in constant for name in inputs) and proto.op_type not in NONDETERMINISTIC
+
+
+def constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """The tensors known before any data: initializers, Constant and Shape outputs, and the outputs of
+    ``foldable`` nodes, in topological order."""
+    constant = {t.name for t in graph.initializer}
+    for proto in graph.node:
+        if proto.op_type in ("Constant", "Shape") or foldable(proto, constant):
+            constant.update(proto.output)
+    return constant
+
+
+def fold(proto: onnx.NodeProto, node: OnnxNode, ctx: Context, opset: int) -> None:
+    """Evaluate a node whose inputs are all constants with ``onnx.reference.ReferenceEvaluator``."""
+    from onnx.reference import ReferenceEvaluator
+    feeds = {name: ctx.values[name].value for name in proto.input if name}
+    try:
+        outputs = ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)
+    except Exception as e:  # the reference evaluator raises whatever its op implementation raises
+        raise unsupported(node, f"its constant inputs cannot be evaluated ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    for name, value in zip(proto.output, outputs):
+        ctx.values[name] = Const(np.asarray(value))

@@ -52,13 +52,25 @@ class Lin:
 
 @dataclass(frozen=True, eq=False)
 class Pooled:
-    """An average pooling of a population, its output non-negative, not yet a spiking layer: ``layer`` seen
-    with ``shape`` (it may have been flattened since). A dense layer reading it absorbs it (DESIGN §4: fold
-    into the following linear layer); any other reader makes it a spiking layer equal to ONNX ``tensor``."""
+    """An average pooling P·a of a ReLU population a, not yet a spiking layer, seen through a pending affine
+    map: tensor = scale·(P·a) + shift, of ``shape`` (it may have been flattened since; ``scale`` and ``shift``
+    have that shape). A dense layer reading it absorbs P (DESIGN §4: fold into the following linear layer);
+    a ReLU, an affine map or a residual sum absorb the map; any other reader makes P·a a spiking layer (its
+    ReLU is the identity, P·a ≥ 0) with the map pending on it. ``tensor`` is the ONNX tensor of the pooling."""
 
     layer: ir.Affine
     tensor: str
     shape: tuple[int, ...]
+    scale: np.ndarray
+    shift: np.ndarray
+
+    @property
+    def identity(self) -> bool:
+        return bool(np.all(self.scale == 1) and np.all(self.shift == 0))
+
+    @property
+    def nonnegative(self) -> bool:
+        return bool(np.all(self.scale >= 0) and np.all(self.shift >= 0))
 
 
 def identity_pop(node: str, shape: tuple[int, ...], relu: bool) -> Pop:
@@ -156,9 +168,12 @@ class Context:
         return self.materialize(name, v) if isinstance(v, Pooled) and not raw else v
 
     def materialize(self, tensor: str, v: Pooled) -> Pop:
-        """A pending average pooling as a spiking layer (its ReLU the identity), reshaped as it was seen."""
-        pop = identity_pop(self.add(replace(v.layer, relu=True, source=v.tensor)), v.layer.shape, relu=True)
-        if v.shape != tuple(v.layer.shape):
+        """A pending average pooling as a spiking layer (its ReLU the identity), its map pending, reshaped as it
+        was seen. Without a map its activations are the ONNX tensor's; with one, calibration computes them."""
+        shape = tuple(v.layer.shape)
+        name = self.add(replace(v.layer, relu=True, source=v.tensor if v.identity else ""))
+        pop = Pop(name, shape, v.scale.reshape(shape), v.shift.reshape(shape), nonnegative=v.identity)
+        if v.shape != shape:
             pop = reshaped(self, pop, v.shape, f"{v.layer.name}/reshape")
         self.values[tensor] = pop
         return pop
@@ -242,6 +257,10 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         k = per_channel(node, const_for(node, k, shape), shape)
         h = const_for(node, h, shape)
         ctx.set(node, Lin(ir.scale_outputs(value.layer, k, h)))
+    elif isinstance(value, Pooled):
+        k = const_for(node, k, value.shape)
+        h = const_for(node, h, value.shape)
+        ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h))
     elif isinstance(value, Pop):
         if value.pads:
             raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
@@ -279,9 +298,16 @@ def identity_term(node: OnnxNode, pop: Pop) -> ir.Term:
 
 
 def as_linear(node: OnnxNode, ctx: Context, value) -> ir.Affine:
-    """A value as an affine layer not yet followed by its ReLU: a Lin as is, a population through identity synapses."""
+    """A value as an affine layer not yet followed by its ReLU: a Lin as is, a pending pooling with its map
+    folded in, a population through identity synapses."""
     if isinstance(value, Lin):
         return value.layer
+    if isinstance(value, Pooled):
+        shape = tuple(value.layer.shape)
+        if value.shape == shape:
+            k = per_channel(node, value.scale, shape)
+            return ir.scale_outputs(value.layer, k, value.shift)
+        value = ctx.materialize(node.inputs[0], value)
     if not isinstance(value, Pop) or value.pads:
         raise unsupported(node, "its operands must be activations or linear layers")
     return affine(node, ctx, [(value, identity_term(node, value))], 0.0)

@@ -27,12 +27,12 @@ def _dense(node: OnnxNode, ctx: Context, w: np.ndarray, bias, given: tuple[int, 
     """A dense layer W·x + b on input 0; a pending average pooling x = P·a + p folds in: W·P on a, b + W·p."""
     v = ctx.get(node, 0, raw=True)
     if isinstance(v, Pooled) and len(v.shape) == 1 and w.ndim == 2 and w.shape[1] == v.shape[0]:
-        folded = ir.dense_after_pooling(w, v.layer)
+        folded = ir.dense_after_pooling(w * v.scale.reshape(1, -1), v.layer)   # W·(k·(P·a) + h)
         if folded is not None:
             pool = v.layer.terms[0]
             term = ir.Dense(pool.input, folded, pool.in_shape)
             a = identity_pop(pool.input, pool.in_shape, relu=True)
-            ctx.set(node, Lin(affine(node, ctx, [(a, term)], bias + w @ ir.full_bias(v.layer).reshape(-1))))
+            ctx.set(node, Lin(affine(node, ctx, [(a, term)], bias + w @ v.shift.reshape(-1))))
             return
     a = ctx.pop(node, 0, rank=(1,))
     if w.ndim != 2 or w.shape[1] != a.shape[0]:
@@ -44,7 +44,7 @@ def _dense(node: OnnxNode, ctx: Context, w: np.ndarray, bias, given: tuple[int, 
 def convert_matmul(node: OnnxNode, ctx: Context) -> None:
     """A·B with one constant operand: activation (batch, K) · B (K, M) is a dense layer; A (P, K) · activation
     (batch, K, L) is a 1×1 convolution over the sequence. An Add after it gives the bias."""
-    x, y = ctx.get(node, 0), ctx.get(node, 1)
+    x, y = ctx.get(node, 0, raw=True), ctx.get(node, 1, raw=True)
     if isinstance(y, Const):
         b, shape = ctx.const(node, 1, "second operand"), getattr(x, "shape", None)
         if shape is None or len(shape) != 1 or b.ndim != 2 or b.shape[0] != shape[0]:
@@ -84,10 +84,13 @@ def convert_conv(node: OnnxNode, ctx: Context) -> None:
 def convert_relu(node: OnnxNode, ctx: Context) -> None:
     """ReLU of a linear layer (or of a population's affine map): a spiking layer. ReLU of a non-negative
     tensor: the identity."""
-    v = ctx.get(node, 0)
-    if isinstance(v, Pop) and not v.pads and (v.nonnegative or tensor_nonnegative(v)):
+    v = ctx.get(node, 0, raw=True)
+    if isinstance(v, Pooled) and v.shape != tuple(v.layer.shape) and not v.nonnegative:
+        v = ctx.get(node, 0)   # a flattened pooling under a map: its spiking layer, the map pending
+    if isinstance(v, Pooled) and v.nonnegative or (isinstance(v, Pop) and not v.pads
+                                                     and (v.nonnegative or tensor_nonnegative(v))):
         ctx.set(node, v)
-    elif isinstance(v, (Lin, Pop)):
+    elif isinstance(v, (Lin, Pop, Pooled)):
         ctx.set(node, spiking(node, ctx, as_linear(node, ctx, v)))
     else:
         raise unsupported(node, "a ReLU of a constant")
@@ -101,7 +104,7 @@ def convert_batchnorm(node: OnnxNode, ctx: Context) -> None:
     gamma, beta, mean, var = (ctx.const(node, i, n) for i, n in enumerate(("scale", "bias", "mean", "var"), 1))
     k = gamma / np.sqrt(var + node.attr("epsilon", 1e-5))
     h = beta - mean * k
-    v = ctx.get(node, 0)
+    v = ctx.get(node, 0, raw=True)
     rank = len(v.layer.shape if isinstance(v, Lin) else getattr(v, "shape", ()))
     apply_affine(node, ctx, v, ops.channel_axis(k, rank), ops.channel_axis(h, rank))
 
@@ -110,7 +113,7 @@ def convert_batchnorm(node: OnnxNode, ctx: Context) -> None:
 def convert_arithmetic(node: OnnxNode, ctx: Context) -> None:
     """With a constant: x+c, x−c, c−x, x·c, x/c as tensor ↦ k·tensor + h. Two activations: a sum or
     difference is one affine layer with the terms of both (a residual connection)."""
-    x, y = ctx.get(node, 0), ctx.get(node, 1)
+    x, y = ctx.get(node, 0, raw=True), ctx.get(node, 1, raw=True)
     if not isinstance(x, Const) and not isinstance(y, Const):
         _sum_of_activations(node, ctx, x, y)
         return

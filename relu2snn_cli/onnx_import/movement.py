@@ -9,14 +9,14 @@ import numpy as np
 
 from .. import ir
 from ..errors import ModelError
-from .core import Const, Context, OnnxNode, Pooled, Pop, converter, full_map, reshaped, unsupported
+from .core import Context, Lin, OnnxNode, Pooled, Pop, as_linear, converter, full_map, reshaped, unsupported
 
 
 def _reshape(node: OnnxNode, ctx: Context, a, shape: tuple[int, ...]) -> None:
     """Set the node's output: a population or a pending average pooling reshaped (C order)."""
     shape = tuple(int(d) for d in shape)
     if isinstance(a, Pooled):
-        ctx.set(node, replace(a, shape=shape))
+        ctx.set(node, replace(a, shape=shape, scale=a.scale.reshape(shape), shift=a.shift.reshape(shape)))
     else:
         ctx.set(node, reshaped(ctx, a, shape, node.name))
 
@@ -85,9 +85,8 @@ def _n_axes(node: OnnxNode, ctx: Context) -> int:
 
 @converter("Squeeze", "Unsqueeze")
 def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
-    """Remove or insert axes of size 1 (never the batch axis): a reshape; on a constant, numpy's."""
-    v = ctx.get(node, 0, raw=True)
-    shape = list(v.value.shape) if isinstance(v, Const) else [-1, *ctx.pop(node, 0).shape]  # batch axis first
+    """Remove or insert axes of size 1 (never the batch axis): a reshape."""
+    shape = [-1, *ctx.pop(node, 0).shape]  # the batch axis first
     if node.op_type == "Unsqueeze":
         axes = _axes(node, ctx, len(shape) + _n_axes(node, ctx))
         for x in axes:
@@ -97,9 +96,7 @@ def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
         if any(shape[x] != 1 for x in axes):
             raise unsupported(node, f"axes {axes} of an input of shape {tuple(shape)} are not all of size 1")
         shape = [d for i, d in enumerate(shape) if i not in axes]
-    if isinstance(v, Const):
-        ctx.set(node, Const(v.value.reshape(shape)))
-    elif 0 in axes or shape[0] != -1:
+    if 0 in axes or shape[0] != -1:
         raise unsupported(node, "it moves the batch axis")
     else:
         _reshape(node, ctx, ctx.pop(node, 0), tuple(shape[1:]))
@@ -108,10 +105,6 @@ def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
 @converter("Transpose")
 def convert_transpose(node: OnnxNode, ctx: Context) -> None:
     """A permutation of the non-batch axes (e.g. NHWC ↔ NCHW): neurons change places, spikes do not."""
-    v = ctx.get(node, 0)
-    if isinstance(v, Const):
-        ctx.set(node, Const(np.transpose(v.value, node.attr("perm"))))
-        return
     a = ctx.pop(node, 0)
     perm = [int(p) for p in (node.attr("perm") or range(len(a.shape), -1, -1))]
     if perm[0] != 0 or sorted(perm) != list(range(len(a.shape) + 1)):
@@ -128,17 +121,23 @@ def convert_transpose(node: OnnxNode, ctx: Context) -> None:
 
 @converter("Concat")
 def convert_concat(node: OnnxNode, ctx: Context) -> None:
-    """Populations side by side along a non-batch axis (from different windows: delays align them, DESIGN §4);
-    constants (shape computations) are concatenated as they are."""
-    values = [ctx.get(node, i) for i in range(len(node.inputs))]
-    if all(isinstance(v, Const) for v in values):
-        ctx.set(node, Const(np.concatenate([np.atleast_1d(v.value) for v in values], axis=node.attr("axis"))))
-        return
-    pops = [ctx.pop(node, i) for i in range(len(node.inputs))]
-    rank = len(pops[0].shape)
+    """Populations side by side along a non-batch axis (from different windows: delays align them, DESIGN §4).
+    If an operand is a linear layer still waiting for its ReLU (DenseNet-BC), the channels are stacked into one
+    linear layer instead: each operand's synapses feed its own block of output channels."""
+    values = [ctx.get(node, i, raw=True) for i in range(len(node.inputs))]
+    rank = len(getattr(values[0], "shape", None) or values[0].layer.shape)
     axis = int(node.attr("axis")) % (rank + 1)
     if axis == 0:
         raise unsupported(node, "it concatenates along the batch axis")
+    if any(isinstance(v, Lin) for v in values):
+        if axis != 1:
+            raise unsupported(node, "it concatenates linear layers along a spatial axis")
+        layers = [as_linear(node, ctx, v) for v in values]
+        if len({tuple(layer.shape[1:]) for layer in layers}) != 1:
+            raise unsupported(node, f"its operands have shapes {[layer.shape for layer in layers]}")
+        ctx.set(node, Lin(ir.stack_channels(ctx.unique(node.name), layers)))
+        return
+    pops = [ctx.pop(node, i) for i in range(len(node.inputs))]
     out = ir.Concat(ctx.unique(node.name), tuple(p.node for p in pops), tuple(tuple(p.shape) for p in pops), axis - 1)
     ctx.add(out)
     maps = [full_map(p) for p in pops]

@@ -3,12 +3,14 @@ following dense layer, or a spiking layer with fixed weights)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .. import ir, ops
 from ..errors import ModelError
-from .core import (Context, Lin, OnnxNode, Pooled, Pop, affine, converter, explicit_pads, geometry,
-                   per_channel, tensor_nonnegative, unsupported)
+from .core import (Context, OnnxNode, Pooled, Pop, converter, explicit_pads, full_map, geometry, per_channel,
+                   unsupported)
 
 
 @converter("MaxPool")
@@ -37,11 +39,8 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
 
 @converter("AveragePool", "GlobalAveragePool")
 def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
-    """Average pooling: a 1/k-weighted depthwise convolution. It becomes a spiking layer with fixed weights
-    (its ReLU is the identity on non-negative inputs), or waits for a ReLU if its input can be negative."""
-    a = ctx.pop(node, 0, rank=(2, 3), pads=True)
-    if not a.relu:
-        raise unsupported(node, "average pooling of the network input (pool the data before conversion)")
+    """Average pooling: a 1/k-weighted depthwise convolution P of the ReLU population, pending (``Pooled``)."""
+    a = _pooled_population(node, ctx)
     rank = len(a.shape) - 1
     if node.op_type == "GlobalAveragePool":
         kernel, strides, pads, dilations = tuple(a.shape[1:]), (1,) * rank, (0,) * 2 * rank, (1,) * rank
@@ -59,8 +58,47 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
         if node.attr("ceil_mode", 0) and (ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations, True)
                                           != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations)):
             raise unsupported(node, "ceil_mode=1 adds windows that are cut short")
+    ctx.set(node, _average(node, ctx, a, kernel, strides, pads, dilations))
+
+
+def _pooled_population(node: OnnxNode, ctx: Context) -> Pop:
+    a = ctx.pop(node, 0, rank=(2, 3), pads=True)
+    if not a.relu:
+        raise unsupported(node, "average pooling of the network input (pool the data before conversion)")
+    return a
+
+
+def _average(node: OnnxNode, ctx: Context, a: Pop, kernel, strides, pads, dilations) -> Pooled:
+    """P·a for the population a (≥ 0) under its pending map k·a + h: the pooled tensor is k·(P·a) + P·h, k one
+    number per channel and P·h through the same zero padding."""
     c = a.shape[0]
-    weight = np.full((c, 1) + kernel, 1.0 / int(np.prod(kernel)))
-    term = ir.Conv(a.node, weight, a.shape, strides, pads, dilations, groups=c)
-    layer = affine(node, ctx, [(a, term)], np.zeros(c))
-    ctx.set(node, Pooled(layer, node.outputs[0], layer.shape) if tensor_nonnegative(a) else Lin(layer))
+    scale, shift = full_map(a)
+    k = per_channel(node, scale, a.shape)
+    term = ir.Conv(a.node, np.full((c, 1) + kernel, 1.0 / int(np.prod(kernel))), a.shape, strides, pads, dilations,
+                   groups=c)
+    if min(term.shape) < 1:
+        raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {term.shape}")
+    layer = ir.Affine(ctx.unique(node.name), (term,), np.zeros(c), relu=False)
+    return Pooled(layer, node.outputs[0], term.shape, np.broadcast_to(ops.channel_axis(k, len(term.shape)), term.shape),
+                  ir.apply_term(term, np.asarray(shift, dtype=np.float64)[None])[0])
+
+
+@converter("ReduceMean")
+def convert_reduce_mean(node: OnnxNode, ctx: Context) -> None:
+    """A mean over spatial axes (how the dynamo exporter writes AdaptiveAvgPool(1) and x.mean(dim=(2, 3))):
+    average pooling with the whole extent of those axes as kernel; without keepdims, a reshape after it."""
+    a = _pooled_population(node, ctx)
+    rank = len(a.shape) - 1
+    axes = node.attr("axes")
+    if axes is None and ctx.get(node, 1) is not None:
+        axes = ctx.const(node, 1, "axes")
+    axes = sorted({int(x) % (rank + 2) for x in np.atleast_1d(axes if axes is not None else [])})
+    if not axes or axes[0] < 2:
+        raise unsupported(node, f"axes {axes or 'all'}: only a mean over spatial axes is an average pooling")
+    kernel = tuple(a.shape[i + 1] if i + 2 in axes else 1 for i in range(rank))
+    pooled = _average(node, ctx, a, kernel, (1,) * rank, (0,) * 2 * rank, (1,) * rank)
+    if node.attr("keepdims", 1):
+        ctx.set(node, pooled)
+    else:
+        shape = tuple(d for i, d in enumerate(pooled.shape) if i + 1 not in axes)
+        ctx.set(node, replace(pooled, shape=shape, scale=pooled.scale.reshape(shape), shift=pooled.shift.reshape(shape)))
