@@ -1178,3 +1178,15 @@ def test_concat_of_layers_before_their_relu(tmp_path):
     assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+Conv+Conv+relu", "Flatten", "Dense"]
     x = rng.normal(size=(40, 2, 5, 5)).astype(np.float32)
     assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_constant_folding_uses_the_model_opset(tmp_path, opset):
+    """Unsqueeze has an axes attribute before opset 13 and an axes input from 13 on."""
+    rng = np.random.default_rng(96)
+    b = GraphBuilder((2, 4, 4), opset=opset)
+    h = b.op("Relu", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1])])
+    batch = b.op("Gather", [b.op("Shape", [h]), b.int_const(0)], axis=0)
+    unsq = b.op("Unsqueeze", [batch], axes=[0]) if opset < 13 else b.op("Unsqueeze", [batch, b.int_const([0])])
+    target = b.op("Concat", [unsq, b.int_const([-1])], axis=0)
+    check(b.build(gemm(b, rng, b.op("Reshape", [h, target]), 3, k=32)), tmp_path)

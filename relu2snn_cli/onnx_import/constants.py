@@ -63,8 +63,12 @@ def fold(proto: onnx.NodeProto, node: OnnxNode, ctx: Context, opset: int) -> Non
     """Evaluate a node whose inputs are all constants with ``onnx.reference.ReferenceEvaluator``."""
     from onnx.reference import ReferenceEvaluator
     feeds = {name: ctx.values[name].value for name in proto.input if name}
+    untyped = onnx.TypeProto()
+    graph = onnx.helper.make_graph([proto], "fold", [onnx.helper.make_value_info(n, untyped) for n in feeds],
+                                   [onnx.helper.make_value_info(n, untyped) for n in proto.output if n])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])  # the node's opset
     try:
-        outputs = ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)
+        outputs = ReferenceEvaluator(model).run(None, feeds)
     except Exception as e:  # the reference evaluator raises whatever its op implementation raises
         raise unsupported(node, f"its constant inputs cannot be evaluated ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
