@@ -68,6 +68,20 @@ def session(model_path: str | Path, outputs: list[str]) -> ort.InferenceSession:
         raise ModelError(f"{model_path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
 
 
+def run_model(sess: ort.InferenceSession, input_name: str, x: np.ndarray, batch: int | None = None) -> list:
+    """onnxruntime's outputs for x; a model whose input fixes the batch size gets chunks of exactly that size
+    (the last one padded by repeating its last sample, the padding's outputs dropped)."""
+    x = x.astype(input_dtype(sess))
+    if batch is None or len(x) == batch:
+        return sess.run(None, {input_name: x})
+    parts = []
+    for lo in range(0, len(x), batch):
+        chunk = x[lo:lo + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
+        parts.append([y[:len(chunk)] for y in sess.run(None, {input_name: padded})])
+    return [np.concatenate(ys) for ys in zip(*parts)]
+
+
 def input_dtype(sess: ort.InferenceSession) -> type:
     return np.float64 if sess.get_inputs()[0].type == "tensor(double)" else np.float32
 
@@ -128,14 +142,13 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
     layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
     names = list(dict.fromkeys([graph.output_name] + [n.source for n in layers if n.source]))
     sess = session(model_path, names)
-    dtype = input_dtype(sess)
     x_max = {n.name: np.zeros(n.shape[0]) for n in layers}
     required = {n.name: 0.0 for n in layers}
     low, high = input_range
     forward_error = max_logit = 0.0
     last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
     for start, batch in batches(data, batch_size, spec):
-        out = dict(zip(names, sess.run(None, {graph.input_name: batch.astype(dtype)})))
+        out = dict(zip(names, run_model(sess, graph.input_name, batch, graph.batch)))
         codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
         for node in scaled.graph.nodes[1:]:
             if isinstance(node, ir.Affine) and node.relu:

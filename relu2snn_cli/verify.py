@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import h5io, ir, ops, snn
-from .calibrate import input_dtype, session
+from .calibrate import run_model, session
 from .data import batches, check_inputs, load_array, load_labels
 from .onnx_import import import_model
 from .simulator import Counts, Simulator
@@ -31,7 +31,6 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     check_inputs(data, graph.input.shape, data_spec)
     labels = load_labels(labels_spec, len(data)) if labels_spec else None
     sess = session(onnx_path, [graph.output_name])
-    dtype = input_dtype(sess)
     sim = Simulator(net)
     layers = [n for n in net.nodes if isinstance(n, snn.SpikingLayer)]
     errors = {n.name: 0.0 for n in layers}
@@ -39,7 +38,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     err_onnx = err_ref = max_logit = 0.0
     counts = Counts()
     for start, x in batches(data, batch_size, data_spec):
-        onnx_logits = sess.run(None, {graph.input_name: x.astype(dtype)})[0].astype(np.float64)
+        onnx_logits = run_model(sess, graph.input_name, x, graph.batch)[0].astype(np.float64)
         ref = ir.forward(graph, x, keep=True)
         result = sim.run(x, keep_times=True)
         counts.add(result.counts)

@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import GraphBuilder, run_ort, save
-from relu2snn_cli import convert, h5io, ir, simulator
+from relu2snn_cli import convert, h5io, ir, simulator, verify
 from relu2snn_cli.errors import ModelError, UnsupportedOperatorError
 from relu2snn_cli.onnx_import import import_model
 
@@ -1190,3 +1190,22 @@ def test_constant_folding_uses_the_model_opset(tmp_path, opset):
     unsq = b.op("Unsqueeze", [batch], axes=[0]) if opset < 13 else b.op("Unsqueeze", [batch, b.int_const([0])])
     target = b.op("Concat", [unsq, b.int_const([-1])], axis=0)
     check(b.build(gemm(b, rng, b.op("Reshape", [h, target]), 3, k=32)), tmp_path)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_fixed_batch_size(tmp_path, batch):
+    """An export with a fixed batch dimension and a Reshape to [batch, -1]: the reshape keeps the batch axis,
+    and onnxruntime gets chunks of exactly that size during calibration and verification."""
+    rng = np.random.default_rng(97)
+    b = GraphBuilder((2, 4, 4))
+    h = b.op("Relu", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1])])
+    model = b.build(gemm(b, rng, b.op("Reshape", [h, b.int_const([batch, -1])]), 3, k=32))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    path = save(model, tmp_path / "m.onnx")
+    graph = import_model(path).graph
+    assert graph.batch == batch
+    x = rng.normal(size=(10, 2, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    convert.convert(path, str(tmp_path / "x.npy"), tmp_path / "m.snn.h5")
+    report = verify.verify(tmp_path / "m.snn.h5", path, str(tmp_path / "x.npy"))
+    assert report["agreement"] == 1.0 and report["max_abs_logit_error_ref"] <= 1e-9 * report["max_abs_logit"]

@@ -86,8 +86,9 @@ def model_opset(model: onnx.ModelProto) -> int:
     raise ModelError("the model imports no default-domain opset")
 
 
-def input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
-    """The one real (non-initializer) graph input: its name and its shape without the batch axis."""
+def input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...], int | None]:
+    """The one real (non-initializer) graph input: its name, its shape without the batch axis, and the batch
+    size if the model fixes one (None if it is dynamic)."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -107,7 +108,9 @@ def input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...]]:
     if len(shape) not in (1, 2, 3):
         raise ModelError(f"input '{inp.name}' has shape {_dims(dims)}; expected (batch, features), (batch, C, L) "
                          "or (batch, C, H, W)")
-    return inp.name, tuple(shape)
+    first = dims[0] if len(dims) else None
+    batch = first.dim_value if first is not None and first.HasField("dim_value") and first.dim_value > 0 else None
+    return inp.name, tuple(shape), batch
 
 
 def _dims(dims) -> tuple:
@@ -140,7 +143,7 @@ def import_model(path: str | Path) -> Imported:
         raise ModelError(f"{path}: opset {opset} is older than {MIN_OPSET}; re-export with opset {MIN_OPSET} or newer")
     if len(model.graph.output) != 1:
         raise ModelError(f"{path}: the model has {len(model.graph.output)} outputs; relu2snn converts models with exactly one")
-    in_name, in_shape = input_spec(model)
+    in_name, in_shape, batch = input_spec(model)
     nodes = [wrap_node(p, p.name or f"{p.op_type}_{i}", opset) for i, p in enumerate(model.graph.node)]
     constant = constants.constant_tensors(model.graph)
     folded = {i for i, p in enumerate(model.graph.node)
@@ -153,7 +156,7 @@ def import_model(path: str | Path) -> Imported:
             f"{path}: {len(missing)} node(s) without an exact spiking mapping: {listing} "
             f"(supported: {SUPPORTED_DOC})", missing)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name))
+    ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name), batch)
     ctx.add(ir.Input(in_name, in_shape))
     ctx.values[in_name] = identity_pop(in_name, in_shape, relu=False)
     for i, (node, proto) in enumerate(zip(nodes, model.graph.node)):
@@ -172,5 +175,6 @@ def import_model(path: str | Path) -> Imported:
         ctx.add(replace(as_linear(readout, ctx, out), source=ctx.logits_tensor))
     else:
         raise ModelError(f"{path}: the output '{ctx.graph_output}' is not computed from a linear layer")
-    graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
+    graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed),
+                     batch=batch)
     return Imported(graph, opset, sha, Path(path).name)

@@ -147,12 +147,14 @@ def converter(*op_types: str):
 class Context:
     """The conversion state: ONNX tensor → value, and the IR nodes made so far."""
 
-    def __init__(self, consts: dict[str, np.ndarray], graph_output: str, output_tail: set[str]):
+    def __init__(self, consts: dict[str, np.ndarray], graph_output: str, output_tail: set[str],
+                 batch: int | None = None):
         self.values: dict[str, Const | Pop | Lin] = {k: Const(v) for k, v in consts.items()}
         self.nodes: list = []
         self.by_name: dict = {}
         self.graph_output = graph_output
         self.output_tail = output_tail  # tensors that reach the output through Identity/Dropout only
+        self.batch = batch  # the batch size the model's input fixes, if it does
         self.logits_tensor = graph_output
         self.removed: list[str] = []
 

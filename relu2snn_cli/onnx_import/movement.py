@@ -52,6 +52,8 @@ def _reshape_target(node: OnnxNode, ctx: Context, shape: tuple[int, ...]) -> tup
     target = [int(t) for t in ctx.const(node, 1, "target shape")]
     if node.attr("allowzero", 0) and 0 in target:
         raise unsupported(node, "allowzero=1 with a zero in the target shape")
+    if target and ctx.batch is not None and target[0] == ctx.batch:
+        target[0] = 0   # the model's fixed batch size: the batch axis
     n = int(np.prod(shape))
     if not target or target[0] not in (0, -1) or (target[0] == -1 and -1 in target[1:]):
         raise unsupported(node, f"target shape {target} does not keep the batch axis of an input of shape "
