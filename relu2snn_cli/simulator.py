@@ -106,15 +106,18 @@ class CompiledLayer:
         self.static = ops.per_neuron(certified, shape).reshape(-1)
         self.unsure = np.flatnonzero(~certified.reshape(certified.shape[0], -1).all(axis=1))  # output channels
         self.j_pos = np.clip(layer.J, 0, None)
+        # one product gives the drive Σ J·a and the certificate sums Σ max(J, 0)·a of the uncertain channels
+        self.stacked = np.concatenate([layer.J, self.j_pos[self.unsure]]) if len(self.unsure) else layer.J
 
     def fire(self, t_in: np.ndarray) -> tuple[np.ndarray, int, int]:
         """Spike times (N, *shape) for input spike times t_in; also counts of early spikes and scanned pairs."""
         n = t_in.shape[0]
         a = (self.t_start - t_in)
-        u = drive(self.layer, a).reshape(n, -1)
+        both = drive(self.layer, a, self.stacked).reshape(n, -1)
+        u, pos = both[:, :self.theta.size], both[:, self.theta.size:]
         with np.errstate(divide="ignore"):  # a non-rising potential (slope ≤ 0) never crosses after T
             t = np.where(self.slope > 0, self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope, np.inf)
-        rows, cols = np.nonzero(self._uncertified(a))
+        rows, cols = np.nonzero(self._uncertified(a, pos))
         early = 0
         if len(rows):
             source = conv_windows(self.layer, t_in, self.t_start) if self.layer.is_conv else t_in
@@ -127,8 +130,10 @@ class CompiledLayer:
         t = np.minimum(t, self.t_end)
         return t.reshape((n,) + self.layer.shape), early, len(rows)
 
-    def _uncertified(self, a: np.ndarray) -> np.ndarray:
+    def _uncertified(self, a: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """(N, neurons) mask of the pairs the closed form cannot be trusted for.
+
+        ``pos``: Σ_j max(J_ij, 0)·a_j of the neurons of the uncertain channels ``unsure`` (N, ·).
 
         A pair is trusted when the certificate α·B_in + Σ_j max(J_ij,0)·a_j < ϑ_i holds
         (statically for the neuron if every a_j is within [0, B_in]) and no input arrives after
@@ -145,9 +150,8 @@ class CompiledLayer:
         per_ch = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         if len(self.unsure) and in_window.any():
             idx = np.flatnonzero(in_window)
-            pos = drive(layer, a[idx], self.j_pos[self.unsure]).reshape(len(idx), -1)
             cols = (self.unsure[:, None] * per_ch + np.arange(per_ch)).reshape(-1)
-            bound = self.alpha[cols] * self.b_in + pos
+            bound = self.alpha[cols] * self.b_in + pos[idx]
             failing[np.ix_(idx, cols)] = ~(bound < self.theta[cols]) & ~self.static[cols]
         if not (in_window | late).all():
             idx = np.flatnonzero(~in_window & ~late)
