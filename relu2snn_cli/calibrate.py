@@ -95,9 +95,13 @@ def update_requirement(layer: ir.Linear, a: np.ndarray, running: float) -> float
     others get the exact ``required_window``. The result does not depend on the batch order.
     """
     positive = ir.apply_linear(replace(layer, weight=np.clip(layer.weight, 0, None)), a)
-    rows, cols = np.nonzero(positive.reshape(len(a), -1) > running)
+    bound = positive.reshape(len(a), -1)
+    rows, cols = np.nonzero(bound > running)
     if not len(rows):
         return running
+    order = np.argsort(-bound[rows, cols], kind="stable")  # largest bounds first: they raise the maximum soonest
+    rows, cols = rows[order], cols[order]
+    bound = bound[rows, cols]
     s = ir.incoming_sum(layer)
     bias = ir.full_bias(layer).reshape(-1)
     per_channel = int(np.prod(layer.shape[1:]))
@@ -106,6 +110,8 @@ def update_requirement(layer: ir.Linear, a: np.ndarray, running: float) -> float
               if isinstance(layer, ir.Conv) else a)
     step = max(1, (1 << 20) // int(np.prod(layer.weight.shape[1:])))
     for lo in range(0, len(rows), step):
+        if bound[lo] <= found:  # the requirement is at most the bound, so no later pair can raise the maximum
+            break
         r, c = rows[lo:lo + step], cols[lo:lo + step]
         inputs, weights = ops.gather_fan_in(source, layer.weight, layer.shape, r, c)
         need = required_window(inputs, weights, bias[c], s[c // per_channel])
