@@ -130,13 +130,13 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
         if progress is not None:
             progress(len(x), n * (repeats + 1))
 
-    snn_seconds = median_pass(run_snn, parts, repeats)
+    snn_seconds = median_pass(run_snn, parts, repeats) / n
     spikes_per_neuron = counts.spikes / (counts.samples * sim.neurons)
 
     ann_seconds = None
     if onnx_path is not None:
         from .calibrate import input_dtype, session  # onnxruntime only when asked for
-        sess = session(onnx_path, [net.meta["source_logits"]])
+        sess = session(onnx_path, [net.meta["source_logits"]])  # up to the logits, as converted
         name, dtype = sess.get_inputs()[0].name, input_dtype(sess)
         ann_parts = [x.astype(dtype) for x in parts]
         ann_seconds = median_pass(lambda x: sess.run(None, {name: x}), ann_parts, repeats) / n
@@ -146,9 +146,9 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
         "n_samples": n,
         "batch_size": batch_size,
         "repeats": repeats,
-        "snn_seconds_per_sample": snn_seconds / n,
+        "snn_seconds_per_sample": snn_seconds,
         "ann_seconds_per_sample": ann_seconds,
-        "snn_over_ann": snn_seconds / n / ann_seconds if ann_seconds else None,
+        "snn_over_ann": snn_seconds / ann_seconds if ann_seconds else None,
         "synaptic_events_per_sample": events[0],
         "ann_macs_per_sample": sum(macs(node) for node in layers),
         "spikes_per_neuron": spikes_per_neuron,
