@@ -1,11 +1,12 @@
 # make demo: convert the sample CNN and verify it.  make test: the whole test suite.
-# Both create .venv and install the project into it first.
+# make bench: convert, verify and bench the sample models and a CIFAR-size VGG-16 (docs/performance.md).
+# Each creates .venv and installs the project into it first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis sample_models/*/model.snn.h5

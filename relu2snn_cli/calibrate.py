@@ -25,7 +25,7 @@ import onnxruntime as ort
 from . import ir, ops
 from .data import batches, check_inputs
 from .errors import ModelError
-from .mapping import Scaled, required_window
+from .mapping import Scaled, required_window, requirement_bound
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
 FORWARD_TOLERANCE = 1e-3  # relative to max |logit|: float32 rounding is far below, an import error far above
@@ -68,9 +68,11 @@ def session(model_path: str | Path, outputs: list[str]) -> ort.InferenceSession:
         raise ModelError(f"{model_path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
 
 
-def run_model(sess: ort.InferenceSession, input_name: str, x: np.ndarray, batch: int | None = None) -> list:
+def run_model(sess: ort.InferenceSession, x: np.ndarray) -> list:
     """onnxruntime's outputs for x; a model whose input fixes the batch size gets chunks of exactly that size
     (the last one padded by repeating its last sample, the padding's outputs dropped)."""
+    inp = sess.get_inputs()[0]
+    input_name, batch = inp.name, inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
     x = x.astype(input_dtype(sess))
     if batch is None or len(x) == batch:
         return sess.run(None, {input_name: x})
@@ -111,24 +113,34 @@ def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0)
 def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) -> float:
     """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch).
 
-    a: the layer's input codes, one (N, *in_shape) array per term. A pair whose bound
-    b + Σ_j max(W_ij,0)·a_j is at most ``running`` cannot raise the maximum (its requirement
-    is below its bound); the others get the exact ``required_window``. The result does not
-    depend on the batch order.
+    a: the layer's input codes, one (N, *in_shape) array per term. A pair whose
+    ``mapping.requirement_bound`` is at most ``running`` cannot raise the maximum (its
+    requirement is below its bound); the others get the exact ``required_window``, largest
+    bounds first, until no bound left exceeds the maximum found. The result does not depend on
+    the batch order.
     """
+    n = len(a[0])
+    s = ir.incoming_sum(layer)
+    w_neg = sum(t.weight.clip(None, 0).reshape(t.weight.shape[0], -1).sum(axis=1) for t in layer.terms)
     positive = ir.apply_linear(replace(layer, terms=tuple(replace(t, weight=np.clip(t.weight, 0, None))
                                                           for t in layer.terms)), a)
-    n = len(a[0])
-    rows, cols = np.nonzero(positive.reshape(n, -1) > running)
+    z = ir.apply_linear(layer, a).reshape(n, -1)
+    flat = (ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1))
+    bound = requirement_bound(z, positive.reshape(n, -1), *flat)
+    rows, cols = np.nonzero(bound > running)
     if not len(rows):
         return running
-    s = ir.incoming_sum(layer)
+    order = np.argsort(-bound[rows, cols], kind="stable")  # largest bounds first: they raise the maximum soonest
+    rows, cols = rows[order], cols[order]
+    bound = bound[rows, cols]
     bias = ir.full_bias(layer).reshape(-1)
     per_channel = int(np.prod(layer.shape[1:]))
     found = running
     sources = term_sources(layer, a)
     step = max(1, (1 << 20) // sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms))
     for lo in range(0, len(rows), step):
+        if bound[lo] <= found:  # a requirement is at most its bound: no later pair can raise the maximum
+            break
         r, c = rows[lo:lo + step], cols[lo:lo + step]
         inputs, weights = ops.gather_fan_ins(sources, [t.weight for t in layer.terms], layer.shape, r, c)
         need = required_window(inputs, weights, bias[c], s[c // per_channel])
@@ -148,7 +160,7 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
     forward_error = max_logit = 0.0
     last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
     for start, batch in batches(data, batch_size, spec):
-        out = dict(zip(names, run_model(sess, graph.input_name, batch, graph.batch)))
+        out = dict(zip(names, run_model(sess, batch)))
         codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
         for node in scaled.graph.nodes[1:]:
             if isinstance(node, ir.Affine) and node.relu:

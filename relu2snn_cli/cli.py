@@ -22,6 +22,7 @@ Examples:
   relu2snn convert model.onnx --calib calib.npy -o model.snn.h5
   relu2snn verify model.snn.h5 --onnx model.onnx --data test.npy --labels labels.npy
   relu2snn simulate model.snn.h5 --data test.npy -o out.npz
+  relu2snn bench model.snn.h5 --data test.npy --onnx model.onnx
   relu2snn inspect model.snn.h5
 """
 
@@ -195,6 +196,33 @@ def simulate(snn_file, data, output, times, batch_size, force, as_json, quiet):
     report = _run(simulate_file, "simulating", quiet, snn_path=snn_file, data_spec=data, out_path=output,
                   keep_times=times, batch_size=batch_size)
     _print(report, as_json)
+
+
+@cli.command(epilog="""
+\b
+Example:
+  relu2snn bench model.snn.h5 --data test.npy --onnx model.onnx --json > bench.json
+  relu2snn bench model.snn.h5 --data test.npy --baseline bench.json --max-regression 0.10
+""")
+@click.argument("snn_file", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, metavar="DATA", help="Inputs (.npy, .npz[:NAME], .h5:/DATASET).")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
+              help="The source ONNX model: also time onnxruntime on the same batches.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Timed passes over the data after one warm-up batch; the median counts.")
+@click.option("--baseline", type=click.Path(dir_okay=False), help="An earlier `bench --json` report to compare with.")
+@click.option("--max-regression", type=click.FloatRange(0), default=0.10, show_default=True,
+              help="With --baseline: exit 1 when the SNN time per sample is more than this fraction above it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def bench(snn_file, data, onnx_file, batch_size, repeats, baseline, max_regression, as_json, quiet):
+    """Time the spiking simulation of SNN_FILE on --data, and onnxruntime with --onnx; count the work done."""
+    from .bench import bench as run_bench, check_regression
+    report = _run(run_bench, "benchmarking", quiet, snn_path=snn_file, data_spec=data, onnx_path=onnx_file,
+                  batch_size=batch_size, repeats=repeats, baseline=baseline, max_regression=max_regression)
+    _print(report, as_json)
+    check_regression(report)
 
 
 @cli.command(epilog="""

@@ -46,3 +46,8 @@ class VerificationFailed(Relu2SnnError):
     """Raised when ``verify`` finds the spiking network's agreement below the required minimum."""
 
     exit_code = 1
+
+
+class RegressionFailed(VerificationFailed):
+    """Raised when ``bench --baseline`` finds the simulation's time per sample more than
+    ``--max-regression`` above the baseline's."""

@@ -240,15 +240,13 @@ class Graph:
 
     Nodes are in topological order and every other Affine has a ReLU. ``removed`` records
     the output operators dropped on import (e.g. Softmax). ``input_name`` / ``output_name``
-    are the ONNX tensors of the network input and logits; ``batch`` is the model's batch size
-    when its input fixes one (onnxruntime then gets batches of exactly that size).
+    are the ONNX tensors of the network input and logits.
     """
 
     nodes: tuple[Node, ...]
     input_name: str = "input"
     output_name: str = "output"
     removed: tuple[str, ...] = field(default_factory=tuple)
-    batch: int | None = None
 
     def __post_init__(self):
         if not self.nodes or not isinstance(self.nodes[0], Input):

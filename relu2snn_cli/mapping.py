@@ -79,6 +79,40 @@ def static_certificate(blocks: list[tuple[np.ndarray, float]], theta: np.ndarray
     return alpha * b_in + ops.channel_axis(pos, theta.ndim) < theta
 
 
+def early_bound(u: np.ndarray, p: np.ndarray, alpha: np.ndarray, b_in: float, j_neg: np.ndarray) -> np.ndarray:
+    """An upper bound of the potential V(T − σ) over the input window σ ∈ [0, B_in] (DESIGN §3, "No early
+    spike", sharpened); the closed form is exact where it is below ϑ.
+
+    With a_j ≥ 0 the codes of a neuron's inputs, u = Σ_j J_ij·a_j, p = Σ_j max(J_ij, 0)·a_j and
+    j_neg = Σ_j min(J_ij, 0): the excitatory ramps are at most p, the inhibitory ones at most 0 and
+    at most (u − p) − σ·j_neg (since (a − σ)+ ≥ a − σ), so
+        V(T − σ) ≤ min(A(σ), B(σ)),  A = α·(B_in − σ) + p,  B = α·(B_in − σ) + u − σ·j_neg.
+    Both are lines, their minimum is concave: its maximum is at σ = 0, σ = B_in or where they cross,
+    σ* = (u − p)/j_neg. Never above the plain certificate α·B_in + p, which is A(0).
+    """
+    a0, b0 = alpha * b_in + p, alpha * b_in + u
+    a_end, b_end = a0 - alpha * b_in, b0 - (alpha + j_neg) * b_in
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = np.where(j_neg < 0, (u - p) / j_neg, 0.0)
+    inside = (cross > 0) & (cross < b_in)
+    at_cross = np.where(inside, a0 - alpha * np.where(inside, cross, 0.0), -np.inf)
+    return np.maximum(np.maximum(np.minimum(a0, b0), np.minimum(a_end, b_end)), at_cross)
+
+
+def requirement_bound(z: np.ndarray, p: np.ndarray, s: np.ndarray, w_neg: np.ndarray) -> np.ndarray:
+    """An upper bound of ``required_window`` R* from sums, without sorting: which pairs need the exact R*.
+
+    The two lines of ``early_bound`` in these units: R(σ) = b + Σ_j w_j·(a_j − σ)+ − (1 − s)·σ is at
+    most p − (1 − s)·σ and at most z − (1 − s + w_neg)·σ, with z = b + Σ w·a (the pre-activation),
+    p = b + Σ max(w, 0)·a and w_neg = Σ min(w, 0). The maximum of their minimum over σ ≥ 0 is z when
+    1 − s + w_neg ≥ 0, else where they cross, σ* = (z − p)/w_neg. Never above p, the plain bound.
+    """
+    slope = 1.0 - s + w_neg            # −(slope of the second line)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = np.where(w_neg < 0, (z - p) / w_neg, 0.0)
+    return np.where(slope >= 0, z, p - (1.0 - s) * np.maximum(cross, 0.0))
+
+
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
     """α = b / B_in for the readout, so that V(T_out) = α·B_in + Σ J·a = W·a + b — DESIGN §3.4."""
     return bias / b_in

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
-from .mapping import static_certificate
+from .mapping import early_bound, static_certificate
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact scan
 
@@ -109,15 +109,23 @@ class CompiledLayer:
         self.t_start = self.t_in + self.b_in
         self.t_end = sum(layer.window)
         shape = layer.shape
+        self.size = int(np.prod(shape))
         self.alpha = ops.per_neuron(layer.alpha, shape).reshape(-1)
         self.theta = ops.per_neuron(layer.theta, shape).reshape(-1)
-        j_sum = sum(syn.J.reshape(syn.J.shape[0], -1).sum(axis=1) for syn in layer.synapses)
-        self.slope = self.alpha + ops.per_neuron(j_sum, shape).reshape(-1)
+        per_channel = [syn.J.reshape(syn.J.shape[0], -1) for syn in layer.synapses]
+        self.slope = self.alpha + ops.per_neuron(sum(j.sum(axis=1) for j in per_channel), shape).reshape(-1)
+        self.j_neg = ops.per_neuron(sum(np.clip(j, None, 0).sum(axis=1) for j in per_channel), shape).reshape(-1)
         certified = static_certificate([(syn.J, b) for syn, b in zip(layer.synapses, self.lengths)],
                                        layer.theta, layer.alpha, self.b_in)
         self.static = ops.per_neuron(certified, shape).reshape(-1)
         self.unsure = np.flatnonzero(~certified.reshape(certified.shape[0], -1).all(axis=1))  # output channels
+        per_ch = self.size // shape[0]
+        self.unsure_cols = (self.unsure[:, None] * per_ch + np.arange(per_ch)).reshape(-1)
         self.j_pos = [np.clip(syn.J, 0, None) for syn in layer.synapses]
+        # one product per synapse set gives the drive Σ J·a and, for the channels not statically certified,
+        # the certificate sums Σ max(J, 0)·a (a channel subset cannot be stacked onto a grouped convolution)
+        self.stacked = [np.concatenate([syn.J, j_pos[self.unsure]]) if len(self.unsure) and syn.groups == 1
+                        else None for syn, j_pos in zip(layer.synapses, self.j_pos)]
         self.fan_in = sum(int(np.prod(syn.J.shape[1:])) for syn in layer.synapses)
 
     def fire(self, t_in: list[np.ndarray]) -> tuple[np.ndarray, int, int]:
@@ -126,10 +134,10 @@ class CompiledLayer:
         layer = self.layer
         n = t_in[0].shape[0]
         a = [end - t for end, t in zip(self.ends, t_in)]
-        u = sum(drive(syn, a_k) for syn, a_k in zip(layer.synapses, a)).reshape(n, -1)
+        u, p = self._drives(a)
         with np.errstate(divide="ignore"):  # a non-rising potential (slope ≤ 0) never crosses after T
             t = np.where(self.slope > 0, self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope, np.inf)
-        rows, cols = np.nonzero(self._uncertified(a))
+        rows, cols = np.nonzero(self._uncertified(a, u, p))
         early = 0
         if len(rows):
             sources = [fan_in_source(syn, t_k + syn.delay, self.t_start) for syn, t_k in zip(layer.synapses, t_in)]
@@ -142,25 +150,28 @@ class CompiledLayer:
         t = np.minimum(t, self.t_end)
         return t.reshape((n,) + layer.shape), early, len(rows)
 
-    def _bound(self, a: list[np.ndarray], idx: np.ndarray, channels: np.ndarray | None) -> np.ndarray:
-        """α·B_in + Σ_k Σ_j max(J_kij, 0)·a_kj for the samples ``idx`` and the output ``channels`` (all if None)."""
-        total = 0.0
-        for syn, j_pos, a_k in zip(self.layer.synapses, self.j_pos, a):
-            if channels is None or (syn.is_conv and syn.groups > 1):   # a channel subset would break the groups
-                pos = drive(syn, a_k[idx], j_pos)
-                pos = pos if channels is None else pos[:, channels]
+    def _drives(self, a: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """u = Σ_k Σ_j J_kij·a_kj (N, neurons) and p = Σ_k Σ_j max(J_kij, 0)·a_kj for the neurons of the
+        ``unsure`` channels (N, ·)."""
+        n = a[0].shape[0]
+        u, p = 0.0, 0.0
+        for syn, j_pos, stacked, a_k in zip(self.layer.synapses, self.j_pos, self.stacked, a):
+            if stacked is not None:
+                both = drive(syn, a_k, stacked).reshape(n, -1)
+                u, p = u + both[:, :self.size], p + both[:, self.size:]
             else:
-                pos = drive(syn, a_k[idx], j_pos[channels])
-            total = total + pos.reshape(len(idx), -1)
-        return total
+                u = u + drive(syn, a_k).reshape(n, -1)
+                if len(self.unsure):
+                    p = p + drive(syn, a_k, j_pos).reshape(n, -1)[:, self.unsure_cols]
+        return u, (p if len(self.unsure) else np.zeros((n, 0)))
 
-    def _uncertified(self, a: list[np.ndarray]) -> np.ndarray:
+    def _uncertified(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray) -> np.ndarray:
         """(N, neurons) mask of the pairs the closed form cannot be trusted for.
 
-        A pair is trusted when the certificate α·B_in + Σ_j max(J_ij,0)·a_j < ϑ_i holds
-        (statically for the neuron if every input code a_j is within [0, B_k] of its
-        population) and no input arrives after the input window (a_j < 0, an input value above
-        the encoder's range): the closed form assumes every input is in by T.
+        A pair is trusted when no input arrives after the input window (a_j < 0, an input value
+        above the encoder's range: the closed form assumes every input is in by T) and either the
+        neuron is statically certified (every input code within [0, B_k] of its population) or
+        ``mapping.early_bound`` of this sample's inputs is below ϑ.
         """
         n = a[0].shape[0]
         failing = np.zeros((n, self.theta.size), dtype=bool)
@@ -168,16 +179,15 @@ class CompiledLayer:
         late = np.any([f.min(axis=1) < 0 for f in flat], axis=0)
         failing[late] = True
         in_window = np.all([f.max(axis=1) <= b for f, b in zip(flat, self.lengths)], axis=0) & ~late
-        shape = self.layer.shape
-        per_ch = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         if len(self.unsure) and in_window.any():
-            idx = np.flatnonzero(in_window)
-            cols = (self.unsure[:, None] * per_ch + np.arange(per_ch)).reshape(-1)
-            bound = self.alpha[cols] * self.b_in + self._bound(a, idx, self.unsure)
+            idx, cols = np.flatnonzero(in_window), self.unsure_cols
+            bound = early_bound(u[np.ix_(idx, cols)], p[idx], self.alpha[cols], self.b_in, self.j_neg[cols])
             failing[np.ix_(idx, cols)] = ~(bound < self.theta[cols]) & ~self.static[cols]
-        if not (in_window | late).all():
+        if not (in_window | late).all():   # inputs before their window: no neuron is certified statically
             idx = np.flatnonzero(~in_window & ~late)
-            failing[idx] = ~(self.alpha * self.b_in + self._bound(a, idx, None) < self.theta)
+            p_all = sum(drive(syn, a_k[idx], j_pos).reshape(len(idx), -1)
+                        for syn, j_pos, a_k in zip(self.layer.synapses, self.j_pos, a))
+            failing[idx] = ~(early_bound(u[idx], p_all, self.alpha, self.b_in, self.j_neg) < self.theta)
         return failing
 
 

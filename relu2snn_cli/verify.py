@@ -38,7 +38,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     err_onnx = err_ref = max_logit = 0.0
     counts = Counts()
     for start, x in batches(data, batch_size, data_spec):
-        onnx_logits = run_model(sess, graph.input_name, x, graph.batch)[0].astype(np.float64)
+        onnx_logits = run_model(sess, x)[0].astype(np.float64)
         ref = ir.forward(graph, x, keep=True)
         result = sim.run(x, keep_times=True)
         counts.add(result.counts)

@@ -155,3 +155,37 @@ def test_converted_spike_times_equal_window_end_minus_activation(tmp_path_factor
             assert np.max(np.abs(result.times[node.name] - want)) <= TOL * (1 + sum(node.window)), node.name
     logits = ann[graph.nodes[-1].name]
     assert np.max(np.abs(result.logits - logits)) <= TOL * max(1.0, np.max(np.abs(logits)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(1, 8))
+def test_early_bound_is_an_upper_bound_and_sharper_than_the_certificate(seed, k):
+    """max over the input window of the exact potential ≤ early_bound ≤ α·B_in + Σ max(J, 0)·a."""
+    rng = np.random.default_rng(seed)
+    J = rng.normal(0, 1.5, k)
+    alpha, b_in = rng.uniform(0.2, 2.0), rng.uniform(0.5, 4.0)
+    a = rng.uniform(0, 1.3 * b_in, k)   # some inputs before the window starts
+    a[rng.random(k) < 0.2] = 0.0
+    t0 = 0.0
+    times = list(zip(b_in - a, J))
+    grid = sorted({0.0, b_in} | {float(x) for x in b_in - a if 0 < x < b_in})
+    exact = max(reference.potential(t, times, alpha, t0) for t in grid)
+    u, p, j_neg = J @ a, np.clip(J, 0, None) @ a, np.clip(J, None, 0).sum()
+    bound = mapping.early_bound(np.array([u]), np.array([p]), np.array([alpha]), b_in, np.array([j_neg]))[0]
+    assert exact <= bound + 1e-9 * (1 + abs(exact))
+    assert bound <= alpha * b_in + p + 1e-12
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(1, 8))
+def test_requirement_bound_is_an_upper_bound_of_the_exact_requirement(seed, k):
+    rng = np.random.default_rng(seed)
+    w, b = rng.normal(0, 1.5, k), rng.normal(0, 1)
+    s = w.sum()
+    a = rng.uniform(0, 3, k)
+    need = mapping.required_window(a[None], w[None], np.array([b]), np.array([s]))[0]
+    z, p = b + w @ a, b + np.clip(w, 0, None) @ a
+    bound = mapping.requirement_bound(np.array([z]), np.array([p]), np.array([s]), np.array([np.clip(w, None, 0).sum()]))[0]
+    if s < 1:   # the mapping only builds neurons with s < 1
+        assert need <= bound + 1e-9 * (1 + abs(need))
+        assert z - 1e-12 <= bound <= p + 1e-12

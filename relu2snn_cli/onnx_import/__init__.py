@@ -175,6 +175,5 @@ def import_model(path: str | Path) -> Imported:
         ctx.add(replace(as_linear(readout, ctx, out), source=ctx.logits_tensor))
     else:
         raise ModelError(f"{path}: the output '{ctx.graph_output}' is not computed from a linear layer")
-    graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed),
-                     batch=batch)
+    graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
     return Imported(graph, opset, sha, Path(path).name)

@@ -1,0 +1,167 @@
+"""Convert, verify and bench the sample models and the VGG-16 benchmarks; write the table into docs/performance.md.
+
+Each step runs the ``relu2snn`` command line in a child process under ``/usr/bin/time -v``,
+which gives its wall time and peak resident memory. Results go to BUILD/results.json
+(merged with earlier runs, so cases can be run one at a time) and the table between the
+markers of docs/performance.md is rewritten from them.
+
+    python benchmarks/run.py                       # mlp cnn cifar-noscan cifar
+    python benchmarks/run.py imagenet-noscan       # the ImageNet-size VGG-16 (several GB, long)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import vgg  # noqa: E402
+
+BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
+
+# name: (model source, calibration samples, test samples, convert batch size, bench batch size, bench repeats,
+#        requirement scan, steps)
+CASES = {
+    "mlp": ("sample", 256, None, 256, 64, 5, True, ("verify", "bench")),
+    "cnn": ("sample", 256, None, 256, 64, 5, True, ("verify", "bench")),
+    "cifar-noscan": ("cifar", 256, 8, 256, 8, 1, False, ("verify", "bench")),
+    "cifar": ("cifar", 8, 8, 8, 8, 1, True, ("verify",)),
+    "imagenet-noscan": ("imagenet", 64, 8, 8, 8, 1, False, ()),
+}
+# Without the requirement scan, calibration keeps X_n = the largest scaled activation and skips the
+# exact no-early-spike requirement of every (sample, neuron) pair (calibrate.update_requirement),
+# which dominates convert time on VGG-16 (docs/performance.md); verify then counts early spikes.
+NO_SCAN = ("import sys, relu2snn_cli.calibrate as c; c.update_requirement = lambda layer, a, running: running; "
+           "from relu2snn_cli.cli import main; sys.argv[0] = 'relu2snn'; main()")
+
+
+def timed(args: list[str], scan: bool = True) -> dict:
+    """Run a relu2snn command under /usr/bin/time -v; its --json report, wall seconds, peak RSS in MiB."""
+    entry = ["-m", "relu2snn_cli"] if scan else ["-c", NO_SCAN]
+    cmd = ["/usr/bin/time", "-v", sys.executable, *entry, *map(str, args), "--json", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr)
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    seconds = sum(float(part) * 60 ** i for i, part in enumerate(reversed(wall.group(1).split(":"))))
+    return {"report": json.loads(proc.stdout), "seconds": seconds, "peak_rss_mb": int(rss.group(1)) / 1024}
+
+
+def ort_seconds(model: Path, data: Path, batch_size: int, repeats: int = 3) -> float:
+    """Median seconds onnxruntime takes to infer all of data in batches (after a warm-up batch)."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    x = np.load(data)
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: x[:batch_size]})
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for lo in range(0, len(x), batch_size):
+            sess.run(None, {name: x[lo:lo + batch_size]})
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
+def run_case(name: str, build: Path) -> dict:
+    """Make the files of one case, then convert it and run its other steps."""
+    source, n_calib, n_test, convert_batch, bench_batch, repeats, scan, steps = CASES[name]
+    out = build / name
+    out.mkdir(parents=True, exist_ok=True)
+    if source == "sample":
+        files = {k: ROOT / "sample_models" / name / f for k, f in
+                 (("model", "model.onnx"), ("calib", "calib.npy"), ("test", "test.npy"))}
+    else:
+        files = {k: Path(v) for k, v in vgg.write(source, out, n_calib, n_test).items() if k != "parameters"}
+    snn = out / "model.snn.h5"
+    result = {"batch_size": bench_batch, "calibration_samples": n_calib, "requirement_scan": scan}
+    result["convert"] = timed(["convert", files["model"], "--calib", files["calib"], "-o", snn, "--force",
+                               "--batch-size", convert_batch], scan)
+    result["ort_calibration_seconds"] = ort_seconds(files["model"], files["calib"], convert_batch)
+    if "verify" in steps:
+        result["verify"] = timed(["verify", snn, "--onnx", files["model"], "--data", files["test"],
+                                  "--batch-size", bench_batch])
+    if "bench" in steps:
+        result["bench"] = timed(["bench", snn, "--onnx", files["model"], "--data", files["test"],
+                                 "--batch-size", bench_batch, "--repeats", repeats])
+    return result
+
+
+def table(results: dict) -> str:
+    """The measured figures as a Markdown table, one column per case."""
+    names = [n for n in CASES if n in results]
+    rows = [
+        ("calibration samples / bench batch", lambda r: f"{r['calibration_samples']} / {r['batch_size']}"),
+        ("requirement scan in calibration", lambda r: "yes" if r["requirement_scan"] else "**skipped**"),
+        ("ANN multiply-adds per sample", lambda r: f"{r['bench']['report']['ann_macs_per_sample']:.4g}"),
+        ("synaptic events per sample", lambda r: f"{r['bench']['report']['synaptic_events_per_sample']:.4g}"),
+        ("spikes per neuron", lambda r: f"{r['bench']['report']['spikes_per_neuron']:.4g}"),
+        ("latency T_out (τ_c)", lambda r: f"{r['bench']['report']['latency']:.4g}"),
+        ("SNN ms per sample", lambda r: f"{1e3 * r['bench']['report']['snn_seconds_per_sample']:.4g}"),
+        ("onnxruntime ms per sample", lambda r: f"{1e3 * r['bench']['report']['ann_seconds_per_sample']:.4g}"),
+        ("**snn_over_ann**", lambda r: f"**{r['bench']['report']['snn_over_ann']:.3g}**"),
+        ("exact-scan pairs per sample", lambda r: f"{r['bench']['report']['exact_scan_pairs_per_sample']:.4g}"),
+        ("bench peak RSS (MiB)", lambda r: f"{r['bench']['peak_rss_mb']:.0f}"),
+        ("verify agreement", lambda r: f"{r['verify']['report']['agreement']:.4g}"),
+        ("verify early spikes", lambda r: f"{r['verify']['report']['early_spikes']}"),
+        ("verify max abs logit error vs float64", lambda r: f"{r['verify']['report']['max_abs_logit_error_ref']:.2g}"),
+        ("convert wall s", lambda r: f"{r['convert']['seconds']:.1f}"),
+        ("convert split: import / calibration / mapping / write s",
+         lambda r: " / ".join(f"{v:.1f}" for v in r["convert"]["report"]["seconds"].values())),
+        ("onnxruntime s on the calibration samples", lambda r: f"{r['ort_calibration_seconds']:.3g}"),
+        ("convert target 3·ort + 10 s", lambda r: f"{3 * r['ort_calibration_seconds'] + 10:.1f}"),
+        ("convert peak RSS (MiB)", lambda r: f"{r['convert']['peak_rss_mb']:.0f}"),
+        ("verify wall s / peak RSS (MiB)", lambda r: f"{r['verify']['seconds']:.1f} / {r['verify']['peak_rss_mb']:.0f}"),
+    ]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(_cell(fmt, results[n]) for n in names) + " |" for label, fmt in rows]
+    return "\n".join(lines)
+
+
+def _cell(fmt, result: dict) -> str:
+    """A formatted figure, or a dash for a step the case does not run."""
+    try:
+        return fmt(result)
+    except KeyError:
+        return "–"
+
+
+def write_doc(doc: Path, results: dict) -> None:
+    """Replace the text between the markers of ``doc`` with the table."""
+    text = doc.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    doc.write_text(f"{head}{BEGIN}\n{table(results)}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)}")
+    parser.add_argument("--build", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
+    args = parser.parse_args()
+    cases = args.cases or ["mlp", "cnn", "cifar-noscan", "cifar"]
+    if not set(cases) <= set(CASES):
+        parser.error(f"unknown case in {cases}; choose from {', '.join(CASES)}")
+    store = args.build / "results.json"
+    results = json.loads(store.read_text()) if store.is_file() else {}
+    for name in cases:
+        print(f"{name} ...", flush=True)
+        results[name] = run_case(name, args.build)
+        store.write_text(json.dumps(results, indent=2))
+        print(json.dumps({step: results[name][step]["report"] for step in ("convert", "verify", "bench")
+                          if step in results[name]}, indent=2), flush=True)
+    write_doc(args.doc, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""``bench``: the work it counts, the report it gives and the regression gate; no timing targets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from builders import GraphBuilder, save
+from relu2snn_cli import bench, convert, h5io, snn
+from relu2snn_cli.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A converted conv → pool → dense network, its ONNX file and test data."""
+    tmp = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    b = GraphBuilder((2, 6, 5))
+    h = b.op("Conv", ["x", b.const(rng.normal(0, 0.5, (3, 2, 3, 3))), b.const(rng.normal(0, 0.1, 3))],
+             kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    h = b.op("Relu", [h])
+    h = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("Flatten", [h])
+    h = b.op("Gemm", [h, b.const(rng.normal(0, 0.5, (4, 18))), b.const(np.zeros(4))], transB=1)
+    h = b.op("Relu", [h])
+    h = b.op("Gemm", [h, b.const(rng.normal(0, 0.5, (3, 4))), b.const(np.zeros(3))], transB=1)
+    model = save(b.build(h), tmp / "m.onnx")
+    np.save(tmp / "calib.npy", rng.normal(0, 1, (64, 2, 6, 5)).astype(np.float32))
+    np.save(tmp / "test.npy", rng.normal(0, 1, (10, 2, 6, 5)).astype(np.float32))
+    out = tmp / "m.snn.h5"
+    convert.convert(model, str(tmp / "calib.npy"), out)
+    return {"onnx": model, "snn": out, "data": tmp / "test.npy", "tmp": tmp}
+
+
+def brute_fan_out(syn: snn.Synapses) -> np.ndarray:
+    """Count, by walking every output neuron and tap, the synapses leaving each input neuron (flat)."""
+    count = np.zeros(syn.in_shape)
+    o_n, per_group, kh, kw = syn.J.shape
+    per_out = o_n // syn.groups
+    _, ho, wo = syn.shape
+    for o in range(o_n):
+        channels = range(o // per_out * per_group, (o // per_out + 1) * per_group)
+        for i in range(ho):
+            for j in range(wo):
+                for u in range(kh):
+                    for v in range(kw):
+                        y = i * syn.strides[0] - syn.pads[0] + u * syn.dilations[0]
+                        x = j * syn.strides[1] - syn.pads[1] + v * syn.dilations[1]
+                        if 0 <= y < syn.in_shape[1] and 0 <= x < syn.in_shape[2]:
+                            count[list(channels), y, x] += 1
+    return count.reshape(-1)
+
+
+@pytest.mark.parametrize("strides, pads, dilations, groups", [((1, 1), (1, 1, 1, 1), (1, 1), 1),
+                                                              ((2, 1), (0, 2, 1, 0), (1, 2), 1),
+                                                              ((2, 2), (0, 0, 0, 0), (1, 1), 1),
+                                                              ((1, 2), (1, 0, 0, 1), (1, 1), 2)])
+def test_fan_out_counts_real_taps(strides, pads, dilations, groups):
+    syn = snn.Synapses("x", (2, 7, 6), np.ones((4, 2 // groups, 3, 2)), 0.0, strides, pads, dilations, groups)
+    layer = snn.SpikingLayer("c", (syn,), np.ones(4), (1.0, 1.0), theta=np.full(4, 9.0),
+                             certified=np.ones(4, bool), scale=np.ones(4), x_max=np.ones(4))
+    got = bench.fan_out(syn)
+    np.testing.assert_array_equal(got, brute_fan_out(syn))
+    # every multiply-add reads one input, a padded one sends no spike
+    assert got.sum() <= bench.macs(layer)
+    assert (got.sum() == bench.macs(layer)) == (max(pads) == 0)
+
+
+def test_macs_and_events_of_a_network(small):
+    net = h5io.read(small["snn"])
+    conv, dense, readout = [n for n in net.nodes if isinstance(n, (snn.SpikingLayer, snn.Readout))]
+    assert bench.macs(conv) == 3 * 6 * 5 * 2 * 3 * 3
+    assert bench.macs(dense) == 4 * 18 and bench.macs(readout) == 3 * 4
+    from relu2snn_cli.simulator import Simulator
+    result = Simulator(net).run(np.load(small["data"]), keep_times=True)
+    events = bench.synaptic_events(net, result.times)
+    # every neuron fires once: each sample sends the fan-outs summed over all sending neurons
+    fan = [bench.fan_out(layer.synapses[0]).sum() for layer in (conv, dense, readout)]
+    assert events == 10 * sum(fan)
+    assert fan[1] == 4 * 18 and fan[2] == 3 * 4
+
+
+def test_bench_report(small):
+    report = bench.bench(small["snn"], str(small["data"]), onnx_path=small["onnx"], batch_size=4, repeats=2)
+    net = h5io.read(small["snn"])
+    assert report["n_samples"] == 10 and report["batch_size"] == 4 and report["repeats"] == 2
+    assert report["snn_seconds_per_sample"] > 0 and report["ann_seconds_per_sample"] > 0
+    assert report["snn_over_ann"] == pytest.approx(report["snn_seconds_per_sample"] / report["ann_seconds_per_sample"])
+    assert report["ann_macs_per_sample"] == 3 * 6 * 5 * 2 * 3 * 3 + 4 * 18 + 3 * 4
+    assert 0 < report["synaptic_events_per_sample"] <= report["ann_macs_per_sample"]
+    assert report["spikes_per_neuron"] == 1.0
+    assert report["latency"] == net.latency
+    assert report["peak_rss_mb"] > 10
+    layers = [n.name for n in net.nodes if isinstance(n, snn.SpikingLayer)]
+    assert list(report["layer_seconds_per_sample"]) == layers
+    assert 0 < sum(report["layer_seconds_per_sample"].values()) < 10 * report["snn_seconds_per_sample"]
+    assert "passed" not in report
+
+
+def test_bench_without_onnx(small):
+    report = bench.bench(small["snn"], str(small["data"]), repeats=1)
+    assert report["ann_seconds_per_sample"] is None and report["snn_over_ann"] is None
+
+
+def test_cli_json_and_regression_gate(small):
+    result = run("bench", small["snn"], "--data", small["data"], "--onnx", small["onnx"], "--repeats", "1",
+                 "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("snn_seconds_per_sample", "ann_seconds_per_sample", "snn_over_ann", "synaptic_events_per_sample",
+                "ann_macs_per_sample", "spikes_per_neuron", "latency", "peak_rss_mb"):
+        assert key in report
+    slow = small["tmp"] / "slow.json"
+    slow.write_text(json.dumps({**report, "snn_seconds_per_sample": 1e3}))
+    ok = run("bench", small["snn"], "--data", small["data"], "--repeats", "1", "--baseline", slow, "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["passed"] is True
+    fast = small["tmp"] / "fast.json"
+    fast.write_text(json.dumps({**report, "snn_seconds_per_sample": 1e-12}))
+    bad = run("bench", small["snn"], "--data", small["data"], "--repeats", "1", "--baseline", fast,
+              "--max-regression", "0.1")
+    assert bad.exit_code == 1
+    assert "regression" in bad.stdout  # the report is printed before the gate fails
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "above the baseline" in lines[0] and "--max-regression 0.1" in lines[0]
+
+
+@pytest.mark.parametrize("text", ["not json", "{}", '{"snn_seconds_per_sample": -1}'])
+def test_unreadable_baseline_is_bad_input(small, text):
+    path = small["tmp"] / "baseline.json"
+    path.write_text(text)
+    result = run("bench", small["snn"], "--data", small["data"], "--baseline", path)
+    assert result.exit_code == 2
+    assert "snn_seconds_per_sample" in result.stderr and "Traceback" not in result.output
+
+
+def test_wrong_data_shape_is_bad_input(small):
+    path = small["tmp"] / "wrong.npy"
+    np.save(path, np.zeros((3, 4), np.float32))
+    result = run("bench", small["snn"], "--data", path)
+    assert result.exit_code == 2 and "expects" in result.stderr
+
+
+def test_help_has_an_example():
+    result = run("bench", "--help")
+    assert result.exit_code == 0 and "relu2snn bench" in result.output and "--baseline" in result.output
