@@ -5,11 +5,11 @@ Two streaming passes over the calibration data, batch by batch (a ``.npy`` stays
 1. ``input_stats``: the inputs' min and max (for the input range), sha256, NaN/Inf check;
 2. ``calibrate``: onnxruntime with every ReLU output exposed as an extra graph output (a layer
    that no ONNX tensor equals — an average pooling seen through a pending affine map — is
-   computed from its inputs' codes instead). Per ReLU layer it keeps the per-channel maximum activation and the largest exact
-   no-early-spike requirement ``mapping.required_window``, evaluated only for the
-   (sample, neuron) pairs whose certificate bound b + Σ_j max(W_ij, 0)·a_j exceeds the
-   layer's bound found so far — so that the window chosen from these bounds makes no
-   calibration sample fire early.
+   computed from its inputs' codes instead). Per ReLU layer it keeps the per-channel maximum
+   activation and the largest exact no-early-spike requirement ``mapping.required_window``
+   that exceeds the window (1 + ζ)·X the activations alone would give, evaluated only for
+   the (sample, neuron) pairs whose ``mapping.requirement_bound`` exceeds it — so that the
+   window ``mapping.layer_extent`` chooses from these makes no calibration sample fire early.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class InputStats:
 class Calibration:
     """What the calibration data says about the network.
 
-    ``x_max[layer]``: per-channel maximum ANN activation; ``required[layer]``: X_n of the
-    layer in code units, max(largest scaled activation, largest no-early-spike requirement);
+    ``x_max[layer]``: per-channel maximum ANN activation; ``required[layer]``: in code units,
+    the largest no-early-spike requirement above (1 + ζ)·(largest scaled activation), else 0;
     ``forward_error``: max |float64 IR logits − onnxruntime logits| on the first samples,
     whose largest |logit| is ``max_logit``.
     """
@@ -149,7 +149,7 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) ->
 
 
 def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
-              spec: str = "calibration data", batch_size: int = 256, progress=None) -> Calibration:
+              spec: str = "calibration data", batch_size: int = 256, progress=None, zeta: float = 0.5) -> Calibration:
     """Pass 2: run the model over ``data`` in batches and collect the bounds of every ReLU layer."""
     layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
     names = list(dict.fromkeys([graph.output_name] + [n.source for n in layers if n.source]))
@@ -171,8 +171,11 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
                 else:   # no ONNX tensor equals it (a pooling seen through an affine map): from the codes
                     act = ir.apply(node, inputs) / c
                 x_max[node.name] = np.maximum(x_max[node.name], channel_max(act))
-                bound = max(required[node.name], float(np.max(c * x_max[node.name].reshape(c.shape))))
-                required[node.name] = update_requirement(node, inputs, bound)
+                window = (1.0 + zeta) * float(np.max(c * x_max[node.name].reshape(c.shape)))
+                threshold = max(required[node.name], window)
+                found = update_requirement(node, inputs, threshold)
+                if found > threshold:   # some pair would fire early in the window of the activations alone
+                    required[node.name] = found
                 codes[node.name] = c * act
             elif not isinstance(node, ir.Affine):
                 codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])

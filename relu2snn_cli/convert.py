@@ -37,7 +37,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     stats = input_stats(data, graph.input.shape, calib_spec)
     low, high = input_range if input_range is not None else mapping.encoding_range(stats.low, stats.high, options.zeta)
     scaled = mapping.scale_graph(graph, (low, high), options)
-    cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress)
+    cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress, options.zeta)
     seconds["calibration"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

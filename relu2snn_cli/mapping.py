@@ -51,6 +51,15 @@ def scale_layer(s: np.ndarray, s_min: float, s_max: float) -> np.ndarray:
     return c
 
 
+def layer_extent(activation: float, required: float, zeta: float) -> float:
+    """X_n of the window rule B = (1 + ζ)·X_n: the largest scaled activation, or the largest no-early-spike
+    requirement R* of the calibration data when the activations' window would not hold it
+    (R* ≥ (1 + ζ)·activation). Either way no calibration sample fires early, and R*, when it
+    rules, gets the same ζ headroom (DESIGN §3.3, with the exact requirement of docs/math.md).
+    """
+    return required if required >= (1.0 + zeta) * activation and required > 0 else activation
+
+
 def window_length(x_max: float, zeta: float) -> float:
     """B_n = (1 + ζ)·X_n, or 1 when the layer never activates (X_n = 0) — DESIGN §3.3."""
     return (1.0 + zeta) * x_max if x_max > 0 else 1.0
@@ -213,10 +222,10 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
     """The spiking network's nodes (DESIGN §3.2–3.4, §4) from the scaled graph and its calibrated bounds.
 
     ``x_max[name]``: per-channel maximum of a ReLU layer's ANN activation; ``required[name]``:
-    the largest ``required_window`` over the calibration data (code units; calibration reports
-    it already raised to the largest scaled activation). The window is B = (1 + ζ)·X_n with
-    X_n = max(c·x_max, required): no calibration sample fires early. A node reading several
-    populations gets the input window and delays of ``snn.merge_windows``.
+    the largest ``required_window`` over the calibration data that the activations' window would
+    not hold (code units; 0 if none). The window is B = (1 + ζ)·X_n with X_n = ``layer_extent``:
+    no calibration sample fires early. A node reading several populations gets the input window
+    and delays of ``snn.merge_windows``.
     """
     graph = scaled.graph
     enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(input_range[0]), float(input_range[1]))
@@ -227,7 +236,7 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
         if isinstance(node, ir.Affine) and node.relu:
             c = scaled.scales[node.name]
             xm = np.asarray(x_max[node.name], dtype=np.float64).reshape(-1)
-            x_n = max(float(np.max(c * xm, initial=0.0)), float(required.get(node.name, 0.0)))
+            x_n = layer_extent(float(np.max(c * xm, initial=0.0)), float(required.get(node.name, 0.0)), options.zeta)
             b_out = window_length(x_n, options.zeta)
             s = ir.incoming_sum(node)
             J = [synaptic_weights(t.weight, s) for t in node.terms]

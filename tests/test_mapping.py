@@ -189,3 +189,14 @@ def test_requirement_bound_is_an_upper_bound_of_the_exact_requirement(seed, k):
     if s < 1:   # the mapping only builds neurons with s < 1
         assert need <= bound + 1e-9 * (1 + abs(need))
         assert z - 1e-12 <= bound <= p + 1e-12
+
+
+@pytest.mark.parametrize("activation, required, zeta, want", [
+    (2.0, 0.0, 0.5, 2.0),      # no pair needs more than the activations' window
+    (2.0, 2.9, 0.5, 2.0),      # 2.9 < (1 + ζ)·2 = 3: the window of the activations holds it
+    (2.0, 3.0, 0.5, 3.0),      # reaches that window: R* rules, with its own headroom
+    (2.0, 2.5, 0.0, 2.5),      # no headroom: any larger requirement rules
+    (0.0, 0.0, 0.5, 0.0),
+])
+def test_layer_extent(activation, required, zeta, want):
+    assert mapping.layer_extent(activation, required, zeta) == want
