@@ -10,6 +10,7 @@ import numpy as np
 from . import __version__, h5io, mapping, snn
 from .calibrate import calibrate, input_stats
 from .data import load_array
+from .errors import naming
 from .onnx_import import import_model
 
 NEURON_MODEL = "TTFS single-spike non-leaky integrate-and-fire with ramp PSPs (Stanojevic et al. 2023)"
@@ -20,7 +21,8 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     """Convert a ReLU network and write its spiking version; the report says what was done and measured."""
     seconds = {}
     clock = time.perf_counter()
-    imported = import_model(model_path)
+    with naming(model_path):
+        imported = import_model(model_path)
     graph = imported.graph
     seconds["import"] = time.perf_counter() - clock
 

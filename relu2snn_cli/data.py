@@ -1,5 +1,10 @@
 """Sample data from disk, read lazily: ``.npy`` (memory-mapped), ``.npz`` (``file.npz`` or
-``file.npz:name``) and HDF5 datasets (``file.h5:/dataset``). Nothing is unpickled."""
+``file.npz:name``) and HDF5 datasets (``file.h5:/dataset``). Nothing is unpickled.
+
+Inputs may be floating point or integers (e.g. uint8 images): integers are converted to
+float64 batch by batch, exactly for magnitudes up to 2**53. Booleans, complex numbers,
+strings and records are refused. Labels must be integers.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+
+
+def spec_path(spec: str) -> Path:
+    """The file of a data spec (``file.npz:NAME`` → ``file.npz``)."""
+    return _split(spec)[0]
 
 
 def _split(spec: str) -> tuple[Path, str | None]:
@@ -65,9 +75,10 @@ def _h5_dataset(path: Path, name: str | None):
 
 
 def check_inputs(data, shape: tuple[int, ...], spec: str) -> None:
-    """Float data of shape (N, *shape) with N ≥ 1, or a DataError saying what was expected."""
-    if np.dtype(data.dtype).kind != "f":
-        raise DataError(f"{spec}: has dtype {data.dtype}; the model needs floating-point inputs (convert with .astype(np.float32))")
+    """Real-number data (float or integer) of shape (N, *shape) with N ≥ 1, or a DataError saying what was expected."""
+    if np.dtype(data.dtype).kind not in "fiu":
+        raise DataError(f"{spec}: has dtype {data.dtype}; the model needs real-number inputs, floating point or "
+                        "integer (convert with .astype(np.float32))")
     if len(data.shape) == 0 or data.shape[0] == 0:
         raise DataError(f"{spec}: holds no samples")
     if tuple(data.shape[1:]) != tuple(shape):
@@ -76,9 +87,14 @@ def check_inputs(data, shape: tuple[int, ...], spec: str) -> None:
 
 
 def batches(data, batch_size: int, spec: str):
-    """(start index, batch) over an array-like, read one batch at a time; NaN/Inf are refused."""
+    """(start index, batch) over an array-like, read one batch at a time; NaN/Inf are refused.
+
+    Integer batches are converted to float64 (exact up to 2**53).
+    """
     for start in range(0, len(data), batch_size):
         batch = np.asarray(data[start:start + batch_size])
+        if batch.dtype.kind in "iu":
+            batch = batch.astype(np.float64)
         check_finite(batch, start, spec)
         yield start, batch
 
@@ -90,9 +106,12 @@ def check_finite(batch: np.ndarray, start: int, spec: str) -> None:
         raise DataError(f"{spec}: sample {start + int(np.argmax(bad))} holds NaN or infinite values")
 
 
-def load_labels(spec: str, n: int):
-    """Integer class labels, one per sample."""
+def load_labels(spec: str, n: int, classes: int | None = None):
+    """Integer class labels, one per sample, each in [0, classes) when ``classes`` is given."""
     labels = np.asarray(load_array(spec))
     if labels.dtype.kind not in "iu" or labels.shape != (n,):
         raise DataError(f"{spec}: labels must be {n} integers, got dtype {labels.dtype} and shape {labels.shape}")
+    if classes is not None and n and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"{spec}: labels must lie in 0..{classes - 1} (the model has {classes} outputs), "
+                        f"got values from {labels.min()} to {labels.max()}")
     return labels

@@ -7,6 +7,9 @@ class only and turns it into a one-line message and an exit code
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 
 class Relu2SnnError(Exception):
     """Base class of every error relu2snn raises on purpose."""
@@ -46,3 +49,14 @@ class VerificationFailed(Relu2SnnError):
     """Raised when ``verify`` finds the spiking network's agreement below the required minimum."""
 
     exit_code = 1
+
+
+@contextlib.contextmanager
+def naming(path):
+    """Prefix ``path:`` to the message of an error raised inside that does not name the file yet."""
+    try:
+        yield
+    except Relu2SnnError as e:
+        if e.args and isinstance(e.args[0], str) and Path(str(path)).name not in e.args[0]:
+            e.args = (f"{path}: {e.args[0]}",) + e.args[1:]
+        raise

@@ -11,6 +11,7 @@ import numpy as np
 from . import h5io, ir, ops, snn
 from .calibrate import input_dtype, session
 from .data import batches, check_inputs, load_array, load_labels
+from .errors import ArtifactError, naming
 from .onnx_import import import_model
 from .simulator import Counts, Simulator
 
@@ -25,14 +26,20 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
            batch_size: int = 256, progress=None) -> dict:
     """Run all three on the data; the report's ``passed`` is agreement ≥ min_agreement."""
     net = h5io.read(snn_path)
-    imported = import_model(onnx_path)
+    with naming(onnx_path):
+        imported = import_model(onnx_path)
     graph = imported.graph
+    for what, ours, theirs in (("inputs", net.nodes[0].shape, graph.input.shape),
+                               ("outputs", net.nodes[-1].shape, graph.nodes[-1].shape)):
+        if tuple(ours) != tuple(theirs):
+            raise ArtifactError(f"{snn_path}: has {what} of shape {tuple(ours)}, but {onnx_path} has {tuple(theirs)}; "
+                                "pass the ONNX model it was converted from")
     data = load_array(data_spec)
     check_inputs(data, graph.input.shape, data_spec)
-    labels = load_labels(labels_spec, len(data)) if labels_spec else None
     sess = session(onnx_path, [graph.output_name])
     dtype = input_dtype(sess)
     sim = Simulator(net)
+    labels = load_labels(labels_spec, len(data), net.nodes[-1].shape[0]) if labels_spec else None
     layers = [n for n in net.nodes if isinstance(n, snn.SpikingLayer)]
     errors = {n.name: 0.0 for n in layers}
     agree = correct_ann = correct_snn = 0

@@ -160,9 +160,27 @@ def test_check_inputs_wrong_shape(x, shape, want, got):
     assert want in msg and got in msg
 
 
-def test_check_inputs_integer_dtype(x):
-    msg = data_error(data.check_inputs, x.astype(np.int32), (3, 4), "calib.npy", name="calib.npy")
-    assert "int32" in msg
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int64])
+def test_check_inputs_accepts_integers_and_batches_are_float64(x, dtype):
+    ints = np.rint(x * 10).astype(dtype)
+    data.check_inputs(ints, (3, 4), "calib.npy")
+    for start, batch in data.batches(ints, 3, "calib.npy"):
+        assert batch.dtype == np.float64 and np.array_equal(batch, ints[start:start + 3])
+
+
+@pytest.mark.parametrize("dtype", [bool, np.complex64, "U3", [("a", "f4")]])
+def test_check_inputs_refuses_non_real_dtypes(x, dtype):
+    arr = np.zeros((5, 3, 4), dtype=dtype)
+    msg = data_error(data.check_inputs, arr, (3, 4), "calib.npy", name="calib.npy")
+    assert str(arr.dtype) in msg and "real-number" in msg
+
+
+def test_load_labels_in_class_range(tmp_path):
+    path = tmp_path / "labels.npy"
+    np.save(path, np.array([0, 3, 9]))
+    assert np.array_equal(data.load_labels(str(path), 3, classes=10), [0, 3, 9])
+    msg = data_error(data.load_labels, str(path), 3, 9, name=path)
+    assert "0..8" in msg and "9" in msg
 
 
 @pytest.mark.parametrize("arr", [np.zeros((0, 3, 4), np.float32), np.zeros((), np.float32)], ids=["N0", "scalar"])

@@ -1,0 +1,368 @@
+"""Every user error of the command line: exit status 2 and one line on stderr naming the file and
+the problem; --debug shows the traceback; interrupted runs exit 130/143 and leave no output.
+
+Each case builds its bad input in tmp_path from the sample MLP (64 inputs, 10 classes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from relu2snn_cli import h5io
+from relu2snn_cli.cli import cli
+from relu2snn_cli.errors import Relu2SnnError
+
+ROOT = Path(__file__).resolve().parent.parent
+MLP = ROOT / "sample_models" / "mlp"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def mlp_snn(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("snn") / "mlp.snn.h5"
+    assert run("convert", MLP / "model.onnx", "--calib", MLP / "calib.npy", "-o", out, "--quiet").exit_code == 0
+    return out
+
+
+def calib(tmp_path, array, name="c.npy") -> Path:
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+def good_calib():
+    return np.load(MLP / "calib.npy")[:16]
+
+
+def edited_model(tmp_path, edit, name="bad.onnx") -> Path:
+    """The sample MLP with an edit applied to its protobuf, saved without checking."""
+    model = onnx.load(str(MLP / "model.onnx"))
+    edit(model)
+    path = tmp_path / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def edited_snn(tmp_path, mlp_snn, edit) -> Path:
+    path = tmp_path / "bad.snn.h5"
+    path.write_bytes(mlp_snn.read_bytes())
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
+# ----------------------------------------------------------------------------- convert: the model
+
+def _dim_param(model, index, name):
+    dim = model.graph.input[0].type.tensor_type.shape.dim[index]
+    dim.Clear()
+    dim.dim_param = name
+
+
+def _second_output(model):
+    model.graph.output.append(helper.make_tensor_value_info(model.graph.node[0].output[0], TensorProto.FLOAT, ["N", "K"]))
+
+
+def _second_input(model):
+    model.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["N", 3]))
+
+
+def _dangling_input(model):
+    model.graph.node[1].input[0] = "nowhere"
+
+
+MODEL_CASES = {
+    "truncated": (lambda p: p.write_bytes((MLP / "model.onnx").read_bytes()[:200]), "not a valid ONNX model"),
+    "empty-file": (lambda p: p.write_bytes(b""), "bad.onnx"),
+    "checker": (_dangling_input, "not a valid ONNX model"),
+    "two-inputs": (_second_input, "2 inputs"),
+    "two-outputs": (_second_output, "2 outputs"),
+    "dynamic-dim": (lambda m: _dim_param(m, 1, "F"), "dynamic"),
+}
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_bad_model(tmp_path, case):
+    edit, expect = MODEL_CASES[case]
+    if case in ("truncated", "empty-file"):
+        model = tmp_path / "bad.onnx"
+        edit(model)
+    else:
+        model = edited_model(tmp_path, edit)
+    out = tmp_path / "o.snn.h5"
+    line = one_line_error(run("convert", model, "--calib", calib(tmp_path, good_calib()), "-o", out))
+    assert line.startswith("relu2snn: error: ") and "bad.onnx" in line and expect in line, line
+    assert not out.exists()
+
+
+def test_unsupported_op_names_type_node_and_doc(tmp_path):
+    def to_sigmoid(model):
+        relu = next(n for n in model.graph.node if n.op_type == "Relu")
+        relu.op_type = "Sigmoid"
+        relu.name = "act_one"
+    line = one_line_error(run("convert", edited_model(tmp_path, to_sigmoid), "--calib",
+                              calib(tmp_path, good_calib()), "-o", tmp_path / "o.snn.h5"))
+    assert "bad.onnx" in line and "Sigmoid" in line and "act_one" in line and "supported-operators" in line
+
+
+def test_converter_error_names_the_model_file(tmp_path):
+    """An error found while converting one node (not in the up-front scan) also names the file."""
+    def trans_a(model):
+        gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+        gemm.attribute.append(helper.make_attribute("transA", 1))
+    line = one_line_error(run("convert", edited_model(tmp_path, trans_a), "--calib",
+                              calib(tmp_path, good_calib()), "-o", tmp_path / "o.snn.h5"))
+    assert "bad.onnx" in line and "transA" in line
+
+
+# ----------------------------------------------------------------------------- convert: the data
+
+def _bool_data():
+    return good_calib() > 0.5
+
+
+DATA_CASES = {
+    "wrong-shape": (lambda: np.zeros((8, 63), np.float32), "(63,)", "(64,)"),
+    "wrong-rank": (lambda: np.zeros((8, 8, 8), np.float32), "(8, 8)", "(64,)"),
+    "empty": (lambda: np.zeros((0, 64), np.float32), "no samples", "c.npy"),
+    "scalar": (lambda: np.float32(3), "no samples", "c.npy"),
+    "nan": (lambda: np.where(np.arange(64) == 7, np.nan, good_calib()).astype(np.float32), "sample 0", "NaN"),
+    "inf": (lambda: np.vstack([good_calib(), np.full((1, 64), np.inf, np.float32)]), "sample 16", "infinite"),
+    "bool": (_bool_data, "bool", "real-number"),
+    "complex": (lambda: good_calib().astype(np.complex64), "complex64", "real-number"),
+    "strings": (lambda: np.array([["a"] * 64] * 4), "<U1", "real-number"),
+    "records": (lambda: np.zeros(4, dtype=[("a", "f4", (64,))]), "dtype", "real-number"),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_calibration_data(tmp_path, case):
+    make, *expect = DATA_CASES[case]
+    out = tmp_path / "o.snn.h5"
+    line = one_line_error(run("convert", MLP / "model.onnx", "--calib", calib(tmp_path, make()), "-o", out))
+    assert "c.npy" in line and all(e in line for e in expect), line
+    assert not out.exists()
+
+
+def test_npy_of_python_objects_is_refused_not_unpickled(tmp_path):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "c.npy"
+    np.save(path, np.array([_Trap(str(marker))], dtype=object), allow_pickle=True)
+    line = one_line_error(run("convert", MLP / "model.onnx", "--calib", path, "-o", tmp_path / "o.snn.h5"))
+    assert "c.npy" in line and "pickle" in line
+    assert not marker.exists()
+
+
+class _Trap:
+    """Creates a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+def test_integer_inputs_are_converted_exactly(tmp_path):
+    """Integer data is accepted: converted to float64, it gives the same artifact as the same values as floats."""
+    ints = np.rint(good_calib() * 16).astype(np.uint8)
+    a, b = tmp_path / "a.snn.h5", tmp_path / "b.snn.h5"
+    assert run("convert", MLP / "model.onnx", "--calib", calib(tmp_path, ints, "i.npy"), "-o", a).exit_code == 0
+    floats = calib(tmp_path, ints.astype(np.float32), "f.npy")
+    assert run("convert", MLP / "model.onnx", "--calib", floats, "-o", b).exit_code == 0
+    assert h5io.content_hash(h5io.read(a)) == h5io.content_hash(h5io.read(b))
+    result = run("verify", a, "--onnx", MLP / "model.onnx", "--data", calib(tmp_path, ints, "t.npy"), "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def test_output_in_a_missing_directory_is_refused_before_any_work(tmp_path, mlp_snn):
+    for args in (["convert", MLP / "model.onnx", "--calib", MLP / "calib.npy", "-o", tmp_path / "no" / "o.snn.h5"],
+                 ["simulate", mlp_snn, "--data", MLP / "test.npy", "-o", tmp_path / "no" / "o.npz"]):
+        line = one_line_error(run(*args))
+        assert str(tmp_path / "no") in line and "does not exist" in line
+    assert not (tmp_path / "no").exists()
+
+
+def test_output_that_is_a_directory(tmp_path):
+    (tmp_path / "d.snn.h5").mkdir()
+    line = one_line_error(run("convert", MLP / "model.onnx", "--calib", MLP / "calib.npy", "-o", tmp_path / "d.snn.h5",
+                              "--force"))
+    assert "d.snn.h5" in line and "is a directory" in line and "convert --help" in line
+
+
+@pytest.mark.parametrize("args", [["convert"], ["convert", "m.onnx", "--calib", "c.npy", "--zeta", "x"], ["bogus"],
+                                  ["verify", "a.snn.h5", "--data", "t.npy"]])
+def test_usage_errors_are_one_line(args):
+    line = one_line_error(run(*args))
+    assert line.startswith("relu2snn: error: ") and "--help" in line
+
+
+def test_output_that_is_an_input_is_refused_even_with_force(tmp_path):
+    data = calib(tmp_path, good_calib())
+    before = data.read_bytes()
+    line = one_line_error(run("convert", MLP / "model.onnx", "--calib", data, "-o", data, "--force"))
+    assert "c.npy" in line and "input" in line
+    assert data.read_bytes() == before
+
+
+def test_simulate_existing_output_needs_force(tmp_path, mlp_snn):
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"keep")
+    args = ["simulate", mlp_snn, "--data", MLP / "test.npy", "-o", out, "--quiet"]
+    line = one_line_error(run(*args))
+    assert "o.npz" in line and "--force" in line and out.read_bytes() == b"keep"
+    assert run(*args, "--force").exit_code == 0
+    with np.load(out) as z:
+        assert z["logits"].shape == (597, 10)
+
+
+# ----------------------------------------------------------------------------- the .snn.h5 file
+
+SNN_CASES = {
+    "newer-version": (lambda f: f.attrs.__setitem__("format_version", h5io.FORMAT_VERSION + 1), "newer"),
+    "missing-dataset": (lambda f: f["nodes/001"].__delitem__("theta"), "'theta'"),
+    "missing-attribute": (lambda f: f["nodes/001"].attrs.__delitem__("window"), "'window'"),
+    "other-format": (lambda f: f.attrs.__setitem__("format", "something.else"), "format"),
+}
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify", "simulate"])
+@pytest.mark.parametrize("case", SNN_CASES)
+def test_bad_artifact(tmp_path, mlp_snn, case, command):
+    edit, expect = SNN_CASES[case]
+    bad = edited_snn(tmp_path, mlp_snn, edit)
+    args = {"inspect": ["inspect", bad],
+            "verify": ["verify", bad, "--onnx", MLP / "model.onnx", "--data", MLP / "test.npy"],
+            "simulate": ["simulate", bad, "--data", MLP / "test.npy", "-o", tmp_path / "o.npz"]}[command]
+    line = one_line_error(run(*args))
+    assert "bad.snn.h5" in line and expect in line, line
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_verify_against_another_model(tmp_path, mlp_snn):
+    line = one_line_error(run("verify", mlp_snn, "--onnx", ROOT / "sample_models" / "cnn" / "model.onnx",
+                              "--data", MLP / "test.npy"))
+    assert "mlp.snn.h5" in line and "(64,)" in line and "(1, 8, 8)" in line
+
+
+@pytest.mark.parametrize("labels, expect", [(np.full(597, 10), "0..9"), (np.full(597, -1), "0..9"),
+                                            (np.zeros(597, np.float32), "float32"), (np.zeros(5, int), "(5,)")])
+def test_bad_labels(tmp_path, mlp_snn, labels, expect):
+    path = calib(tmp_path, labels, "y.npy")
+    line = one_line_error(run("verify", mlp_snn, "--onnx", MLP / "model.onnx", "--data", MLP / "test.npy",
+                              "--labels", path))
+    assert "y.npy" in line and expect in line
+
+
+# ----------------------------------------------------------------------------- --debug and interrupts
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    args = ["convert", MLP / "model.onnx", "--calib", calib(tmp_path, np.zeros((0, 64), np.float32)),
+            "-o", tmp_path / "o.snn.h5"]
+    plain = subprocess.run([sys.executable, "-m", "relu2snn_cli", *map(str, args)], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and len(plain.stderr.splitlines()) == 1
+    debug = subprocess.run([sys.executable, "-m", "relu2snn_cli", "--debug", *map(str, args)],
+                           capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+
+
+def test_keyboard_interrupt_exits_130_with_one_line(tmp_path, monkeypatch):
+    from relu2snn_cli import convert
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(convert, "calibrate", interrupted)
+    out = tmp_path / "o.snn.h5"
+    line = one_line_error(run("convert", MLP / "model.onnx", "--calib", MLP / "calib.npy", "-o", out), code=130)
+    assert "interrupted" in line and "SIGINT" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_our_errors_all_exit_2_except_a_failed_verification():
+    from relu2snn_cli import errors
+    for cls in vars(errors).values():
+        if isinstance(cls, type) and issubclass(cls, Relu2SnnError):
+            assert cls.exit_code == (1 if cls is errors.VerificationFailed else 2), cls
+
+
+SLOW_CONVERT = """
+import sys, time
+from relu2snn_cli import h5io
+real_write = h5io.write
+def slow_write(path, net):
+    # hold the run inside the atomic write, after the temporary file exists
+    with h5io.atomic_output(path) as tmp:
+        open(tmp, "wb").write(b"partial")
+        print("writing", flush=True)
+        time.sleep(60)
+h5io.write = slow_write
+from relu2snn_cli.cli import main
+sys.argv = ["relu2snn"] + sys.argv[1:]
+main()
+"""
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_a_write_leaves_nothing(tmp_path, sig, code):
+    """A signal arriving while the output is half written: exit 128 + signal, and neither the output nor a temporary file remains."""
+    out = tmp_path / "out" / "m.snn.h5"
+    out.parent.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, "convert", str(MLP / "model.onnx"),
+                             "--calib", str(MLP / "calib.npy"), "-o", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert len(list(out.parent.iterdir())) == 1  # the temporary file
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert err.strip().splitlines() == [f"relu2snn: interrupted by {signal.Signals(sig).name}"]
+    assert list(out.parent.iterdir()) == []
+
+
+def test_sigterm_during_calibration_leaves_nothing(tmp_path):
+    """A real long calibration (many samples, batch size 1) terminated part-way."""
+    big = tmp_path / "big.npy"
+    np.save(big, np.tile(good_calib(), (400, 1)))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "relu2snn_cli", "convert", str(MLP / "model.onnx"), "--calib",
+                             str(big), "-o", str(out / "m.snn.h5"), "--batch-size", "1", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []
