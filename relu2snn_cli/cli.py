@@ -159,7 +159,8 @@ class Group(click.Group):
         except OSError as e:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"relu2snn: error: {e.filename or ''}: {e.strerror or e}", err=True)
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"relu2snn: error: {where}{e.strerror or e}", err=True)
             ctx.exit(2)
         except Exception as e:  # a bug: one line, not a traceback, unless asked for
             if ctx.params.get("debug"):

@@ -21,6 +21,7 @@ import pytest
 
 from relu2snn_cli import convert, h5io, snn
 from relu2snn_cli.errors import ArtifactError
+from relu2snn_cli.mapping import static_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -122,10 +123,11 @@ def test_round_trip_hand_built(tmp_path):
     """Non-default geometry, a per-position theta map, ceil_mode, an empty source and odd meta values."""
     rng = np.random.default_rng(1)
     enc = snn.Encoder("in", (2, 5, 5), -1.0, 2.0)
+    J, theta = rng.normal(size=(3, 2, 3, 3)), rng.normal(size=(3, 3, 3))
     layer = snn.SpikingLayer(
-        name="c1", input="in", in_shape=(2, 5, 5), J=rng.normal(size=(3, 2, 3, 3)), alpha=np.ones(3),
+        name="c1", input="in", in_shape=(2, 5, 5), J=J, alpha=np.ones(3),
         window=(1.0, 2.5), strides=(2, 1), pads=(1, 0, 1, 2), dilations=(1, 2),
-        theta=rng.normal(size=(3, 3, 3)), certified=rng.random((3, 3, 3)) > 0.5, scale=np.full(3, 0.5),
+        theta=theta, certified=static_certificate(J, theta, np.ones(3), 1.0), scale=np.full(3, 0.5),
         x_max=rng.random(3), x_n=1.0, source="")
     pool = snn.SpikePool("p", "c1", layer.shape, (2, 2), (2, 2), layer.window, (0, 0, 1, 1), (1, 1), True)
     flat = snn.Flatten("f", "p", pool.shape, pool.window)
@@ -371,3 +373,105 @@ def test_corrupt_geometry(cnn_copy, node, attr, value):
 def test_unchanged_copy_reads(converted, cnn_copy):
     """The corruption tests start from a copy that is itself valid."""
     assert h5io.content_hash(h5io.read(cnn_copy)) == h5io.content_hash(converted["cnn"][0])
+
+
+# ----------------------------------------------------------------------------- validation of what the fields say
+
+def dense_weights_times(f, factor):
+    """Node 007 (dense) with J scaled and its certificate recomputed, so only the incoming sums are wrong."""
+    J = f["nodes/007/J"][()] * factor
+    b_in = f["nodes/006"].attrs["window"][1]
+    replace_dataset(f, "nodes/007/J", J)
+    replace_dataset(f, "nodes/007/certified",
+                    static_certificate(J, f["nodes/007/theta"][()], f["nodes/007/alpha"][()], b_in))
+
+
+def replace_dataset(f, name, value):
+    del f[name]
+    f.create_dataset(name, data=value)
+
+
+def scaled(f, name, factor):
+    replace_dataset(f, name, f[name][()] * factor)
+
+
+VALIDATION = [
+    pytest.param(lambda f: replace_dataset(f, "nodes/001/J", f["nodes/001/J"][()].astype(np.float32)), "float32",
+                 id="J-float32"),
+    pytest.param(lambda f: replace_dataset(f, "nodes/001/certified", f["nodes/001/certified"][()].astype(np.float64)),
+                 "dtype", id="certified-float"),
+    pytest.param(lambda f: replace_dataset(f, "nodes/001/theta", np.array(["a"] * 8, dtype=h5py.string_dtype())),
+                 "dtype", id="theta-strings"),
+    pytest.param(lambda f: replace_dataset(f, "nodes/001/certified", ~f["nodes/001/certified"][()]), "certificate",
+                 id="certificate-flipped"),
+    pytest.param(lambda f: scaled(f, "nodes/001/theta", 0.5), "certificate", id="theta-halved"),
+    pytest.param(lambda f: f["nodes/001"].attrs.__setitem__("x_n", f["nodes/001"].attrs["x_n"] * 2), "x_n",
+                 id="x_n-doubled"),
+    pytest.param(lambda f: scaled(f, "nodes/001/x_max", 10.0), "x_n", id="x_max-times-10"),
+    pytest.param(lambda f: scaled(f, "nodes/001/x_max", -1.0), "negative", id="x_max-negative"),
+    pytest.param(lambda f: scaled(f, "nodes/001/scale", 3.0), "scales", id="scale-above-1"),
+    pytest.param(lambda f: dense_weights_times(f, 50.0), "s_min, s_max", id="J-times-50"),
+    pytest.param(lambda f: f.attrs.__setitem__("latency", 1.0), "latency", id="meta-latency"),
+    pytest.param(lambda f: f.attrs.__setitem__("input_range", np.array([0.0, 1.0])), "input_range", id="meta-range"),
+    pytest.param(lambda f: f.attrs.__setitem__("input_shape", np.array([1, 8])), "input_shape", id="meta-shape"),
+    pytest.param(lambda f: f.attrs.__setitem__("zeta", -1.0), "zeta", id="meta-zeta"),
+    pytest.param(lambda f: f.attrs.__setitem__("s_max", 1.5), "s_max", id="meta-s_max"),
+    pytest.param(lambda f: f.attrs.__setitem__("note", f.ref), "note", id="meta-reference"),
+    pytest.param(lambda f: f["nodes/000"].attrs.__setitem__("window", np.array([0.0, 2.0])), "does not follow",
+                 id="encoder-window"),
+    pytest.param(lambda f: f["nodes/003"].attrs.__setitem__("pads", np.array([2, 0, 0, 0])), "input shape",
+                 id="pool-pads"),
+    pytest.param(lambda f: f["nodes/001"].attrs.__setitem__("pads", np.array([1, 1, 40, 1])), "fits neither",
+                 id="conv-pads"),
+    pytest.param(lambda f: f["nodes"].move("008", "010"), "expected 000", id="node-keys-gap"),
+    pytest.param(lambda f: (f["nodes/001"].__delitem__("J"), f["nodes/001"].create_group("J")), "not a dataset",
+                 id="dataset-is-a-group"),
+    pytest.param(lambda f: (replace_dataset(f, "nodes/001/alpha", np.ones(8)),
+                            f["nodes/001"].__delitem__("alpha"),
+                            f["nodes/001"].create_dataset("alpha", data=np.ones(8), chunks=(4,), compression="gzip")),
+                 "compressed", id="compressed"),
+    pytest.param(lambda f: f["nodes/001"].attrs.__setitem__("in_shape", np.array([1, 8, 0])), "empty",
+                 id="zero-in-shape"),
+]
+
+
+@pytest.mark.parametrize("change, expect", VALIDATION)
+def test_validation_refuses(cnn_copy, change, expect):
+    edit(cnn_copy, change)
+    msg = read_error(cnn_copy)
+    assert expect in msg, msg
+
+
+def test_writer_refuses_an_inconsistent_network(converted, tmp_path):
+    """The writer runs the same checks: an inconsistent network is never written."""
+    net, _ = converted["cnn"]
+    nodes = list(net.nodes)
+    nodes[1] = dataclasses.replace(nodes[1], certified=~nodes[1].certified)
+    with pytest.raises(snn.GraphError) as excinfo:
+        h5io.write(tmp_path / "m.snn.h5", snn.Network(tuple(nodes), net.meta))
+    assert "certificate" in str(excinfo.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_oversized_dataset_shape_is_refused_before_reading(cnn_copy, monkeypatch):
+    """A dataset whose header claims more bytes than the file holds is refused without being read."""
+    real = h5py.Dataset.shape
+
+    def huge(self):
+        return (10**9,) + real.fget(self)[1:] if self.name.endswith("/J") else real.fget(self)
+
+    monkeypatch.setattr(h5py.Dataset, "shape", property(huge))
+    assert "larger than the file" in read_error(cnn_copy)
+
+
+def test_pads_as_large_as_the_kernel_are_refused():
+    """ONNX allows them, the importer would map them; the validator refuses them so that a damaged pads attribute
+    cannot blow up a simulation (the other nodes' shapes catch most such damage first)."""
+    from relu2snn_cli import validate
+    enc = snn.Encoder("in", (1, 4, 4), 0.0, 1.0)
+    pool = snn.SpikePool("p", "in", (1, 4, 4), (2, 2), (1, 1), enc.window, (0, 0, 2, 0))
+    flat = snn.Flatten("f", "p", pool.shape, pool.window)
+    readout = snn.Readout(name="r", input="f", in_shape=flat.shape, J=np.ones((2, flat.shape[0])),
+                          alpha=np.zeros(2), window=flat.window)
+    with pytest.raises(snn.GraphError, match="pads"):
+        validate.check(snn.Network((enc, pool, flat, readout)))
