@@ -211,6 +211,17 @@ def test_failed_write_leaves_nothing(converted, tmp_path, monkeypatch, error):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_output_gets_the_usual_mode_of_a_new_file(converted, tmp_path):
+    """The temporary file is private while written; the output has the mode a new file gets under the umask."""
+    net, _ = converted["mlp"]
+    old = os.umask(0o027)
+    try:
+        h5io.write(tmp_path / "m.snn.h5", net)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.snn.h5").stat().st_mode & 0o777 == 0o640
+
+
 def test_failed_write_from_a_bad_field_leaves_nothing(converted, tmp_path):
     """A field value HDF5 cannot store (the last layer's source) fails the write after most of it is done."""
     net, _ = converted["mlp"]
