@@ -1,5 +1,6 @@
-"""Sample data from disk, read lazily: ``.npy`` (memory-mapped), ``.npz`` (``file.npz`` or
-``file.npz:name``) and HDF5 datasets (``file.h5:/dataset``). Nothing is unpickled.
+"""Sample data from disk: ``.npy`` and HDF5 datasets (``file.h5:/dataset``) are read batch by
+batch, so memory does not grow with the number of samples; an ``.npz`` member (``file.npz`` or
+``file.npz:name``) is read whole. Nothing is unpickled.
 
 Inputs may be floating point or integers (e.g. uint8 images): integers are converted to
 float64 batch by batch, exactly for magnitudes up to 2**53. Booleans, complex numbers,
@@ -38,7 +39,7 @@ def load_array(spec: str):
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            return _npy(path)
         if suffix == ".npz":
             return _npz_member(path, name)
         if suffix in (".h5", ".hdf5"):
@@ -52,6 +53,47 @@ def load_array(spec: str):
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: cannot read, truncated or not a {suffix} file ({e})") from None
     raise DataError(f"{path}: unknown data format {suffix!r}; use .npy, .npz or .h5:/dataset")
+
+
+class NpyRows:
+    """A C-ordered ``.npy`` file as an array-like whose slices are read from the file when asked for.
+
+    A memory map would do the same, but every page it has read stays in the resident set
+    until the kernel needs it back: a pass over a large file would seem to take its size.
+    """
+
+    def __init__(self, path: Path, mapped: np.memmap):
+        self.path, self.shape, self.dtype, self.offset = path, mapped.shape, mapped.dtype, mapped.offset
+        self.ndim = len(self.shape)
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not (isinstance(key, slice) and key.step in (None, 1)):
+            return self[:][key]
+        start, stop, _ = key.indices(len(self))
+        n = max(0, stop - start)
+        offset = self.offset + start * self.row * self.dtype.itemsize
+        flat = np.fromfile(self.path, dtype=self.dtype, count=n * self.row, offset=offset)
+        if flat.size != n * self.row:
+            raise DataError(f"{self.path}: truncated while being read")
+        return flat.reshape((n,) + self.shape[1:])
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+
+def _npy(path: Path):
+    """The header is parsed (and pickles refused) by np.load; C-ordered data is then read by NpyRows."""
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    if mapped.ndim == 0 or not mapped.flags.c_contiguous or mapped.dtype.itemsize == 0:
+        return mapped
+    rows = NpyRows(path, mapped)
+    del mapped
+    return rows
 
 
 def _npz_member(path: Path, name: str | None) -> np.ndarray:

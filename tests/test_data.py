@@ -31,13 +31,32 @@ def x():
 
 # ----------------------------------------------------------------------------- load_array
 
-def test_npy_is_memory_mapped(tmp_path, x):
+def test_npy_is_read_by_slices(tmp_path, x):
     path = tmp_path / "x.npy"
     np.save(path, x)
     arr = data.load_array(str(path))
-    assert isinstance(arr, np.memmap)
+    assert isinstance(arr, data.NpyRows) and len(arr) == 5
     assert arr.dtype == np.float32 and arr.shape == x.shape
-    assert np.array_equal(np.asarray(arr[1:3]), x[1:3])
+    assert np.array_equal(arr[1:3], x[1:3]) and np.array_equal(arr[3:99], x[3:]) and arr[7:9].shape == (0, 3, 4)
+    assert np.array_equal(np.asarray(arr), x) and np.array_equal(arr[[0, 4]], x[[0, 4]])
+    np.save(path, x.astype(">f8"))
+    assert np.array_equal(data.load_array(str(path))[2:4], x[2:4])
+
+
+def test_fortran_ordered_and_scalar_npy_are_memory_mapped(tmp_path, x):
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))
+    arr = data.load_array(str(tmp_path / "f.npy"))
+    assert isinstance(arr, np.memmap) and np.array_equal(arr[1:3], x[1:3])
+    np.save(tmp_path / "s.npy", np.float32(2))
+    assert data.load_array(str(tmp_path / "s.npy")).shape == ()
+
+
+def test_npy_truncated_after_opening(tmp_path, x):
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    arr = data.load_array(str(path))
+    path.write_bytes(path.read_bytes()[:-20])
+    data_error(lambda: arr[0:5], name=path)
 
 
 def test_npz_single_array(tmp_path, x):
