@@ -1,11 +1,13 @@
 # make demo: convert the sample CNN and verify it.  make test: the whole test suite.
-# Both create .venv and install the project into it first.
+# make fuzz: the long fuzzing campaign (FUZZ_EXAMPLES cases per fuzz test, default 2000).
+# make large-data: peak memory of convert and verify on 5,000 and 50,000 memory-mapped samples.
+# All create .venv and install the project into it first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test fuzz large-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +24,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider --hypothesis-show-statistics \
+		tests/test_fuzz.py
+
+large-data: $(STAMP)
+	$(BIN)/python benchmarks/large_data.py --model mlp
+	$(BIN)/python benchmarks/large_data.py --model cnn
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis sample_models/*/model.snn.h5

@@ -1,7 +1,8 @@
 """The ``relu2snn`` command line: parse, call the library, print text or ``--json``.
 
 Exit status: 0 success, 1 verification failed, 2 bad usage or bad input, 3 internal error,
-130 interrupted by SIGINT (Ctrl-C), 143 terminated by SIGTERM. An interrupted run leaves no
+130 interrupted by SIGINT (Ctrl-C), 143 terminated by SIGTERM, 141 (silently) when the reader of
+stdout has gone away. An interrupted run leaves no
 output behind: outputs are written to a temporary file that is deleted on any exception,
 and SIGTERM is turned into one (``Interrupted``) so that this cleanup runs.
 """
@@ -156,6 +157,10 @@ class Group(click.Group):
                 raise
             click.echo(f"relu2snn: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except BrokenPipeError:  # the reader of our output went away (``relu2snn inspect x | head``)
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except OSError as e:
             if ctx.params.get("debug"):
                 raise
@@ -165,7 +170,8 @@ class Group(click.Group):
         except Exception as e:  # a bug: one line, not a traceback, unless asked for
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"relu2snn: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            text = " ".join(str(e).split())
+            click.echo(f"relu2snn: internal error: {type(e).__name__}: {text} (rerun with --debug for the traceback)",
                        err=True)
             ctx.exit(3)
 

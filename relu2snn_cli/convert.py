@@ -10,7 +10,7 @@ import numpy as np
 from . import __version__, h5io, mapping, snn
 from .calibrate import calibrate, input_stats
 from .data import load_array
-from .errors import naming
+from .errors import naming, onnxruntime_errors
 from .onnx_import import import_model
 
 NEURON_MODEL = "TTFS single-spike non-leaky integrate-and-fire with ramp PSPs (Stanojevic et al. 2023)"
@@ -31,7 +31,8 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     stats = input_stats(data, graph.input.shape, calib_spec)
     low, high = input_range if input_range is not None else mapping.encoding_range(stats.low, stats.high, options.zeta)
     scaled = mapping.scale_graph(graph, (low, high), options)
-    cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress)
+    with onnxruntime_errors(model_path, batch_size):
+        cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress)
     seconds["calibration"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -11,7 +11,7 @@ import numpy as np
 from . import h5io, ir, ops, snn
 from .calibrate import input_dtype, session
 from .data import batches, check_inputs, load_array, load_labels
-from .errors import ArtifactError, naming
+from .errors import ArtifactError, naming, onnxruntime_errors
 from .onnx_import import import_model
 from .simulator import Counts, Simulator
 
@@ -46,7 +46,8 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     err_onnx = err_ref = max_logit = 0.0
     counts = Counts()
     for start, x in batches(data, batch_size, data_spec):
-        onnx_logits = sess.run(None, {graph.input_name: x.astype(dtype)})[0].astype(np.float64)
+        with onnxruntime_errors(onnx_path, batch_size):
+            onnx_logits = sess.run(None, {graph.input_name: x.astype(dtype)})[0].astype(np.float64)
         ref = ir.forward(graph, x, keep=True)
         result = sim.run(x, keep_times=True)
         counts.add(result.counts)

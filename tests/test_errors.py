@@ -138,6 +138,34 @@ def test_converter_error_names_the_model_file(tmp_path):
     assert "bad.onnx" in line and "transA" in line
 
 
+def test_fixed_batch_dimension(tmp_path, mlp_snn):
+    """A model exported with batch size 1: onnxruntime refuses other batches; the message says what to do."""
+    def batch_one(model):
+        dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 1
+    model = edited_model(tmp_path, batch_one)
+    data = calib(tmp_path, good_calib())
+    out = tmp_path / "o.snn.h5"
+    line = one_line_error(run("convert", model, "--calib", data, "-o", out))
+    assert "bad.onnx" in line and "Expected: 1" in line and "--batch-size" in line and not out.exists()
+    assert run("convert", model, "--calib", data, "-o", out, "--batch-size", "1").exit_code == 0
+    line = one_line_error(run("verify", out, "--onnx", model, "--data", data))
+    assert "bad.onnx" in line and "--batch-size" in line
+    assert run("verify", out, "--onnx", model, "--data", data, "--batch-size", "1").exit_code == 0
+
+
+def test_broken_pipe_is_silent(mlp_snn, monkeypatch):
+    """``relu2snn inspect x | head -1``: the closed pipe ends the run with 141 and no message."""
+    from relu2snn_cli import cli as cli_module
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(cli_module.click, "echo", closed)
+    result = run("inspect", mlp_snn)
+    assert result.exit_code == 141 and result.stderr == ""
+
+
 # ----------------------------------------------------------------------------- convert: the data
 
 def _bool_data():
