@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 import time
 from pathlib import Path
 
@@ -136,7 +137,9 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            with _signals_raise():
+            with _signals_raise(), warnings.catch_warnings():
+                if not ctx.params.get("debug"):  # numpy's overflow notes: the error that follows says what is wrong
+                    warnings.simplefilter("ignore", RuntimeWarning)
                 return super().invoke(ctx)
         except click.exceptions.UsageError as e:
             if ctx.params.get("debug"):

@@ -118,6 +118,29 @@ def test_bad_model(tmp_path, case):
     assert not out.exists()
 
 
+def _initializer_dims(model):
+    del model.graph.initializer[0].dims[:]  # a weight whose dims no longer match its data
+
+
+def _batchnorm_scale(model):
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.input[1] = next(n for n in model.graph.node if n.op_type == "Conv").input[1]  # a 4-D tensor as the scale
+
+
+@pytest.mark.parametrize("name, edit, expect", [("mlp", _initializer_dims, "not a valid ONNX model"),
+                                                ("cnn", _batchnorm_scale, "vectors of one length")],
+                         ids=["initializer-dims", "batchnorm-scale-shape"])
+def test_found_by_fuzzing(tmp_path, name, edit, expect):
+    """Models that passed onnx.checker and once ended in an internal error (exit 3)."""
+    model = onnx.load(str(ROOT / "sample_models" / name / "model.onnx"))
+    edit(model)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    data = calib(tmp_path, np.load(ROOT / "sample_models" / name / "calib.npy")[:8])
+    line = one_line_error(run("convert", path, "--calib", data, "-o", tmp_path / "o.snn.h5"))
+    assert "bad.onnx" in line and expect in line, line
+
+
 def test_unsupported_op_names_type_node_and_doc(tmp_path):
     def to_sigmoid(model):
         relu = next(n for n in model.graph.node if n.op_type == "Relu")
@@ -164,6 +187,15 @@ def test_broken_pipe_is_silent(mlp_snn, monkeypatch):
     monkeypatch.setattr(cli_module.click, "echo", closed)
     result = run("inspect", mlp_snn)
     assert result.exit_code == 141 and result.stderr == ""
+
+
+def test_overflowing_input_range_is_one_line_without_numpy_warnings(tmp_path):
+    args = ["convert", MLP / "model.onnx", "--calib", MLP / "calib.npy", "-o", tmp_path / "o.snn.h5",
+            "--input-range", "1e308", "1.7e308"]
+    proc = subprocess.run([sys.executable, "-m", "relu2snn_cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "NaN or infinite" in proc.stderr and not (tmp_path / "o.snn.h5").exists()
 
 
 # ----------------------------------------------------------------------------- convert: the data
