@@ -131,7 +131,8 @@ def read(path) -> snn.Network:
         return net
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e}") from None
-    except (GraphError, KeyError, ValueError, TypeError, OSError) as e:
+    except (GraphError, KeyError, IndexError, ValueError, TypeError, OSError) as e:
+        # the node constructors meet damaged fields (a pool's in_shape of the wrong length, ...)
         raise ArtifactError(f"{path}: corrupt or inconsistent artifact ({_one_line(e)})") from None
 
 

@@ -443,6 +443,8 @@ VALIDATION = [
                  "compressed", id="compressed"),
     pytest.param(lambda f: f["nodes/001"].attrs.__setitem__("in_shape", np.array([1, 8, 0])), "empty",
                  id="zero-in-shape"),
+    pytest.param(lambda f: f["nodes/003"].attrs.__setitem__("in_shape", np.array([3])), "corrupt",
+                 id="pool-in-shape-1d"),  # found by fuzzing: an IndexError in SpikePool's own error message
 ]
 
 
