@@ -9,6 +9,7 @@ strings and records are refused. Labels must be integers.
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -50,8 +51,9 @@ def load_array(spec: str):
             raise DataError(f"{path}: not a numeric array (Python objects or not a NumPy file); relu2snn never "
                             "loads pickles — save a numeric array with np.save") from None
         raise DataError(f"{path}: cannot read ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read, truncated or not a {suffix} file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses the .npy header with tokenize and ast: a damaged one raises their errors
+        raise DataError(f"{path}: cannot read, truncated or not a {suffix} file ({' '.join(str(e).split())})") from None
     raise DataError(f"{path}: unknown data format {suffix!r}; use .npy, .npz or .h5:/dataset")
 
 

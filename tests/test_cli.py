@@ -213,3 +213,18 @@ def test_progress_bar_only_after_a_second_and_not_when_quiet(capsys):
     quiet.start -= 2.0
     quiet(5, 10)
     assert quiet.bar is None
+
+
+def test_convert_twice_gives_the_same_bytes_and_inspect_hash(tmp_path):
+    """Reproducibility through the command line: same model, same data → byte-identical files, one content hash."""
+    from relu2snn_cli import h5io
+    hashes = []
+    for name in ("a.snn.h5", "b.snn.h5"):
+        assert run("convert", SAMPLES / "cnn" / "model.onnx", "--calib", SAMPLES / "cnn" / "calib.npy",
+                   "-o", tmp_path / name, "--quiet").exit_code == 0
+        line = next(line for line in run("inspect", tmp_path / name).stdout.splitlines()
+                    if line.startswith("content_sha256"))
+        hashes.append(line.split()[1])
+        assert hashes[-1] == h5io.content_hash(h5io.read(tmp_path / name))
+    assert (tmp_path / "a.snn.h5").read_bytes() == (tmp_path / "b.snn.h5").read_bytes()
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 64

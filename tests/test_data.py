@@ -253,3 +253,12 @@ def test_load_labels_two_dimensional(tmp_path):
     path = tmp_path / "labels.npy"
     np.save(path, np.arange(3).reshape(3, 1))
     data_error(data.load_labels, str(path), 3, name=path)
+
+
+def test_npy_with_a_damaged_header(tmp_path, x):
+    """Found by fuzzing: numpy's header parser raises tokenize/syntax errors for some damaged headers."""
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:63] + raw[67:])
+    data_error(data.load_array, str(path), name=path)

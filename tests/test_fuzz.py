@@ -393,3 +393,24 @@ def test_snn_attribute_and_dataset_edits(artifacts, name, data):
             for _ in range(data.draw(st.integers(1, 3))):
                 note(f"edit: {data.draw(h5_edit(f))}")
         use_artifact_cleanly(d, path.read_bytes(), name)
+
+
+# ----------------------------------------------------------------------------- (b) damaged data files
+
+@FUZZ
+@given(data=st.data())
+def test_npy_byte_mutations(data):
+    """convert with a damaged calibration .npy (edits mostly in the header): a run or one clean line."""
+    import io
+    buf = io.BytesIO()
+    np.save(buf, CALIB["mlp"])
+    raw = buf.getvalue()
+    header = st.lists(st.tuples(st.integers(0, 127), st.binary(min_size=0, max_size=4), st.integers(0, 4)),
+                      min_size=1, max_size=4)
+    mutated = data.draw(st.one_of(header.map(lambda e: apply_edits(raw, e)),
+                                  byte_edits(len(raw)).map(lambda e: apply_edits(raw, e)),
+                                  st.integers(0, len(raw) - 1).map(lambda n: raw[:n])))
+    with workdir() as d:
+        (d / "c.npy").write_bytes(mutated)
+        check_clean(run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", d / "c.npy", "-o",
+                        d / "out" / "m.snn.h5", "--quiet"), d / "out", "m.snn.h5")
