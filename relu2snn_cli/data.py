@@ -136,7 +136,10 @@ def batches(data, batch_size: int, spec: str):
     Integer batches are converted to float64 (exact up to 2**53).
     """
     for start in range(0, len(data), batch_size):
-        batch = np.asarray(data[start:start + batch_size])
+        try:
+            batch = np.asarray(data[start:start + batch_size])
+        except OSError as e:  # a damaged or vanished file: h5py and np.fromfile report it so
+            raise DataError(f"{spec}: cannot read samples from {start} on ({' '.join(str(e).split())})") from None
         if batch.dtype.kind in "iu":
             batch = batch.astype(np.float64)
         check_finite(batch, start, spec)

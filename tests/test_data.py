@@ -262,3 +262,18 @@ def test_npy_with_a_damaged_header(tmp_path, x):
     raw = path.read_bytes()
     path.write_bytes(raw[:63] + raw[67:])
     data_error(data.load_array, str(path), name=path)
+
+
+def test_h5_dataset_damaged_after_opening(tmp_path, x):
+    """A read error in the middle of a pass names the data and the first sample of the batch."""
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.repeat(x, 200, axis=0), chunks=(10, 3, 4), compression="gzip")
+    arr = data.load_array(f"{path}:/x")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as excinfo:
+        for _ in data.batches(arr, 100, f"{path}:/x"):
+            pass
+    assert "x.h5:/x" in str(excinfo.value) and "cannot read samples" in str(excinfo.value)
