@@ -108,7 +108,7 @@ def _check_output(path: Path, force: bool, *inputs) -> None:
 
 
 class Interrupted(KeyboardInterrupt):
-    """A termination signal (SIGTERM) turned into an exception, so that partial outputs are removed."""
+    """SIGINT or SIGTERM turned into an exception, so that partial outputs are removed on the way out."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -116,20 +116,23 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_interrupted(signum, frame):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not interrupt the cleanup
+        signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
 @contextlib.contextmanager
 def _signals_raise():
-    """While a command runs, SIGTERM raises Interrupted (SIGINT already raises KeyboardInterrupt)."""
+    """While a command runs, the first SIGINT or SIGTERM raises Interrupted; later ones are ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Group(click.Group):
@@ -158,7 +161,7 @@ class Group(click.Group):
         except Relu2SnnError as e:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"relu2snn: error: {e}", err=True)
+            click.echo(f"relu2snn: error: {' '.join(str(e).split())}", err=True)
             ctx.exit(e.exit_code)
         except BrokenPipeError:  # the reader of our output went away (``relu2snn inspect x | head``)
             with contextlib.suppress(OSError, ValueError):

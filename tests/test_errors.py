@@ -386,8 +386,9 @@ main()
 """
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_during_a_write_leaves_nothing(tmp_path, sig, code):
+@pytest.mark.parametrize("sig, code, times", [(signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 1),
+                                              (signal.SIGTERM, 143, 3)])
+def test_signal_during_a_write_leaves_nothing(tmp_path, sig, code, times):
     """A signal arriving while the output is half written: exit 128 + signal, and neither the output nor a temporary file remains."""
     out = tmp_path / "out" / "m.snn.h5"
     out.parent.mkdir()
@@ -398,7 +399,8 @@ def test_signal_during_a_write_leaves_nothing(tmp_path, sig, code):
     try:
         assert proc.stdout.readline().strip() == "writing"
         assert len(list(out.parent.iterdir())) == 1  # the temporary file
-        proc.send_signal(sig)
+        for _ in range(times):  # repeated signals do not interrupt the cleanup
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
