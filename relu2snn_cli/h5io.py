@@ -171,6 +171,9 @@ def _read(f: h5py.File, file_size: int) -> snn.Network:
     if version < 1:
         raise ArtifactError(f"invalid format version {version}")
     meta = {k: _plain(v) for k, v in attrs.items() if k not in ("format", "format_version")}
+    names = [k for k in meta if not isinstance(k, str)]
+    if names:
+        raise ArtifactError(f"root attribute name {names[0]!r} is not text")
     nodes = _raw("group /nodes", lambda: f["nodes"] if "nodes" in f else None)
     if not isinstance(nodes, h5py.Group):
         raise ArtifactError("missing group /nodes")

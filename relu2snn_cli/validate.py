@@ -147,6 +147,8 @@ def _plain(value) -> bool:
 def _check_meta(net: snn.Network) -> None:
     meta = net.meta
     for key, value in meta.items():
+        if not isinstance(key, str):
+            raise GraphError(f"attribute name {key!r} is not text")
         if not _plain(value):
             raise GraphError(f"attribute {key!r} holds {type(value).__name__}, not text or numbers")
         if isinstance(value, (float, np.floating)) and not math.isfinite(value):

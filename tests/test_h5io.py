@@ -488,3 +488,13 @@ def test_pads_as_large_as_the_kernel_are_refused():
                           alpha=np.zeros(2), window=flat.window)
     with pytest.raises(snn.GraphError, match="pads"):
         validate.check(snn.Network((enc, pool, flat, readout)))
+
+
+def test_attribute_name_that_is_not_text(converted, tmp_path):
+    """Found by fuzzing: a damaged root attribute name reads back as bytes and broke inspect --json."""
+    _, path = converted["mlp"]
+    raw = path.read_bytes()
+    at = raw.index(b"calibration_samples")
+    bad = tmp_path / "bad.snn.h5"
+    bad.write_bytes(raw[:at] + b"\x01" * 7 + b"\x80" + raw[at + 8:])
+    assert "not text" in read_error(bad)
