@@ -10,9 +10,9 @@ import numpy as np
 
 from . import h5io, ir, ops, snn
 from .calibrate import input_dtype, session
+from .convert import import_model
 from .data import batches, check_inputs, load_array, load_labels
-from .errors import ArtifactError, naming, onnxruntime_errors
-from .onnx_import import import_model
+from .errors import ArtifactError, onnxruntime_errors
 from .simulator import Counts, Simulator
 
 
@@ -26,8 +26,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
            batch_size: int = 256, progress=None) -> dict:
     """Run all three on the data; the report's ``passed`` is agreement ≥ min_agreement."""
     net = h5io.read(snn_path)
-    with naming(onnx_path):
-        imported = import_model(onnx_path)
+    imported = import_model(onnx_path, batch_size)
     graph = imported.graph
     for what, ours, theirs in (("inputs", net.nodes[0].shape, graph.input.shape),
                                ("outputs", net.nodes[-1].shape, graph.nodes[-1].shape)):

@@ -141,6 +141,22 @@ def test_found_by_fuzzing(tmp_path, name, edit, expect):
     assert "bad.onnx" in line and expect in line, line
 
 
+@pytest.mark.parametrize("pads, expect", [(3000, "handles up to"), (400, "--batch-size 51 or less")])
+def test_huge_tensor_is_refused_before_anything_is_allocated(tmp_path, pads, expect):
+    """Found by fuzzing: a Conv padding of thousands made the import allocate tens of GB. Shape inference now
+    bounds every tensor of a batch (2 GiB) before the import."""
+    model = onnx.load(str(ROOT / "sample_models" / "cnn" / "model.onnx"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    next(a for a in conv.attribute if a.name == "pads").ints[:] = [pads] * 4
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    data = calib(tmp_path, np.load(ROOT / "sample_models" / "cnn" / "calib.npy")[:8])
+    start = time.monotonic()
+    line = one_line_error(run("convert", path, "--calib", data, "-o", tmp_path / "o.snn.h5"))
+    assert "bad.onnx" in line and "too large" in line and expect in line, line
+    assert time.monotonic() - start < 20
+
+
 def test_unsupported_op_names_type_node_and_doc(tmp_path):
     def to_sigmoid(model):
         relu = next(n for n in model.graph.node if n.op_type == "Relu")
