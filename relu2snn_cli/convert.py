@@ -86,7 +86,8 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     seconds["mapping"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    h5io.write(out_path, net)
+    with naming(model_path):  # what validation finds wrong in the network comes from the model
+        h5io.write(out_path, net)
     seconds["write"] = time.perf_counter() - clock
     return {
         "output": str(out_path),

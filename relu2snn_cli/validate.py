@@ -5,7 +5,7 @@
 the dataclass fields of the nodes, so a new node kind is covered without changes here:
 
 - every array field is float64 or bool, every float finite; every number in a tuple field
-  finite, every ``*shape`` field and node shape positive integers;
+  finite, every ``*shape`` field and node shape positive integers; no text holds NUL;
 - every field named ``window`` is (T, B) finite with B > 0, and a node's window does not
   start before the windows of its inputs (the fields ``input`` or ``inputs``);
 - sliding-window padding (``pads``) is smaller than the window's extent;
@@ -52,7 +52,7 @@ def _inputs(node) -> tuple[str, ...]:
 
 
 def _check_fields(node) -> None:
-    owner = f"{getattr(node, 'name', '?')} ({type(node).__name__})"
+    owner = f"{getattr(node, 'name', '?')!r} ({type(node).__name__})"
     for fld in dataclasses.fields(node):
         value = getattr(node, fld.name)
         where = f"{owner}: {fld.name}"
@@ -75,6 +75,8 @@ def _check_fields(node) -> None:
         elif isinstance(value, str):
             if fld.name == "name" and not value:
                 raise GraphError(f"{owner}: empty name")
+            if "\x00" in value:
+                raise GraphError(f"{where} {value!r} holds a NUL character, which HDF5 cannot store")
     shape = tuple(node.shape)
     if not shape or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in shape):
         raise GraphError(f"{owner}: shape {shape} must be positive integers")
@@ -151,6 +153,8 @@ def _check_meta(net: snn.Network) -> None:
             raise GraphError(f"attribute name {key!r} is not text")
         if not _plain(value):
             raise GraphError(f"attribute {key!r} holds {type(value).__name__}, not text or numbers")
+        if any("\x00" in v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)):
+            raise GraphError(f"attribute {key!r} = {value!r} holds a NUL character, which HDF5 cannot store")
         if isinstance(value, (float, np.floating)) and not math.isfinite(value):
             raise GraphError(f"attribute {key!r} = {value} is not finite")
     enc = net.nodes[0]

@@ -127,9 +127,14 @@ def _batchnorm_scale(model):
     bn.input[1] = next(n for n in model.graph.node if n.op_type == "Conv").input[1]  # a 4-D tensor as the scale
 
 
+def _nul_in_name(model):
+    model.graph.node[0].name = "conv\x00one"
+
+
 @pytest.mark.parametrize("name, edit, expect", [("mlp", _initializer_dims, "not a valid ONNX model"),
-                                                ("cnn", _batchnorm_scale, "vectors of one length")],
-                         ids=["initializer-dims", "batchnorm-scale-shape"])
+                                                ("cnn", _batchnorm_scale, "vectors of one length"),
+                                                ("cnn", _nul_in_name, "NUL")],
+                         ids=["initializer-dims", "batchnorm-scale-shape", "nul-in-node-name"])
 def test_found_by_fuzzing(tmp_path, name, edit, expect):
     """Models that passed onnx.checker and once ended in an internal error (exit 3)."""
     model = onnx.load(str(ROOT / "sample_models" / name / "model.onnx"))
