@@ -5,7 +5,7 @@
 the dataclass fields of the nodes, so a new node kind is covered without changes here:
 
 - every array field is float64 or bool, every float finite; every number in a tuple field
-  finite, every ``*shape`` field and node shape positive integers; no text holds NUL;
+  finite, every ``*shape`` field and node shape positive integers; text is valid UTF-8 without NUL;
 - every field named ``window`` is (T, B) finite with B > 0, and a node's window does not
   start before the windows of its inputs (the fields ``input`` or ``inputs``);
 - sliding-window padding (``pads``) is smaller than the window's extent;
@@ -72,6 +72,8 @@ def _check_fields(node) -> None:
                 raise GraphError(f"{where} = {value} is not finite")
             if fld.name.endswith("shape") and not all(isinstance(v, (int, np.integer)) and v >= 1 for v in value):
                 raise GraphError(f"{where} = {value} must be positive integers")
+        elif isinstance(value, bytes):
+            raise GraphError(f"{where} = {value!r} is not text (invalid UTF-8)")
         elif isinstance(value, str):
             if fld.name == "name" and not value:
                 raise GraphError(f"{owner}: empty name")

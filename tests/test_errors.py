@@ -131,6 +131,20 @@ def _nul_in_name(model):
     model.graph.node[0].name = "conv\x00one"
 
 
+def _bytes_name(raw: bytes) -> bytes:
+    """The MLP's first node name made invalid UTF-8 (protobuf then gives Python bytes)."""
+    at = raw.index(b"/body/body.0/Gemm\"")
+    return raw[:at] + b"\x00\x00\x80" + raw[at + 3:]
+
+
+def test_invalid_utf8_node_name(tmp_path):
+    """Found by fuzzing: a name that is not UTF-8 reached h5py as bytes."""
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(_bytes_name((MLP / "model.onnx").read_bytes()))
+    line = one_line_error(run("convert", path, "--calib", calib(tmp_path, good_calib()), "-o", tmp_path / "o.snn.h5"))
+    assert "bad.onnx" in line and "not text" in line, line
+
+
 @pytest.mark.parametrize("name, edit, expect", [("mlp", _initializer_dims, "not a valid ONNX model"),
                                                 ("cnn", _batchnorm_scale, "vectors of one length"),
                                                 ("cnn", _nul_in_name, "NUL")],
