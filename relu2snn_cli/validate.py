@@ -44,6 +44,16 @@ def check(net: snn.Network) -> None:
     _check_meta(net)
 
 
+def _check_text(where: str, value: str) -> None:
+    """Text HDF5 can store and a terminal can print: UTF-8 (h5py reads invalid bytes as surrogates), no NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GraphError(f"{where} = {value!r} is not valid UTF-8") from None
+    if "\x00" in value:
+        raise GraphError(f"{where} = {value!r} holds a NUL character, which HDF5 cannot store")
+
+
 def _inputs(node) -> tuple[str, ...]:
     names = getattr(node, "inputs", None)
     if names is None:
@@ -77,8 +87,7 @@ def _check_fields(node) -> None:
         elif isinstance(value, str):
             if fld.name == "name" and not value:
                 raise GraphError(f"{owner}: empty name")
-            if "\x00" in value:
-                raise GraphError(f"{where} {value!r} holds a NUL character, which HDF5 cannot store")
+            _check_text(where, value)
     shape = tuple(node.shape)
     if not shape or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in shape):
         raise GraphError(f"{owner}: shape {shape} must be positive integers")
@@ -155,8 +164,9 @@ def _check_meta(net: snn.Network) -> None:
             raise GraphError(f"attribute name {key!r} is not text")
         if not _plain(value):
             raise GraphError(f"attribute {key!r} holds {type(value).__name__}, not text or numbers")
-        if any("\x00" in v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)):
-            raise GraphError(f"attribute {key!r} = {value!r} holds a NUL character, which HDF5 cannot store")
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, str):
+                _check_text(f"attribute {key!r}", v)
         if isinstance(value, (float, np.floating)) and not math.isfinite(value):
             raise GraphError(f"attribute {key!r} = {value} is not finite")
     enc = net.nodes[0]

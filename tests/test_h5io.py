@@ -498,3 +498,13 @@ def test_attribute_name_that_is_not_text(converted, tmp_path):
     bad = tmp_path / "bad.snn.h5"
     bad.write_bytes(raw[:at] + b"\x01" * 7 + b"\x80" + raw[at + 8:])
     assert "not text" in read_error(bad)
+
+
+def test_text_that_is_not_utf8(converted, tmp_path):
+    """Found by fuzzing: h5py reads invalid UTF-8 as surrogates, which inspect could not print."""
+    net, path = converted["mlp"]
+    raw = path.read_bytes()
+    at = raw.index(net.meta["source_model_sha256"].encode())
+    bad = tmp_path / "bad.snn.h5"
+    bad.write_bytes(raw[:at] + b"\x01\x01\x80" + raw[at + 3:])
+    assert "not valid UTF-8" in read_error(bad)
