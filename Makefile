@@ -1,12 +1,14 @@
 # make demo: convert the sample CNN and verify it.  make test: the whole test suite.
 # make bench: convert, verify and bench the sample models and a CIFAR-size VGG-16 (docs/performance.md).
-# Each creates .venv and installs the project into it first.
+# make fuzz: the long fuzzing campaign (FUZZ_EXAMPLES cases per fuzz test, default 2000).
+# make large-data: peak memory of convert and verify on 5,000 and 50,000 memory-mapped samples.
+# All create .venv and install the project into it first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench fuzz large-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +28,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider --hypothesis-show-statistics \
+		tests/test_fuzz.py
+
+large-data: $(STAMP)
+	$(BIN)/python benchmarks/large_data.py --model mlp
+	$(BIN)/python benchmarks/large_data.py --model cnn
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis sample_models/*/model.snn.h5

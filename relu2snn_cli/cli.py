@@ -1,13 +1,22 @@
 """The ``relu2snn`` command line: parse, call the library, print text or ``--json``.
 
-Exit status: 0 success, 1 verification failed, 2 bad usage or bad input, 3 internal error.
+Exit status: 0 success, 1 verification failed, 2 bad usage or bad input, 3 internal error,
+130 interrupted by SIGINT (Ctrl-C), 143 terminated by SIGTERM, 141 (silently) when the reader of
+stdout has gone away. An interrupted run leaves no
+output behind: outputs are written to a temporary file that is deleted on any exception,
+and SIGTERM is turned into one (``Interrupted``) so that this cleanup runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
+import threading
+import warnings
 import time
 from pathlib import Path
 
@@ -78,10 +87,54 @@ def _print(report: dict, as_json: bool) -> None:
             click.echo(f"{key:<{width}}  {_fmt(value)}")
 
 
-def _check_output(path: Path, force: bool) -> None:
+def _check_output(path: Path, force: bool, *inputs) -> None:
+    """Before any work: the output's directory must exist and be writable, an existing output needs
+    --force, and the output must not be one of the input files."""
+    from .data import spec_path
     from .errors import DataError
-    if path.exists() and not force:
-        raise DataError(f"{path}: exists; pass --force to replace it")
+    parent = path.parent
+    if not parent.is_dir():
+        raise DataError(f"{path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{path}: the directory {parent} is not writable")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; name the output file")
+    if path.exists():
+        for spec in inputs:
+            source = spec_path(spec)
+            if source.exists() and os.path.samefile(source, path):
+                raise DataError(f"{path}: is also an input; choose another output name")
+        if not force:
+            raise DataError(f"{path}: exists; pass --force to replace it")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM turned into an exception, so that partial outputs are removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not interrupt the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """While a command runs, the first SIGINT or SIGTERM raises Interrupted; later ones are ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is not signal.SIG_IGN:   # once interrupted, stay deaf until the exit
+                signal.signal(sig, handler)
 
 
 class Group(click.Group):
@@ -89,23 +142,44 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _signals_raise(), warnings.catch_warnings():
+                if not ctx.params.get("debug"):  # numpy's overflow notes: the error that follows says what is wrong
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                return super().invoke(ctx)
+        except click.exceptions.UsageError as e:
+            if ctx.params.get("debug"):
+                raise
+            command = f"{ctx.command_path} {e.ctx.info_name}" if e.ctx and e.ctx is not ctx else ctx.command_path
+            click.echo(f"relu2snn: error: {e.format_message()} (see '{command} --help')", err=True)
+            ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt as e:
+            if ctx.params.get("debug"):
+                raise
+            signum = getattr(e, "signum", signal.SIGINT)
+            click.echo(f"relu2snn: interrupted by {signal.Signals(signum).name}", err=True)
+            ctx.exit(128 + signum)
         except Relu2SnnError as e:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"relu2snn: error: {e}", err=True)
+            click.echo(f"relu2snn: error: {' '.join(str(e).split())}", err=True)
             ctx.exit(e.exit_code)
+        except BrokenPipeError:  # the reader of our output went away (``relu2snn inspect x | head``)
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except OSError as e:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"relu2snn: error: {e.filename or ''}: {e.strerror or e}", err=True)
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"relu2snn: error: {where}{e.strerror or e}", err=True)
             ctx.exit(2)
         except Exception as e:  # a bug: one line, not a traceback, unless asked for
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"relu2snn: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            text = " ".join(str(e).split())
+            click.echo(f"relu2snn: internal error: {type(e).__name__}: {text} (rerun with --debug for the traceback)",
                        err=True)
             ctx.exit(3)
 
@@ -140,7 +214,7 @@ def convert(model, calib, output, zeta, s_max, s_min, input_range, batch_size, f
     from .convert import convert as run_convert
     from .mapping import MappingOptions
     out = Path(output) if output else Path(model).with_suffix(".snn.h5")
-    _check_output(out, force)
+    _check_output(out, force, model, calib)
     report = _run(run_convert, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
                   options=MappingOptions(zeta, s_min, s_max), input_range=input_range, batch_size=batch_size)
     _print(report, as_json)
@@ -192,7 +266,7 @@ Example:
 def simulate(snn_file, data, output, times, batch_size, force, as_json, quiet):
     """Run SNN_FILE on --data and save the readout potentials (logits) to an .npz."""
     from .simulator import simulate_file
-    _check_output(Path(output), force)
+    _check_output(Path(output), force, snn_file, data)
     report = _run(simulate_file, "simulating", quiet, snn_path=snn_file, data_spec=data, out_path=output,
                   keep_times=times, batch_size=batch_size)
     _print(report, as_json)

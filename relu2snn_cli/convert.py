@@ -5,13 +5,49 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import onnx
 
 from . import __version__, h5io, ir, mapping, snn
 from .calibrate import calibrate, input_stats
 from .data import load_array
-from .onnx_import import import_model
+from .errors import ModelError, naming, onnxruntime_errors
+from .onnx_import import import_model as _import_model
 
 NEURON_MODEL = "TTFS single-spike non-leaky integrate-and-fire with ramp PSPs (Stanojevic et al. 2023)"
+MAX_BATCH_VALUES = 1 << 28  # values in one tensor of one batch: 2 GiB in float64
+
+
+def check_tensor_sizes(model_path, batch_size: int) -> None:
+    """Refuse a model whose largest tensor, over a batch, would exceed MAX_BATCH_VALUES, before anything is allocated.
+
+    ONNX shape inference gives the tensors' shapes without computing them (weights are not
+    read); a damaged or hostile attribute such as a padding of thousands would otherwise
+    make the import and onnxruntime allocate gigabytes. Models that do not load are left to
+    the importer.
+    """
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # onnx raises many types; import_model reports a model that does not load
+        return
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = info.type.tensor_type.shape.dim[1:]
+        if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            continue
+        shape = [d.dim_value for d in dims]
+        size = float(np.prod(shape, dtype=np.float64))
+        if size * batch_size > MAX_BATCH_VALUES:
+            fix = (f"pass --batch-size {int(MAX_BATCH_VALUES // size)} or less" if size <= MAX_BATCH_VALUES else
+                   f"relu2snn handles up to {MAX_BATCH_VALUES} values per sample")
+            raise ModelError(f"{model_path}: tensor '{info.name}' of shape {shape} per sample is too large for "
+                             f"batches of {batch_size} ({size * batch_size * 8 / 2**30:.3g} GiB); {fix}")
+
+
+def import_model(model_path, batch_size: int = 256):
+    """The importer, after the size check, with errors naming the file."""
+    check_tensor_sizes(model_path, batch_size)
+    with naming(model_path):
+        return _import_model(model_path)
 
 
 def input_layout(graph) -> str:
@@ -28,7 +64,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     """Convert a ReLU network and write its spiking version; the report says what was done and measured."""
     seconds = {}
     clock = time.perf_counter()
-    imported = import_model(model_path)
+    imported = import_model(model_path, batch_size)
     graph = imported.graph
     seconds["import"] = time.perf_counter() - clock
 
@@ -37,7 +73,8 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     stats = input_stats(data, graph.input.shape, calib_spec)
     low, high = input_range if input_range is not None else mapping.encoding_range(stats.low, stats.high, options.zeta)
     scaled = mapping.scale_graph(graph, (low, high), options)
-    cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress, options.zeta)
+    with onnxruntime_errors(model_path, batch_size):
+        cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress, options.zeta)
     seconds["calibration"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -57,7 +94,8 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     seconds["mapping"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    h5io.write(out_path, net)
+    with naming(model_path):  # what validation finds wrong in the network comes from the model
+        h5io.write(out_path, net)
     seconds["write"] = time.perf_counter() - clock
     return {
         "output": str(out_path),

@@ -1,14 +1,26 @@
-"""Sample data from disk, read lazily: ``.npy`` (memory-mapped), ``.npz`` (``file.npz`` or
-``file.npz:name``) and HDF5 datasets (``file.h5:/dataset``). Nothing is unpickled."""
+"""Sample data from disk: ``.npy`` and HDF5 datasets (``file.h5:/dataset``) are read batch by
+batch, so memory does not grow with the number of samples; an ``.npz`` member (``file.npz`` or
+``file.npz:name``) is read whole. Nothing is unpickled.
+
+Inputs may be floating point or integers (e.g. uint8 images): integers are converted to
+float64 batch by batch, exactly for magnitudes up to 2**53. Booleans, complex numbers,
+strings and records are refused. Labels must be integers.
+"""
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
+
+
+def spec_path(spec: str) -> Path:
+    """The file of a data spec (``file.npz:NAME`` → ``file.npz``)."""
+    return _split(spec)[0]
 
 
 def _split(spec: str) -> tuple[Path, str | None]:
@@ -28,7 +40,7 @@ def load_array(spec: str):
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            return _npy(path)
         if suffix == ".npz":
             return _npz_member(path, name)
         if suffix in (".h5", ".hdf5"):
@@ -39,9 +51,51 @@ def load_array(spec: str):
             raise DataError(f"{path}: not a numeric array (Python objects or not a NumPy file); relu2snn never "
                             "loads pickles — save a numeric array with np.save") from None
         raise DataError(f"{path}: cannot read ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read, truncated or not a {suffix} file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses the .npy header with tokenize and ast: a damaged one raises their errors
+        raise DataError(f"{path}: cannot read, truncated or not a {suffix} file ({' '.join(str(e).split())})") from None
     raise DataError(f"{path}: unknown data format {suffix!r}; use .npy, .npz or .h5:/dataset")
+
+
+class NpyRows:
+    """A C-ordered ``.npy`` file as an array-like whose slices are read from the file when asked for.
+
+    A memory map would do the same, but every page it has read stays in the resident set
+    until the kernel needs it back: a pass over a large file would seem to take its size.
+    """
+
+    def __init__(self, path: Path, mapped: np.memmap):
+        self.path, self.shape, self.dtype, self.offset = path, mapped.shape, mapped.dtype, mapped.offset
+        self.ndim = len(self.shape)
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not (isinstance(key, slice) and key.step in (None, 1)):
+            return self[:][key]
+        start, stop, _ = key.indices(len(self))
+        n = max(0, stop - start)
+        offset = self.offset + start * self.row * self.dtype.itemsize
+        flat = np.fromfile(self.path, dtype=self.dtype, count=n * self.row, offset=offset)
+        if flat.size != n * self.row:
+            raise DataError(f"{self.path}: truncated while being read")
+        return flat.reshape((n,) + self.shape[1:])
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+
+def _npy(path: Path):
+    """The header is parsed (and pickles refused) by np.load; C-ordered data is then read by NpyRows."""
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    if mapped.ndim == 0 or not mapped.flags.c_contiguous or mapped.dtype.itemsize == 0:
+        return mapped
+    rows = NpyRows(path, mapped)
+    del mapped
+    return rows
 
 
 def _npz_member(path: Path, name: str | None) -> np.ndarray:
@@ -65,9 +119,10 @@ def _h5_dataset(path: Path, name: str | None):
 
 
 def check_inputs(data, shape: tuple[int, ...], spec: str) -> None:
-    """Float data of shape (N, *shape) with N ≥ 1, or a DataError saying what was expected."""
-    if np.dtype(data.dtype).kind != "f":
-        raise DataError(f"{spec}: has dtype {data.dtype}; the model needs floating-point inputs (convert with .astype(np.float32))")
+    """Real-number data (float or integer) of shape (N, *shape) with N ≥ 1, or a DataError saying what was expected."""
+    if np.dtype(data.dtype).kind not in "fiu":
+        raise DataError(f"{spec}: has dtype {data.dtype}; the model needs real-number inputs, floating point or "
+                        "integer (convert with .astype(np.float32))")
     if len(data.shape) == 0 or data.shape[0] == 0:
         raise DataError(f"{spec}: holds no samples")
     if tuple(data.shape[1:]) != tuple(shape):
@@ -76,9 +131,17 @@ def check_inputs(data, shape: tuple[int, ...], spec: str) -> None:
 
 
 def batches(data, batch_size: int, spec: str):
-    """(start index, batch) over an array-like, read one batch at a time; NaN/Inf are refused."""
+    """(start index, batch) over an array-like, read one batch at a time; NaN/Inf are refused.
+
+    Integer batches are converted to float64 (exact up to 2**53).
+    """
     for start in range(0, len(data), batch_size):
-        batch = np.asarray(data[start:start + batch_size])
+        try:
+            batch = np.asarray(data[start:start + batch_size])
+        except OSError as e:  # a damaged or vanished file: h5py and np.fromfile report it so
+            raise DataError(f"{spec}: cannot read samples from {start} on ({' '.join(str(e).split())})") from None
+        if batch.dtype.kind in "iu":
+            batch = batch.astype(np.float64)
         check_finite(batch, start, spec)
         yield start, batch
 
@@ -90,9 +153,12 @@ def check_finite(batch: np.ndarray, start: int, spec: str) -> None:
         raise DataError(f"{spec}: sample {start + int(np.argmax(bad))} holds NaN or infinite values")
 
 
-def load_labels(spec: str, n: int):
-    """Integer class labels, one per sample."""
+def load_labels(spec: str, n: int, classes: int | None = None):
+    """Integer class labels, one per sample, each in [0, classes) when ``classes`` is given."""
     labels = np.asarray(load_array(spec))
     if labels.dtype.kind not in "iu" or labels.shape != (n,):
         raise DataError(f"{spec}: labels must be {n} integers, got dtype {labels.dtype} and shape {labels.shape}")
+    if classes is not None and n and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"{spec}: labels must lie in 0..{classes - 1} (the model has {classes} outputs), "
+                        f"got values from {labels.min()} to {labels.max()}")
     return labels

@@ -7,6 +7,9 @@ class only and turns it into a one-line message and an exit code
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 
 class Relu2SnnError(Exception):
     """Base class of every error relu2snn raises on purpose."""
@@ -51,3 +54,34 @@ class VerificationFailed(Relu2SnnError):
 class RegressionFailed(VerificationFailed):
     """Raised when ``bench --baseline`` finds the simulation's time per sample more than
     ``--max-regression`` above the baseline's."""
+
+
+@contextlib.contextmanager
+def naming(path):
+    """Prefix ``path:`` to the message of an error raised inside that does not name the file yet."""
+    try:
+        yield
+    except Relu2SnnError as e:
+        if e.args and isinstance(e.args[0], str) and Path(str(path)).name not in e.args[0]:
+            e.args = (f"{path}: {e.args[0]}",) + e.args[1:]
+        raise
+
+
+@contextlib.contextmanager
+def onnxruntime_errors(path, batch_size: int):
+    """An error onnxruntime raises while running the model becomes a ModelError naming the file.
+
+    onnxruntime's exceptions are untyped to us (Fail, InvalidArgument, ... from its binary
+    module); they are recognised by their module so that nothing else is caught.
+    """
+    try:
+        yield
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        text = " ".join(str(e).split())
+        hint = ""
+        if "invalid dimensions" in text.lower() and "index: 0" in text.lower():
+            hint = (f"; the model's batch dimension is fixed: export it with a dynamic batch axis, or pass "
+                    f"--batch-size with the fixed size (now {batch_size})")
+        raise ModelError(f"{path}: onnxruntime cannot run the model on the data ({text}){hint}") from None

@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import snn
+from . import snn, validate
 from .errors import ArtifactError, GraphError
 
 FORMAT = "relu2snn.ttfs"
@@ -83,6 +83,7 @@ def atomic_output(path):
         raise ArtifactError(f"{path}: the directory {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the output gets a new file's usual mode
     try:
         yield tmp
         os.replace(tmp, path)
@@ -91,8 +92,16 @@ def atomic_output(path):
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write(path, net: snn.Network) -> None:
-    """Write a network atomically: a temporary file in the target directory, then a rename."""
+    """Check the network (``validate.check``), then write it atomically: a temporary file in the target
+    directory, then a rename."""
+    validate.check(net)
     with atomic_output(path) as tmp, h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
@@ -130,61 +139,125 @@ def read(path) -> snn.Network:
         raise ArtifactError(f"{path}: not an HDF5 file, or truncated") from None
     try:
         with f:
-            return _read(f)
+            net = _read(f, path.stat().st_size)
+        validate.check(net)
+        return net
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e}") from None
-    except (GraphError, KeyError, ValueError, TypeError, OSError) as e:
-        raise ArtifactError(f"{path}: corrupt or inconsistent artifact ({e})") from None
+    except (GraphError, KeyError, IndexError, ValueError, TypeError, OSError) as e:
+        # the node constructors meet damaged fields (a pool's in_shape of the wrong length, ...)
+        raise ArtifactError(f"{path}: corrupt or inconsistent artifact ({_one_line(e)})") from None
 
 
-def _read(f: h5py.File) -> snn.Network:
-    fmt = _plain(f.attrs.get("format", ""))
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text if text else type(e).__name__
+
+
+def _raw(what: str, read):
+    """Run an h5py read; HDF5 reports a damaged object with several exception types, all made ArtifactError."""
+    try:
+        return read()
+    except ArtifactError:
+        raise
+    except Exception as e:  # h5py raises OSError, RuntimeError, KeyError, ValueError, TypeError… for damaged files
+        raise ArtifactError(f"{what}: cannot be read, the file is damaged ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _attrs(what: str, obj) -> dict:
+    return _raw(f"attributes of {what}", lambda: {k: obj.attrs[k] for k in obj.attrs})
+
+
+def _read(f: h5py.File, file_size: int) -> snn.Network:
+    attrs = _attrs("the root", f)
+    fmt = _plain(attrs.get("format", ""))
     if fmt != FORMAT:
         raise ArtifactError(f"not a relu2snn artifact (format {fmt!r}, expected {FORMAT!r})")
-    version = int(f.attrs.get("format_version", -1))
+    version = attrs.get("format_version", None)
+    if version is None:
+        raise ArtifactError("missing attribute 'format_version'")
+    version = _plain(version)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtifactError(f"invalid format version {version!r}")
     if version > FORMAT_VERSION:
         raise ArtifactError(f"format version {version} is newer than this relu2snn reads ({FORMAT_VERSION}); upgrade relu2snn")
     if version < FORMAT_VERSION:
         raise ArtifactError(f"format version {version} is older than this relu2snn reads ({FORMAT_VERSION}); "
                             "convert the model again")
-    meta = {k: _plain(v) for k, v in f.attrs.items() if k not in ("format", "format_version")}
-    if "nodes" not in f:
+    meta = {k: _plain(v) for k, v in attrs.items() if k not in ("format", "format_version")}
+    names = [k for k in meta if not isinstance(k, str)]
+    if names:
+        raise ArtifactError(f"root attribute name {names[0]!r} is not text")
+    nodes = _raw("group /nodes", lambda: f["nodes"] if "nodes" in f else None)
+    if not isinstance(nodes, h5py.Group):
         raise ArtifactError("missing group /nodes")
-    nodes = [_read_node(name, f["nodes"][name]) for name in sorted(f["nodes"])]
-    return snn.Network(tuple(nodes), meta)
+    keys = _raw("group /nodes", lambda: sorted(nodes))
+    if keys != [f"{i:03d}" for i in range(len(keys))]:
+        raise ArtifactError(f"/nodes holds {keys[:8]}…; expected 000, 001, … in order")
+    return snn.Network(tuple(_read_node(key, nodes, file_size) for key in keys), meta)
 
 
-def _read_node(key: str, g: h5py.Group):
-    kind = _plain(g.attrs.get("kind", ""))
-    cls = snn.KINDS.get(kind)
+def _read_node(key: str, nodes: h5py.Group, file_size: int):
+    g = _raw(f"node {key}", lambda: nodes[key])
+    if not isinstance(g, h5py.Group):
+        raise ArtifactError(f"node {key}: not a group")
+    attrs = _attrs(f"node {key}", g)
+    kind = _plain(attrs.get("kind", ""))
+    cls = snn.KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ArtifactError(f"node {key}: unknown kind {kind!r}")
-    return _read_fields(f"node {key} ({kind})", g, cls)
+    return _read_fields(f"node {key} ({kind})", g, cls, file_size)
 
 
-def _read_fields(where: str, g: h5py.Group, cls):
+def _read_fields(where: str, g: h5py.Group, cls, file_size: int):
+    """A dataclass from a group: datasets for arrays, subgroups for tuples of dataclasses, attributes else."""
+    attrs = _attrs(where, g)
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs, stored = {}, {}
     for fld in dataclasses.fields(cls):
         hint = hints[fld.name]
         args = typing.get_args(hint)
+        at = f"{where}: {fld.name}"
         if hint is np.ndarray:
-            if not isinstance(g.get(fld.name), h5py.Dataset):
+            ds = _raw(at, lambda: g[fld.name] if fld.name in g else None)
+            if ds is None:
                 raise ArtifactError(f"{where}: missing dataset {fld.name!r}")
-            kwargs[fld.name] = g[fld.name][()]
+            kwargs[fld.name] = stored[fld.name] = _dataset(at, ds, file_size)
         elif typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
-            sub = g.get(fld.name)
+            sub = _raw(at, lambda: g[fld.name] if fld.name in g else None)
             if not isinstance(sub, h5py.Group):
                 raise ArtifactError(f"{where}: missing group {fld.name!r}")
-            keys = sorted(sub, key=lambda k: int(k) if k.isdigit() else -1)
+            keys = _raw(at, lambda: sorted(sub, key=lambda k: int(k) if k.isdigit() else -1))
             if keys != [str(i) for i in range(len(keys))]:
-                raise ArtifactError(f"{where}: {fld.name} holds {keys}, expected 0, 1, …")
-            kwargs[fld.name] = tuple(_read_fields(f"{where} {fld.name}/{k}", sub[k], args[0]) for k in keys)
-        elif fld.name in g.attrs:
-            kwargs[fld.name] = _from_attr(g.attrs[fld.name], hint)
+                raise ArtifactError(f"{where}: {fld.name} holds {keys[:8]}, expected 0, 1, … in order")
+            items = [_raw(at, lambda k=k: sub[k]) for k in keys]
+            if not all(isinstance(item, h5py.Group) for item in items):
+                raise ArtifactError(f"{at}: every element must be a group")
+            kwargs[fld.name] = tuple(_read_fields(f"{where} {fld.name}/{k}", item, args[0], file_size)
+                                     for k, item in zip(keys, items))
+        elif fld.name in attrs:
+            kwargs[fld.name] = _from_attr(attrs[fld.name], hint)
         elif fld.default is dataclasses.MISSING:
             raise ArtifactError(f"{where}: missing attribute {fld.name!r}")
-    return cls(**kwargs)
+    node = cls(**kwargs)
+    for name, arr in stored.items():
+        if getattr(node, name).dtype != arr.dtype:
+            raise ArtifactError(f"{where}: dataset {name!r} has dtype {arr.dtype}, expected {getattr(node, name).dtype}")
+    return node
+
+
+def _dataset(where: str, ds, file_size: int) -> np.ndarray:
+    """A dataset's array; only plain numeric datasets no larger than the file itself are read."""
+    if not isinstance(ds, h5py.Dataset):
+        raise ArtifactError(f"{where}: not a dataset")
+    dtype, shape = ds.dtype, ds.shape
+    if dtype.kind not in "fb" or shape is None:
+        raise ArtifactError(f"{where}: dataset of dtype {dtype}, expected float64 or bool")
+    if ds.compression is not None or ds.chunks is not None:
+        raise ArtifactError(f"{where}: compressed or chunked dataset; relu2snn writes contiguous ones")
+    if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > file_size:
+        raise ArtifactError(f"{where}: dataset of shape {shape} is larger than the file")
+    return _raw(where, lambda: ds[()])
 
 
 def content_hash(net: snn.Network) -> str:

@@ -225,7 +225,9 @@ class SpikePool(ir.MaxPool):
         _check_geometry(self.name, kernel=self.kernel, strides=self.strides, pads=self.pads, dilations=self.dilations,
                         rank=rank)
         object.__setattr__(self, "window", _check_window(self.name, self.window))
-        if rank not in (1, 2) or len(self.in_shape) != rank + 1 or min(self.shape) < 1:
+        if rank not in (1, 2) or len(self.in_shape) != rank + 1:
+            raise GraphError(f"{self.name}: a {rank}-D kernel {self.kernel} cannot pool an input of shape {self.in_shape}")
+        if min(self.shape) < 1:
             raise GraphError(f"{self.name}: pooling {self.in_shape} with kernel {self.kernel} gives shape {self.shape}")
         if any(not 0 <= c < self.in_shape[0] for c in self.latest):
             raise GraphError(f"{self.name}: latest-spike channels {self.latest} outside 0..{self.in_shape[0] - 1}")

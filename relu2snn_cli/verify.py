@@ -10,8 +10,9 @@ import numpy as np
 
 from . import h5io, ir, ops, snn
 from .calibrate import run_model, session
+from .convert import import_model
 from .data import batches, check_inputs, load_array, load_labels
-from .onnx_import import import_model
+from .errors import ArtifactError, onnxruntime_errors
 from .simulator import Counts, Simulator
 
 
@@ -25,20 +26,26 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
            batch_size: int = 256, progress=None) -> dict:
     """Run all three on the data; the report's ``passed`` is agreement ≥ min_agreement."""
     net = h5io.read(snn_path)
-    imported = import_model(onnx_path)
+    imported = import_model(onnx_path, batch_size)
     graph = imported.graph
+    for what, ours, theirs in (("inputs", net.nodes[0].shape, graph.input.shape),
+                               ("outputs", net.nodes[-1].shape, graph.nodes[-1].shape)):
+        if tuple(ours) != tuple(theirs):
+            raise ArtifactError(f"{snn_path}: has {what} of shape {tuple(ours)}, but {onnx_path} has {tuple(theirs)}; "
+                                "pass the ONNX model it was converted from")
     data = load_array(data_spec)
     check_inputs(data, graph.input.shape, data_spec)
-    labels = load_labels(labels_spec, len(data)) if labels_spec else None
     sess = session(onnx_path, [graph.output_name])
     sim = Simulator(net)
+    labels = load_labels(labels_spec, len(data), net.nodes[-1].shape[0]) if labels_spec else None
     layers = [n for n in net.nodes if isinstance(n, snn.SpikingLayer)]
     errors = {n.name: 0.0 for n in layers}
     agree = correct_ann = correct_snn = 0
     err_onnx = err_ref = max_logit = 0.0
     counts = Counts()
     for start, x in batches(data, batch_size, data_spec):
-        onnx_logits = run_model(sess, x)[0].astype(np.float64)
+        with onnxruntime_errors(onnx_path, batch_size):
+            onnx_logits = run_model(sess, x)[0].astype(np.float64)
         ref = ir.forward(graph, x, keep=True)
         result = sim.run(x, keep_times=True)
         counts.add(result.counts)

@@ -365,12 +365,13 @@ def test_wrong_shape_calibration_data(tmp_path, model, shape, want):
     assert list(tmp_path.iterdir()) == [spec]
 
 
-def test_integer_calibration_data(tmp_path):
+def test_boolean_calibration_data(tmp_path):
+    """Integers are converted to float64 (tests/test_errors.py); booleans are refused."""
     spec = tmp_path / "calib.npy"
-    np.save(spec, np.zeros((10, 64), np.int64))
+    np.save(spec, np.zeros((10, 64), bool))
     with pytest.raises(DataError) as excinfo:
         convert.convert(SAMPLES / "mlp" / "model.onnx", str(spec), tmp_path / "m.snn.h5")
-    one_line_error(excinfo, spec, "int64")
+    one_line_error(excinfo, spec, "bool")
 
 
 def test_an_import_that_does_not_reproduce_onnxruntime_is_refused(tmp_path, monkeypatch):

@@ -31,13 +31,32 @@ def x():
 
 # ----------------------------------------------------------------------------- load_array
 
-def test_npy_is_memory_mapped(tmp_path, x):
+def test_npy_is_read_by_slices(tmp_path, x):
     path = tmp_path / "x.npy"
     np.save(path, x)
     arr = data.load_array(str(path))
-    assert isinstance(arr, np.memmap)
+    assert isinstance(arr, data.NpyRows) and len(arr) == 5
     assert arr.dtype == np.float32 and arr.shape == x.shape
-    assert np.array_equal(np.asarray(arr[1:3]), x[1:3])
+    assert np.array_equal(arr[1:3], x[1:3]) and np.array_equal(arr[3:99], x[3:]) and arr[7:9].shape == (0, 3, 4)
+    assert np.array_equal(np.asarray(arr), x) and np.array_equal(arr[[0, 4]], x[[0, 4]])
+    np.save(path, x.astype(">f8"))
+    assert np.array_equal(data.load_array(str(path))[2:4], x[2:4])
+
+
+def test_fortran_ordered_and_scalar_npy_are_memory_mapped(tmp_path, x):
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))
+    arr = data.load_array(str(tmp_path / "f.npy"))
+    assert isinstance(arr, np.memmap) and np.array_equal(arr[1:3], x[1:3])
+    np.save(tmp_path / "s.npy", np.float32(2))
+    assert data.load_array(str(tmp_path / "s.npy")).shape == ()
+
+
+def test_npy_truncated_after_opening(tmp_path, x):
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    arr = data.load_array(str(path))
+    path.write_bytes(path.read_bytes()[:-20])
+    data_error(lambda: arr[0:5], name=path)
 
 
 def test_npz_single_array(tmp_path, x):
@@ -160,9 +179,27 @@ def test_check_inputs_wrong_shape(x, shape, want, got):
     assert want in msg and got in msg
 
 
-def test_check_inputs_integer_dtype(x):
-    msg = data_error(data.check_inputs, x.astype(np.int32), (3, 4), "calib.npy", name="calib.npy")
-    assert "int32" in msg
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int64])
+def test_check_inputs_accepts_integers_and_batches_are_float64(x, dtype):
+    ints = np.rint(x * 10).astype(dtype)
+    data.check_inputs(ints, (3, 4), "calib.npy")
+    for start, batch in data.batches(ints, 3, "calib.npy"):
+        assert batch.dtype == np.float64 and np.array_equal(batch, ints[start:start + 3])
+
+
+@pytest.mark.parametrize("dtype", [bool, np.complex64, "U3", [("a", "f4")]])
+def test_check_inputs_refuses_non_real_dtypes(x, dtype):
+    arr = np.zeros((5, 3, 4), dtype=dtype)
+    msg = data_error(data.check_inputs, arr, (3, 4), "calib.npy", name="calib.npy")
+    assert str(arr.dtype) in msg and "real-number" in msg
+
+
+def test_load_labels_in_class_range(tmp_path):
+    path = tmp_path / "labels.npy"
+    np.save(path, np.array([0, 3, 9]))
+    assert np.array_equal(data.load_labels(str(path), 3, classes=10), [0, 3, 9])
+    msg = data_error(data.load_labels, str(path), 3, 9, name=path)
+    assert "0..8" in msg and "9" in msg
 
 
 @pytest.mark.parametrize("arr", [np.zeros((0, 3, 4), np.float32), np.zeros((), np.float32)], ids=["N0", "scalar"])
@@ -216,3 +253,27 @@ def test_load_labels_two_dimensional(tmp_path):
     path = tmp_path / "labels.npy"
     np.save(path, np.arange(3).reshape(3, 1))
     data_error(data.load_labels, str(path), 3, name=path)
+
+
+def test_npy_with_a_damaged_header(tmp_path, x):
+    """Found by fuzzing: numpy's header parser raises tokenize/syntax errors for some damaged headers."""
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:63] + raw[67:])
+    data_error(data.load_array, str(path), name=path)
+
+
+def test_h5_dataset_damaged_after_opening(tmp_path, x):
+    """A read error in the middle of a pass names the data and the first sample of the batch."""
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.repeat(x, 200, axis=0), chunks=(10, 3, 4), compression="gzip")
+    arr = data.load_array(f"{path}:/x")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as excinfo:
+        for _ in data.batches(arr, 100, f"{path}:/x"):
+            pass
+    assert "x.h5:/x" in str(excinfo.value) and "cannot read samples" in str(excinfo.value)

@@ -10,6 +10,7 @@ the message names the file and that it is one line.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from relu2snn_cli import convert, h5io, snn
 from relu2snn_cli.errors import ArtifactError
+from relu2snn_cli.mapping import static_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -124,15 +126,17 @@ def hand_built(rng) -> snn.Network:
     """Every node kind: a layer reading two populations (grouped conv with a delay, 1×1 conv), pooling with a
     latest-spike channel, transpose, reshape, and a concatenation of populations from different windows."""
     enc = snn.Encoder("in", (2, 5, 5), -1.0, 2.0)
-    c1 = snn.SpikingLayer(
-        "c1", (snn.Synapses("in", (2, 5, 5), rng.normal(size=(3, 2, 3, 3)), 0.0, (2, 1), (1, 0, 1, 2), (1, 2)),),
-        np.ones(3), (1.0, 2.5), theta=rng.normal(size=(3, 3, 3)), certified=rng.random((3, 3, 3)) > 0.5,
-        scale=np.full(3, 0.5), x_max=rng.random(3), x_n=1.0, source="")
-    c2 = snn.SpikingLayer(
-        "c2", (snn.Synapses("in", (2, 5, 5), rng.normal(size=(4, 1, 3, 3)), 2.5, (2, 2), (1, 1, 1, 1), (1, 1), 2),
-               snn.Synapses("c1", (3, 3, 3), rng.normal(size=(4, 3, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1))),
-        np.ones(4), (3.5, 1.5), theta=rng.normal(size=4) + 5, certified=np.zeros(4, bool), scale=np.ones(4),
-        x_max=rng.random(4), x_n=1.0, source="add")
+    syn1 = snn.Synapses("in", (2, 5, 5), rng.normal(size=(3, 2, 3, 3)), 0.0, (2, 1), (1, 0, 1, 2), (1, 2))
+    theta1 = rng.normal(size=(3, 3, 3)) + 4
+    c1 = snn.SpikingLayer("c1", (syn1,), np.ones(3), (1.0, 2.5), theta=theta1,
+                          certified=static_certificate([(syn1.J, 1.0)], theta1, np.ones(3), 1.0),
+                          scale=np.full(3, 0.5), x_max=rng.random(3), x_n=1.0, source="")
+    syns = (snn.Synapses("in", (2, 5, 5), rng.normal(size=(4, 1, 3, 3)), 2.5, (2, 2), (1, 1, 1, 1), (1, 1), 2),
+            snn.Synapses("c1", (3, 3, 3), rng.normal(size=(4, 3, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1)))
+    theta2 = rng.normal(size=4) + 5
+    c2 = snn.SpikingLayer("c2", syns, np.ones(4), (3.5, 1.5), theta=theta2,
+                          certified=static_certificate([(syns[0].J, 1.0), (syns[1].J, 2.5)], theta2, np.ones(4), 2.5),
+                          scale=np.ones(4), x_max=rng.random(4), x_n=1.0, source="add")
     pool = snn.SpikePool("p", "c2", c2.shape, (2, 2), (2, 2), (0, 0, 1, 1), (1, 1), True, (1,), window=c2.window)
     tr = snn.Transpose("t", "p", pool.shape, (1, 2, 0), window=pool.window)
     flat = snn.Reshape("f", "t", tr.shape, (16,), window=tr.window)
@@ -222,6 +226,17 @@ def test_failed_write_leaves_nothing(converted, tmp_path, monkeypatch, error):
         h5io.write(tmp_path / "m.snn.h5", net)
     assert len(calls) == 5
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_gets_the_usual_mode_of_a_new_file(converted, tmp_path):
+    """The temporary file is private while written; the output has the mode a new file gets under the umask."""
+    net, _ = converted["mlp"]
+    old = os.umask(0o027)
+    try:
+        h5io.write(tmp_path / "m.snn.h5", net)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.snn.h5").stat().st_mode & 0o777 == 0o640
 
 
 def test_failed_write_from_a_bad_field_leaves_nothing(converted, tmp_path):
@@ -393,3 +408,128 @@ def test_corrupt_geometry(cnn_copy, node, attr, value):
 def test_unchanged_copy_reads(converted, cnn_copy):
     """The corruption tests start from a copy that is itself valid."""
     assert h5io.content_hash(h5io.read(cnn_copy)) == h5io.content_hash(converted["cnn"][0])
+
+
+# ----------------------------------------------------------------------------- validation of what the fields say
+
+def dense_weights_times(f, factor):
+    """Node 007 (dense) with J scaled and its certificate recomputed, so only the incoming sums are wrong."""
+    J = f["nodes/007/synapses/0/J"][()] * factor
+    b_in = f["nodes/006"].attrs["window"][1]
+    replace_dataset(f, "nodes/007/synapses/0/J", J)
+    replace_dataset(f, "nodes/007/certified",
+                    static_certificate([(J, b_in)], f["nodes/007/theta"][()], f["nodes/007/alpha"][()], b_in))
+
+
+def replace_dataset(f, name, value):
+    del f[name]
+    f.create_dataset(name, data=value)
+
+
+def scaled(f, name, factor):
+    replace_dataset(f, name, f[name][()] * factor)
+
+
+VALIDATION = [
+    pytest.param(lambda f: replace_dataset(f, "nodes/001/synapses/0/J",
+                                           f["nodes/001/synapses/0/J"][()].astype(np.float32)), "float32",
+                 id="J-float32"),
+    pytest.param(lambda f: replace_dataset(f, "nodes/001/certified", f["nodes/001/certified"][()].astype(np.float64)),
+                 "dtype", id="certified-float"),
+    pytest.param(lambda f: replace_dataset(f, "nodes/001/theta", np.array(["a"] * 8, dtype=h5py.string_dtype())),
+                 "dtype", id="theta-strings"),
+    pytest.param(lambda f: replace_dataset(f, "nodes/001/certified", ~f["nodes/001/certified"][()]), "certificate",
+                 id="certificate-flipped"),
+    pytest.param(lambda f: scaled(f, "nodes/001/theta", 0.5), "certificate", id="theta-halved"),
+    pytest.param(lambda f: f["nodes/001"].attrs.__setitem__("x_n", f["nodes/001"].attrs["x_n"] * 2), "x_n",
+                 id="x_n-doubled"),
+    pytest.param(lambda f: scaled(f, "nodes/001/x_max", 10.0), "x_n", id="x_max-times-10"),
+    pytest.param(lambda f: scaled(f, "nodes/001/x_max", -1.0), "negative", id="x_max-negative"),
+    pytest.param(lambda f: scaled(f, "nodes/001/scale", 3.0), "scales", id="scale-above-1"),
+    pytest.param(lambda f: dense_weights_times(f, 50.0), "s_min, s_max", id="J-times-50"),
+    pytest.param(lambda f: f.attrs.__setitem__("latency", 1.0), "latency", id="meta-latency"),
+    pytest.param(lambda f: f.attrs.__setitem__("input_range", np.array([0.0, 1.0])), "input_range", id="meta-range"),
+    pytest.param(lambda f: f.attrs.__setitem__("input_shape", np.array([1, 8])), "input_shape", id="meta-shape"),
+    pytest.param(lambda f: f.attrs.__setitem__("zeta", -1.0), "zeta", id="meta-zeta"),
+    pytest.param(lambda f: f.attrs.__setitem__("s_max", 1.5), "s_max", id="meta-s_max"),
+    pytest.param(lambda f: f.attrs.__setitem__("note", f.ref), "note", id="meta-reference"),
+    pytest.param(lambda f: f["nodes/000"].attrs.__setitem__("window", np.array([0.0, 2.0])), "does not follow",
+                 id="encoder-window"),
+    pytest.param(lambda f: f["nodes/003"].attrs.__setitem__("pads", np.array([2, 0, 0, 0])), "input shape",
+                 id="pool-pads"),
+    pytest.param(lambda f: f["nodes/001/synapses/0"].attrs.__setitem__("pads", np.array([1, 1, 40, 1])), "fits neither",
+                 id="conv-pads"),
+    pytest.param(lambda f: f["nodes"].move("008", "010"), "expected 000", id="node-keys-gap"),
+    pytest.param(lambda f: (f["nodes/001/synapses/0"].__delitem__("J"), f["nodes/001/synapses/0"].create_group("J")),
+                 "not a dataset",
+                 id="dataset-is-a-group"),
+    pytest.param(lambda f: (replace_dataset(f, "nodes/001/alpha", np.ones(8)),
+                            f["nodes/001"].__delitem__("alpha"),
+                            f["nodes/001"].create_dataset("alpha", data=np.ones(8), chunks=(4,), compression="gzip")),
+                 "compressed", id="compressed"),
+    pytest.param(lambda f: f["nodes/001/synapses/0"].attrs.__setitem__("in_shape", np.array([1, 8, 0])), "empty",
+                 id="zero-in-shape"),
+    pytest.param(lambda f: f["nodes/003"].attrs.__setitem__("in_shape", np.array([3])), "corrupt",
+                 id="pool-in-shape-1d"),  # found by fuzzing: an IndexError in SpikePool's own error message
+]
+
+
+@pytest.mark.parametrize("change, expect", VALIDATION)
+def test_validation_refuses(cnn_copy, change, expect):
+    edit(cnn_copy, change)
+    msg = read_error(cnn_copy)
+    assert expect in msg, msg
+
+
+def test_writer_refuses_an_inconsistent_network(converted, tmp_path):
+    """The writer runs the same checks: an inconsistent network is never written."""
+    net, _ = converted["cnn"]
+    nodes = list(net.nodes)
+    nodes[1] = dataclasses.replace(nodes[1], certified=~nodes[1].certified)
+    with pytest.raises(snn.GraphError) as excinfo:
+        h5io.write(tmp_path / "m.snn.h5", snn.Network(tuple(nodes), net.meta))
+    assert "certificate" in str(excinfo.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_oversized_dataset_shape_is_refused_before_reading(cnn_copy, monkeypatch):
+    """A dataset whose header claims more bytes than the file holds is refused without being read."""
+    real = h5py.Dataset.shape
+
+    def huge(self):
+        return (10**9,) + real.fget(self)[1:] if self.name.endswith("/J") else real.fget(self)
+
+    monkeypatch.setattr(h5py.Dataset, "shape", property(huge))
+    assert "larger than the file" in read_error(cnn_copy)
+
+
+def test_pads_as_large_as_the_kernel_are_refused():
+    """ONNX allows them, the importer would map them; the validator refuses them so that a damaged pads attribute
+    cannot blow up a simulation (the other nodes' shapes catch most such damage first)."""
+    from relu2snn_cli import validate
+    enc = snn.Encoder("in", (1, 4, 4), 0.0, 1.0)
+    pool = snn.SpikePool("p", "in", (1, 4, 4), (2, 2), (1, 1), (0, 0, 2, 0), (1, 1), window=enc.window)
+    flat = snn.Reshape("f", "p", pool.shape, (int(np.prod(pool.shape)),), window=pool.window)
+    readout = snn.Readout("r", (snn.Synapses("f", flat.shape, np.ones((2, flat.shape[0]))),), np.zeros(2), flat.window)
+    with pytest.raises(snn.GraphError, match="pads"):
+        validate.check(snn.Network((enc, pool, flat, readout)))
+
+
+def test_attribute_name_that_is_not_text(converted, tmp_path):
+    """Found by fuzzing: a damaged root attribute name reads back as bytes and broke inspect --json."""
+    _, path = converted["mlp"]
+    raw = path.read_bytes()
+    at = raw.index(b"calibration_samples")
+    bad = tmp_path / "bad.snn.h5"
+    bad.write_bytes(raw[:at] + b"\x01" * 7 + b"\x80" + raw[at + 8:])
+    assert "not text" in read_error(bad)
+
+
+def test_text_that_is_not_utf8(converted, tmp_path):
+    """Found by fuzzing: h5py reads invalid UTF-8 as surrogates, which inspect could not print."""
+    net, path = converted["mlp"]
+    raw = path.read_bytes()
+    at = raw.index(net.meta["source_model_sha256"].encode())
+    bad = tmp_path / "bad.snn.h5"
+    bad.write_bytes(raw[:at] + b"\x01\x01\x80" + raw[at + 3:])
+    assert "not valid UTF-8" in read_error(bad)

@@ -73,6 +73,8 @@ def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
         if locations:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         onnx.checker.check_model(model)
+        for tensor in model.graph.initializer:  # the checker does not compare dims with the stored data
+            numpy_helper.to_array(tensor)
     except Exception as e:  # onnx raises several unrelated types for broken files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{path}: not a valid ONNX model ({first})") from None

@@ -102,6 +102,9 @@ def convert_batchnorm(node: OnnxNode, ctx: Context) -> None:
     if node.attr("training_mode", 0):
         raise unsupported(node, "training_mode=1")
     gamma, beta, mean, var = (ctx.const(node, i, n) for i, n in enumerate(("scale", "bias", "mean", "var"), 1))
+    if gamma.ndim != 1 or len({p.shape for p in (gamma, beta, mean, var)}) != 1:
+        raise ModelError(f"{node.label}: scale, bias, mean and var must be vectors of one length, got shapes "
+                         f"{[p.shape for p in (gamma, beta, mean, var)]}")
     k = gamma / np.sqrt(var + node.attr("epsilon", 1e-5))
     h = beta - mean * k
     v = ctx.get(node, 0, raw=True)

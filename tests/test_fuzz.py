@@ -1,0 +1,432 @@
+"""Fuzzing the command line with hypothesis.
+
+(a) random valid ReLU stacks (``strategies.relu_stacks``): convert, then verify on the
+    calibration data is exact;
+(b) damaged inputs — byte mutations and protobuf field edits of the sample ONNX models,
+    byte mutations and attribute/dataset edits of a converted ``.snn.h5`` — give either a
+    successful run or exit 2 with one line on stderr: never a traceback (exit 3 or an
+    uncaught exception), never a hang (each case runs under an alarm), never a file left
+    behind in the output directory.
+
+The number of cases comes from a profile: ``ci`` (default, a few dozen per test, well
+under two minutes in all) or ``fuzz`` for a long campaign (``HYPOTHESIS_PROFILE=fuzz``,
+``make fuzz``); ``FUZZ_EXAMPLES`` overrides the count of either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, Phase, event, given, note, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from builders import save
+from relu2snn_cli import h5io
+from relu2snn_cli.cli import cli
+from strategies import relu_stacks
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+CASE_SECONDS = 60  # a case running longer than this counts as a hang
+
+_COMMON = dict(deadline=None, database=None, phases=[Phase.explicit, Phase.generate, Phase.shrink],
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                      HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=40, **_COMMON)
+settings.register_profile("fuzz", max_examples=2000, **_COMMON)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+FUZZ = settings(settings.get_profile(PROFILE if PROFILE in ("ci", "fuzz") else "ci"),
+                **({"max_examples": int(os.environ["FUZZ_EXAMPLES"])} if "FUZZ_EXAMPLES" in os.environ else {}))
+
+
+class Hang(BaseException):
+    """Raised by the alarm when a case runs too long (a BaseException, so nothing on the way catches it)."""
+
+
+@contextmanager
+def time_limit(seconds: int = CASE_SECONDS):
+    def alarm(signum, frame):
+        raise Hang(f"a case ran longer than {seconds} s")
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run(*args):
+    with time_limit():
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+    result.runner_args = [str(a) for a in args]
+    return result
+
+
+def check_clean(result, out_dir: Path, writes: str | None = None) -> str:
+    """Exit 0, or exit 2 with one line "relu2snn: error: ..."; ``out_dir`` then holds only what was there
+    before, plus ``writes`` (the command's output) on success."""
+    if isinstance(result.exception, Hang):
+        raise result.exception
+    cause = result.exception.__context__ if result.exception is not None else None
+    assert result.exit_code in (0, 2), (result.exit_code, result.output,
+                                        "".join(traceback.format_exception(cause)) if cause else result.exc_info)
+    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+    left = {p.name for p in out_dir.iterdir()}
+    assert not any(name.endswith(".tmp") for name in left), left
+    command = result.runner_args[0] if hasattr(result, "runner_args") else ""
+    if result.exit_code == 2:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("relu2snn: error: "), result.stderr
+        assert writes not in left, left
+        event(f"{command} exit 2")
+        return result.stderr.strip()
+    event(f"{command} exit 0")
+    return "ok"
+
+
+@contextmanager
+def workdir():
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        (d / "out").mkdir()
+        yield d
+
+
+# ----------------------------------------------------------------------------- (a) valid stacks are exact
+
+@FUZZ
+@given(stack=relu_stacks())
+def test_random_relu_stack_converts_and_verifies_exactly(stack):
+    model, shape, seed = stack
+    with workdir() as d:
+        path = save(model, d / "m.onnx")
+        x = np.random.default_rng(seed).normal(size=(32,) + shape).astype(np.float32)
+        np.save(d / "x.npy", x)
+        out = d / "out" / "m.snn.h5"
+        converted = run("convert", path, "--calib", d / "x.npy", "-o", out, "--quiet", "--json")
+        assert converted.exit_code == 0, converted.output
+        verified = run("verify", out, "--onnx", path, "--data", d / "x.npy", "--quiet", "--json",
+                       "--min-agreement", "0")
+        assert verified.exit_code == 0, verified.output
+        report = json.loads(verified.stdout)
+        assert report["early_spikes"] == 0 and report["out_of_range_inputs"] == 0
+        assert report["max_abs_logit_error_ref"] <= 1e-9 * max(1.0, report["max_abs_logit"])
+        assert report["max_spike_time_error"] <= 1e-9 * report["latency"]
+
+
+# ----------------------------------------------------------------------------- (b) damaged ONNX files
+
+MODELS = ("mlp", "cnn")
+CALIB = {name: np.load(SAMPLES / name / "calib.npy")[:8] for name in MODELS}
+
+
+def convert_cleanly(d: Path, model_bytes: bytes, name: str) -> str:
+    """convert the given bytes; if that works, verify the result too; both must be clean."""
+    (d / "m.onnx").write_bytes(model_bytes)
+    np.save(d / "c.npy", CALIB[name])
+    out = d / "out" / "m.snn.h5"
+    outcome = check_clean(run("convert", d / "m.onnx", "--calib", d / "c.npy", "-o", out, "--quiet"),
+                          d / "out", "m.snn.h5")
+    if outcome == "ok":
+        verified = run("verify", out, "--onnx", d / "m.onnx", "--data", d / "c.npy", "--quiet", "--json",
+                       "--min-agreement", "0")
+        check_clean(verified, d / "out")
+        if verified.exit_code == 0:
+            check_exact(json.loads(verified.stdout), out)
+    return outcome
+
+
+def check_exact(report: dict, snn_path: Path) -> None:
+    """Spike times exact to float64 rounding of the time; logit errors no larger than those spike-time errors
+    explain through the readout weights.
+
+    A damaged weight can make a window far shorter than the latency before it: spike times stay exact to
+    eps·T, but the logits then lose digits in proportion to T/B (a weight of 1.3e8 gave a window of 2.4e-4
+    at T = 11.7 and a logit error of 3e-8 on logits of 27.8).
+    """
+    assert report["early_spikes"] == 0
+    assert report["max_spike_time_error"] <= 1e-9 * report["latency"], report
+    readout = h5io.read(snn_path).nodes[-1]
+    gain = float(sum(np.abs(syn.J.reshape(syn.J.shape[0], -1)).sum(axis=1) for syn in readout.synapses).max())
+    time_error = max(report["max_spike_time_error"], 1e-15 * report["latency"])
+    allowed = 1e-9 * max(1.0, report["max_abs_logit"]) + 4 * gain * time_error
+    assert report["max_abs_logit_error_ref"] <= allowed, (report, gain)
+
+
+def byte_edits(size: int):
+    """A list of edits: (position, replacement bytes, bytes removed)."""
+    edit = st.tuples(st.integers(0, size - 1), st.binary(min_size=0, max_size=8), st.integers(0, 8))
+    return st.lists(edit, min_size=1, max_size=6)
+
+
+def apply_edits(data: bytes, edits) -> bytes:
+    buf = bytearray(data)
+    for pos, new, removed in edits:
+        pos = min(pos, len(buf))
+        buf[pos:pos + removed] = new
+    return bytes(buf)
+
+
+@FUZZ
+@given(name=st.sampled_from(MODELS), data=st.data())
+def test_onnx_byte_mutations(name, data):
+    raw = (SAMPLES / name / "model.onnx").read_bytes()
+    mutated = data.draw(st.one_of(
+        byte_edits(len(raw)).map(lambda e: apply_edits(raw, e)),
+        st.integers(0, len(raw) - 1).map(lambda n: raw[:n])))
+    with workdir() as d:
+        convert_cleanly(d, mutated, name)
+
+
+OPS = ["Relu", "Gemm", "Conv", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "MaxPool", "Flatten",
+       "Reshape", "Identity", "Dropout", "Softmax", "LogSoftmax", "Constant", "Sigmoid", "Concat", "", "NoSuchOp"]
+ATTRS = ["kernel_shape", "strides", "pads", "dilations", "group", "transA", "transB", "alpha", "beta", "axis",
+         "epsilon", "ceil_mode", "auto_pad", "training_mode", "allowzero", "storage_order"]
+NUMBERS = st.one_of(st.integers(-3, 70), st.sampled_from([0, 1, 2, -1, 2**31, -(2**40)]))
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e38, 1e-45]))
+
+
+@st.composite
+def proto_edit(draw, model: onnx.ModelProto):
+    """One edit of a protobuf field of a model (applied in place); returns a description."""
+    g = model.graph
+    kind = draw(st.sampled_from(["op_type", "drop_node", "rewire", "attr", "drop_attr", "init_value", "init_dims",
+                                 "input_dim", "input_type", "opset", "extra_output", "drop_output", "domain",
+                                 "rename_output", "dup_node", "ir_version"]))
+    if kind in ("op_type", "drop_node", "rewire", "attr", "drop_attr", "domain", "dup_node") and not g.node:
+        return "none"
+    i = draw(st.integers(0, max(0, len(g.node) - 1)))
+    if kind == "op_type":
+        g.node[i].op_type = draw(st.sampled_from(OPS))
+    elif kind == "drop_node":
+        del g.node[i]
+    elif kind == "rewire":
+        names = [t for n in g.node for t in n.output] + [t.name for t in g.initializer] + [g.input[0].name, "", "zz"]
+        node = g.node[i]
+        if node.input:
+            node.input[draw(st.integers(0, len(node.input) - 1))] = draw(st.sampled_from(names))
+        else:
+            node.input.append(draw(st.sampled_from(names)))
+    elif kind == "attr":
+        name = draw(st.sampled_from(ATTRS))
+        value = draw(st.one_of(NUMBERS, FLOATS, st.lists(NUMBERS, max_size=5), st.text(max_size=6)))
+        node = g.node[i]
+        kept = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if not (isinstance(value, list) and not value):
+            node.attribute.append(helper.make_attribute(name, value))
+    elif kind == "drop_attr":
+        if g.node[i].attribute:
+            del g.node[i].attribute[draw(st.integers(0, len(g.node[i].attribute) - 1))]
+    elif kind == "domain":
+        g.node[i].domain = draw(st.sampled_from(["com.microsoft", "ai.onnx.ml", "x"]))
+    elif kind == "dup_node":
+        g.node.append(g.node[i])
+    elif kind == "init_value":
+        t = g.initializer[draw(st.integers(0, len(g.initializer) - 1))]
+        try:
+            arr = onnx.numpy_helper.to_array(t).copy()
+        except ValueError:  # dims edited before
+            return "none"
+        if arr.size:
+            with np.errstate(over="ignore", invalid="ignore"):
+                arr.flat[draw(st.integers(0, arr.size - 1))] = draw(FLOATS)
+        t.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), t.name))
+    elif kind == "init_dims":
+        t = g.initializer[draw(st.integers(0, len(g.initializer) - 1))]
+        dims = draw(st.lists(st.integers(0, 70), max_size=4))
+        del t.dims[:]
+        t.dims.extend(dims)
+    elif kind == "input_dim":
+        dims = g.input[0].type.tensor_type.shape.dim
+        dim = dims[draw(st.integers(0, len(dims) - 1))]
+        value = draw(st.one_of(st.integers(-2, 70), st.text(max_size=3)))
+        dim.Clear()
+        if isinstance(value, int):
+            dim.dim_value = value
+        else:
+            dim.dim_param = value
+    elif kind == "input_type":
+        g.input[0].type.tensor_type.elem_type = draw(st.sampled_from([0, 2, 6, 7, 10, 11, 16]))
+    elif kind == "opset":
+        model.opset_import[0].version = draw(st.integers(-1, 30))
+    elif kind == "extra_output":
+        g.output.append(helper.make_tensor_value_info(draw(st.sampled_from([t for n in g.node for t in n.output]
+                                                                           or ["zz"])), 1, None))
+    elif kind == "drop_output":
+        del g.output[:]
+    elif kind == "rename_output" and g.output:
+        g.output[0].name = draw(st.sampled_from([t for n in g.node for t in n.output] + ["zz"]))
+    elif kind == "ir_version":
+        model.ir_version = draw(st.integers(0, 20))
+    return f"{kind}: {_describe(model, kind, i)}"
+
+
+def _describe(model: onnx.ModelProto, kind: str, i: int) -> str:
+    g = model.graph
+    if kind in ("op_type", "rewire", "attr", "drop_attr", "domain") and i < len(g.node):
+        return " ".join(helper.printable_node(g.node[i]).split())
+    if kind.startswith("init"):
+        return ", ".join(f"{t.name}{list(t.dims)}" for t in g.initializer)
+    if kind.startswith("input"):
+        return " ".join(helper.printable_value_info(g.input[0]).split())
+    return f"node {i}; opset {[o.version for o in model.opset_import]}; ir {model.ir_version}; outputs " \
+           f"{[o.name for o in g.output]}"
+
+
+@FUZZ
+@given(name=st.sampled_from(MODELS), data=st.data())
+def test_onnx_protobuf_field_edits(name, data):
+    model = onnx.load(str(SAMPLES / name / "model.onnx"))
+    for _ in range(data.draw(st.integers(1, 3))):
+        note(f"edit: {data.draw(proto_edit(model))}")
+    with workdir() as d:
+        convert_cleanly(d, model.SerializeToString(), name)
+
+
+# ----------------------------------------------------------------------------- (b) damaged .snn.h5 files
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """The converted sample models' bytes."""
+    d = tmp_path_factory.mktemp("fuzz")
+    out = {}
+    for name in MODELS:
+        path = d / f"{name}.snn.h5"
+        assert run("convert", SAMPLES / name / "model.onnx", "--calib", SAMPLES / name / "calib.npy", "-o", path,
+                   "--quiet").exit_code == 0
+        out[name] = path.read_bytes()
+    return Artifacts(out)
+
+
+class Artifacts(dict):
+    def __repr__(self) -> str:
+        return "Artifacts(mlp, cnn)"
+
+
+def use_artifact_cleanly(d: Path, snn_bytes: bytes, name: str) -> None:
+    """inspect, inspect --json and simulate the file: each clean; simulate leaves o.npz only on success."""
+    (d / "m.snn.h5").write_bytes(snn_bytes)
+    np.save(d / "t.npy", CALIB[name][:4])
+    check_clean(run("inspect", d / "m.snn.h5"), d / "out")
+    inspected = run("inspect", d / "m.snn.h5", "--json")
+    check_clean(inspected, d / "out")
+    if inspected.exit_code == 0:
+        json.loads(inspected.stdout)
+    check_clean(run("simulate", d / "m.snn.h5", "--data", d / "t.npy", "-o", d / "out" / "o.npz", "--quiet"),
+                d / "out", "o.npz")
+
+
+@FUZZ
+@given(name=st.sampled_from(MODELS), data=st.data())
+def test_snn_byte_mutations(artifacts, name, data):
+    raw = artifacts[name]
+    mutated = data.draw(st.one_of(
+        byte_edits(len(raw)).map(lambda e: apply_edits(raw, e)),
+        st.integers(0, len(raw) - 1).map(lambda n: raw[:n])))
+    with workdir() as d:
+        use_artifact_cleanly(d, mutated, name)
+
+
+VALUES = st.one_of(
+    NUMBERS, FLOATS, st.booleans(), st.text(st.characters(exclude_characters="\x00"), max_size=5),
+    st.lists(NUMBERS, max_size=5).map(lambda v: np.array(v, dtype=np.int64)),
+    st.lists(FLOATS, max_size=5).map(lambda v: np.array(v, dtype=np.float64)),
+    st.sampled_from([np.zeros((2, 2)), np.array([], dtype=np.float64), np.array(["a", "b"], dtype=h5py.string_dtype()),
+                     np.ones(3, dtype=np.float32), np.zeros((1,), dtype=[("a", "i4")])]))
+
+
+@st.composite
+def h5_edit(draw, f: h5py.File):
+    """One edit of an attribute or dataset of an open artifact."""
+    keys = sorted(f["nodes"])
+    kind = draw(st.sampled_from(["root_attr", "node_attr", "del_node_attr", "dataset_value", "dataset_shape",
+                                 "del_dataset", "del_node", "swap_nodes", "dataset_dtype"]))
+    if kind == "root_attr":
+        key = draw(st.sampled_from(sorted(f.attrs) + ["extra"]))
+        f.attrs[key] = value = draw(VALUES)
+        return f"{kind} {key} = {value!r}"
+    if not keys:
+        return "none"
+    g = f["nodes"][draw(st.sampled_from(keys))]
+    datasets = sorted(k for k in g if isinstance(g[k], h5py.Dataset))
+    detail = ""
+    if kind == "node_attr":
+        key = draw(st.sampled_from(sorted(g.attrs)))
+        g.attrs[key] = value = draw(VALUES)
+        detail = f"{key} = {value!r}"
+    elif kind == "del_node_attr":
+        key = draw(st.sampled_from(sorted(g.attrs)))
+        del g.attrs[key]
+        detail = key
+    elif kind == "del_node":
+        del f["nodes"][g.name.split("/")[-1]]
+    elif kind == "swap_nodes" and len(keys) > 1:
+        a, b = draw(st.permutations(keys))[:2]
+        f["nodes"].move(a, "tmp")
+        f["nodes"].move(b, a)
+        f["nodes"].move("tmp", b)
+    elif datasets:
+        name = draw(st.sampled_from(datasets))
+        arr = g[name][()]
+        if kind == "dataset_value" and arr.size:
+            arr = arr.copy()
+            arr.flat[draw(st.integers(0, arr.size - 1))] = draw(FLOATS) if arr.dtype.kind == "f" else True
+        elif kind == "dataset_shape":
+            arr = np.resize(arr, draw(st.lists(st.integers(0, 9), max_size=4)))
+        elif kind == "dataset_dtype":
+            arr = arr.astype(draw(st.sampled_from([np.float32, np.int64, np.float16, bool, np.float64])))
+        elif kind == "del_dataset":
+            arr = None
+        del g[name]
+        if arr is not None:
+            g.create_dataset(name, data=arr)
+        detail = f"{name} -> {None if arr is None else (arr.dtype, arr.shape)}"
+    return f"{kind} {g.name} {detail}"
+
+
+@FUZZ
+@given(name=st.sampled_from(MODELS), data=st.data())
+def test_snn_attribute_and_dataset_edits(artifacts, name, data):
+    with workdir() as d:
+        path = d / "edited.snn.h5"
+        path.write_bytes(artifacts[name])
+        with h5py.File(path, "r+") as f:
+            for _ in range(data.draw(st.integers(1, 3))):
+                note(f"edit: {data.draw(h5_edit(f))}")
+        use_artifact_cleanly(d, path.read_bytes(), name)
+
+
+# ----------------------------------------------------------------------------- (b) damaged data files
+
+@FUZZ
+@given(data=st.data())
+def test_npy_byte_mutations(data):
+    """convert with a damaged calibration .npy (edits mostly in the header): a run or one clean line."""
+    import io
+    buf = io.BytesIO()
+    np.save(buf, CALIB["mlp"])
+    raw = buf.getvalue()
+    header = st.lists(st.tuples(st.integers(0, 127), st.binary(min_size=0, max_size=4), st.integers(0, 4)),
+                      min_size=1, max_size=4)
+    mutated = data.draw(st.one_of(header.map(lambda e: apply_edits(raw, e)),
+                                  byte_edits(len(raw)).map(lambda e: apply_edits(raw, e)),
+                                  st.integers(0, len(raw) - 1).map(lambda n: raw[:n])))
+    with workdir() as d:
+        (d / "c.npy").write_bytes(mutated)
+        check_clean(run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", d / "c.npy", "-o",
+                        d / "out" / "m.snn.h5", "--quiet"), d / "out", "m.snn.h5")
