@@ -181,14 +181,22 @@ class CompiledLayer:
         in_window = np.all([f.max(axis=1) <= b for f, b in zip(flat, self.lengths)], axis=0) & ~late
         if len(self.unsure) and in_window.any():
             idx, cols = np.flatnonzero(in_window), self.unsure_cols
-            bound = early_bound(u[np.ix_(idx, cols)], p[idx], self.alpha[cols], self.b_in, self.j_neg[cols])
-            failing[np.ix_(idx, cols)] = ~(bound < self.theta[cols]) & ~self.static[cols]
+            self._mark(failing, idx, cols, u, p[idx] if len(idx) < n else p, ~self.static[cols])
         if not (in_window | late).all():   # inputs before their window: no neuron is certified statically
             idx = np.flatnonzero(~in_window & ~late)
             p_all = sum(drive(syn, a_k[idx], j_pos).reshape(len(idx), -1)
                         for syn, j_pos, a_k in zip(self.layer.synapses, self.j_pos, a))
-            failing[idx] = ~(early_bound(u[idx], p_all, self.alpha, self.b_in, self.j_neg) < self.theta)
+            self._mark(failing, idx, np.arange(self.size), u, p_all, np.ones(self.size, dtype=bool))
         return failing
+
+    def _mark(self, failing, idx, cols, u, p, check) -> None:
+        """Mark the pairs (idx × cols, where ``check``) whose ``mapping.early_bound`` is not below ϑ. The plain
+        bound α·B_in + p screens first: the sharper one is needed only where the plain one fails."""
+        r, c = np.nonzero(~(self.alpha[cols] * self.b_in + p < self.theta[cols]) & check)
+        rows, neurons = idx[r], cols[c]
+        bound = early_bound(u[rows, neurons], p[r, c], self.alpha[neurons], self.b_in, self.j_neg[neurons])
+        keep = ~(bound < self.theta[neurons])
+        failing[rows[keep], neurons[keep]] = True
 
 
 def encode(enc: snn.Encoder, x: np.ndarray) -> tuple[np.ndarray, int]:
