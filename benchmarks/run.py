@@ -33,7 +33,7 @@ CASES = {
     "mlp": ("sample", 256, None, 256, 64, 5, True, ("verify", "bench")),
     "cnn": ("sample", 256, None, 256, 64, 5, True, ("verify", "bench")),
     "cifar-noscan": ("cifar", 256, 8, 256, 8, 1, False, ("verify", "bench")),
-    "cifar": ("cifar", 8, 8, 8, 8, 1, True, ("verify",)),
+    "cifar": ("cifar", 32, 16, 32, 16, 1, True, ("verify", "bench")),
     "imagenet-noscan": ("imagenet", 64, 8, 8, 8, 1, False, ()),
 }
 # Without the requirement scan, calibration keeps X_n = the largest scaled activation and skips the
