@@ -1,6 +1,7 @@
 """The ``relu2snn`` command line: parse, call the library, print text or ``--json``.
 
-Exit status: 0 success, 1 verification failed, 2 bad usage or bad input, 3 internal error,
+Exit status: 0 success, 1 verification or bench regression check failed, 2 bad usage or bad input,
+3 internal error,
 130 interrupted by SIGINT (Ctrl-C), 143 terminated by SIGTERM, 141 (silently) when the reader of
 stdout has gone away. An interrupted run leaves no
 output behind: outputs are written to a temporary file that is deleted on any exception,
@@ -16,8 +17,8 @@ import os
 import signal
 import sys
 import threading
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import click
