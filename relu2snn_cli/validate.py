@@ -9,7 +9,7 @@ the dataclass fields of the nodes, so a new node kind is covered without changes
 - every field named ``window`` is (T, B) finite with B > 0, and a node's window does not
   end before the windows of its inputs (``inputs``); tuples of dataclasses (a layer's
   ``synapses``) are checked field by field the same way;
-- sliding-window padding (``pads``) is smaller than the window's extent;
+- sliding-window padding (``pads``) is smaller than the window's extent plus the input size;
 - the root attributes are plain values (text, numbers, lists of them) and agree with the
   nodes where they describe them (input shape and range, latency).
 
@@ -108,11 +108,14 @@ def _check_fields(node, owner: str | None = None) -> None:
     kernel = getattr(node, "kernel", None)
     if kernel is None and getattr(node, "J", None) is not None and node.J.ndim > 2:
         kernel = node.J.shape[2:]
-    if pads and kernel is not None:
+    if pads and kernel is not None and len(getattr(node, "in_shape", ())) == len(kernel) + 1:
+        # ONNX allows pads beyond the kernel (a Pad absorbed into a Conv gives them); a pad as large as the
+        # input and the window together only adds positions that see nothing but padding: a damaged file
         dilations = getattr(node, "dilations", None) or (1,) * len(kernel)
-        extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-        if any(p >= extent[i % len(extent)] for i, p in enumerate(pads)):
-            raise GraphError(f"{owner}: pads {pads} are not smaller than the window extent {tuple(extent)}")
+        limit = [(k - 1) * d + 1 + n for k, d, n in zip(kernel, dilations, node.in_shape[1:])]
+        if any(p >= limit[i % len(limit)] for i, p in enumerate(pads)):
+            raise GraphError(f"{owner}: pads {pads} are not smaller than the window extent plus the input size "
+                             f"{tuple(limit)}")
 
 
 def _check_inputs(node, earlier: dict) -> None:

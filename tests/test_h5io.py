@@ -503,16 +503,21 @@ def test_oversized_dataset_shape_is_refused_before_reading(cnn_copy, monkeypatch
     assert "larger than the file" in read_error(cnn_copy)
 
 
-def test_pads_as_large_as_the_kernel_are_refused():
-    """ONNX allows them, the importer would map them; the validator refuses them so that a damaged pads attribute
-    cannot blow up a simulation (the other nodes' shapes catch most such damage first)."""
+@pytest.mark.parametrize("pad, ok", [(2, True), (5, True), (6, False)])
+def test_pads_beyond_input_and_window_are_refused(pad, ok):
+    """ONNX allows pads beyond the kernel (an absorbed Pad gives them); pads as large as the input and the window
+    together only add positions that see padding alone, so the validator refuses them as damage."""
     from relu2snn_cli import validate
     enc = snn.Encoder("in", (1, 4, 4), 0.0, 1.0)
-    pool = snn.SpikePool("p", "in", (1, 4, 4), (2, 2), (1, 1), (0, 0, 2, 0), (1, 1), window=enc.window)
+    pool = snn.SpikePool("p", "in", (1, 4, 4), (2, 2), (1, 1), (0, 0, pad, 0), (1, 1), window=enc.window)
     flat = snn.Reshape("f", "p", pool.shape, (int(np.prod(pool.shape)),), window=pool.window)
     readout = snn.Readout("r", (snn.Synapses("f", flat.shape, np.ones((2, flat.shape[0]))),), np.zeros(2), flat.window)
-    with pytest.raises(snn.GraphError, match="pads"):
-        validate.check(snn.Network((enc, pool, flat, readout)))
+    net = snn.Network((enc, pool, flat, readout))
+    if ok:
+        validate.check(net)
+    else:
+        with pytest.raises(snn.GraphError, match="pads"):
+            validate.check(net)
 
 
 def test_attribute_name_that_is_not_text(converted, tmp_path):

@@ -1207,3 +1207,15 @@ def test_a_fixed_batch_size(tmp_path, batch):
     convert.convert(path, str(tmp_path / "x.npy"), tmp_path / "m.snn.h5")
     report = verify.verify(tmp_path / "m.snn.h5", path, str(tmp_path / "x.npy"))
     assert report["agreement"] == 1.0 and report["max_abs_logit_error_ref"] <= 1e-9 * report["max_abs_logit"]
+
+
+def test_a_pad_larger_than_the_kernel(tmp_path):
+    """Pad 3 then a 3×3 conv with pad 1: pads of 4 on a 3-wide kernel, valid ONNX, converted exactly."""
+    rng = np.random.default_rng(98)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("Pad", [h, b.int_const([0, 0, 3, 3, 0, 0, 3, 3]), b.const(0.0)])
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, pads=[1, 1, 1, 1])])), tmp_path)
+    assert imp.graph.nodes[2].terms[0].pads == (4, 4, 4, 4)
+    x = rng.normal(size=(32, 2, 6, 6)).astype(np.float32)
+    assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
