@@ -136,7 +136,7 @@ def required_window(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray) 
     breakpoints at the a_j and falls beyond them, so R* = max over σ ∈ {0} ∪ {a_j}; R(0) = z,
     the pre-activation. a, w: (P, K) inputs (codes) and weights of P neurons; b, s: (P,).
     """
-    order = np.argsort(-a, axis=1, kind="stable")
+    order = np.argsort(-a, axis=1)  # ties add w·(a − σ) = 0 at σ = a, in any order
     a = np.take_along_axis(a, order, axis=1)
     w = np.take_along_axis(w, order, axis=1)
     zero = np.zeros((a.shape[0], 1))

@@ -58,7 +58,7 @@ def first_crossing(times: np.ndarray, weights: np.ndarray, alpha: np.ndarray, th
     C·t − D would cancel to rounding noise. The earliest crossing over all segments is the
     first one, since segments are disjoint and ordered in time.
     """
-    order = np.argsort(times, axis=1, kind="stable")
+    order = np.argsort(times, axis=1)  # the order among equal times does not matter: they bound empty segments
     t = np.take_along_axis(times, order, axis=1)
     w = np.take_along_axis(weights, order, axis=1)
     p = t.shape[0]
