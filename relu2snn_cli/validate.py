@@ -55,10 +55,6 @@ def _check_text(where: str, value: str) -> None:
         raise GraphError(f"{where} = {value!r} holds a NUL character, which HDF5 cannot store")
 
 
-def _inputs(node) -> tuple[str, ...]:
-    return tuple(node.inputs)
-
-
 def _numbers(value) -> bool:
     """A tuple of numbers or names, or of such tuples (a Concat's ``in_shapes``)."""
     return all(_numbers(v) if isinstance(v, tuple) else
@@ -119,7 +115,7 @@ def _check_fields(node, owner: str | None = None) -> None:
 
 
 def _check_inputs(node, earlier: dict) -> None:
-    for name in _inputs(node):
+    for name in node.inputs:
         src = earlier.get(name)
         if src is None:
             raise GraphError(f"{node.name}: input {name!r} is not an earlier node")

@@ -218,7 +218,7 @@ def test_reference_is_independent_of_the_production_kernels():
     assert {m for m in imported if m[0] and m[0].startswith("relu2snn_cli")} == {("relu2snn_cli", "snn")}
 
 
-def test_delays_are_exercised_by_the_dag_strategy(tmp_path):
+def test_concatenation_and_residual_sum_with_delays(tmp_path):
     """A concatenation and a residual sum of populations that end at different times: the artifact has delays."""
     b = GraphBuilder((5,))
     rng = np.random.default_rng(2)
