@@ -25,7 +25,7 @@ import onnxruntime as ort
 from . import ir, ops
 from .data import batches, check_inputs
 from .errors import ModelError
-from .mapping import Scaled, required_window, requirement_bound
+from .mapping import Scaled, requirement_bound, sorted_requirement
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
 FORWARD_TOLERANCE = 1e-3  # relative to max |logit|: float32 rounding is far below, an import error far above
@@ -115,9 +115,9 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) ->
 
     a: the layer's input codes, one (N, *in_shape) array per term. A pair whose
     ``mapping.requirement_bound`` is at most ``running`` cannot raise the maximum (its
-    requirement is below its bound); the others get the exact ``required_window``, largest
-    bounds first, until no bound left exceeds the maximum found. The result does not depend on
-    the batch order.
+    requirement is below its bound); the others get the exact requirement (``mapping.sorted_requirement``
+    on ``ops.sorted_fan_ins``), the largest bounds first, then those whose bound still exceeds the
+    maximum found. The result does not depend on the batch order.
     """
     n = len(a[0])
     s = ir.incoming_sum(layer)
@@ -130,21 +130,21 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) ->
     rows, cols = np.nonzero(bound > running)
     if not len(rows):
         return running
-    order = np.argsort(-bound[rows, cols], kind="stable")  # largest bounds first: they raise the maximum soonest
-    rows, cols = rows[order], cols[order]
-    bound = bound[rows, cols]
+    order = np.argsort(-bound[rows, cols], kind="stable")
+    rows, cols, bound = rows[order], cols[order], bound[rows[order], cols[order]]
     bias = ir.full_bias(layer).reshape(-1)
     per_channel = int(np.prod(layer.shape[1:]))
+    sources, weights = term_sources(layer, a), [t.weight for t in layer.terms]
+    head = max(1, (1 << 20) // sum(int(np.prod(w.shape[1:])) for w in weights))
     found = running
-    sources = term_sources(layer, a)
-    step = max(1, (1 << 20) // sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms))
-    for lo in range(0, len(rows), step):
-        if bound[lo] <= found:  # a requirement is at most its bound: no later pair can raise the maximum
-            break
-        r, c = rows[lo:lo + step], cols[lo:lo + step]
-        inputs, weights = ops.gather_fan_ins(sources, [t.weight for t in layer.terms], layer.shape, r, c)
-        need = required_window(inputs, weights, bias[c], s[c // per_channel])
-        found = max(found, float(need.max()))
+    # the largest bounds first: they raise the maximum soonest, and a requirement is at most its bound,
+    # so the remaining pairs are only those whose bound still exceeds the maximum found
+    for part in (slice(0, head), slice(head, None)):
+        keep = bound[part] > found
+        r, c = rows[part][keep], cols[part][keep]
+        for index, codes, w in ops.sorted_fan_ins(sources, weights, layer.shape, r, c):
+            need = sorted_requirement(codes, w, bias[c[index]], s[c[index] // per_channel])
+            found = max(found, float(need.max()))
     return found
 
 

@@ -137,14 +137,33 @@ def required_window(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray) 
     the pre-activation. a, w: (P, K) inputs (codes) and weights of P neurons; b, s: (P,).
     """
     order = np.argsort(-a, axis=1)  # ties add w·(a − σ) = 0 at σ = a, in any order
-    a = np.take_along_axis(a, order, axis=1)
-    w = np.take_along_axis(w, order, axis=1)
-    zero = np.zeros((a.shape[0], 1))
-    above_w = np.concatenate([zero, np.cumsum(w, axis=1)[:, :-1]], axis=1)        # Σ w_j over a_j > a_(k)
-    above_wa = np.concatenate([zero, np.cumsum(w * a, axis=1)[:, :-1]], axis=1)   # Σ w_j·a_j over a_j > a_(k)
-    r = b[:, None] + above_wa - a * above_w - (1.0 - s)[:, None] * a
-    z = b + np.sum(w * a, axis=1)
-    return np.maximum(z, r.max(axis=1, initial=-np.inf))
+    return sorted_requirement(np.take_along_axis(a, order, axis=1), np.take_along_axis(w, order, axis=1), b, s)
+
+
+def sorted_requirement(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``required_window`` for codes already in decreasing order along each row (P, K), as
+    ``ops.sorted_fan_ins`` gives them: b + max(Σ w·a, ``ramp_peak``(a, w, 1 − s))."""
+    peak, total = ramp_peak(a, w, 1.0 - s)
+    return b + np.maximum(total, peak)
+
+
+def ramp_peak(a: np.ndarray, w: np.ndarray, c: np.ndarray, sigma: np.ndarray | None = None):
+    """max over k of Σ_{m≤k} w_m·(a_m − σ_k) − c·σ_k, and Σ_m w_m·a_m, for P rows of codes a (P, K) in
+    decreasing order with weights w; σ_k = a_k unless ``sigma`` gives them. w is overwritten.
+
+    This is the value of a sum of ramps Σ_j w_j·(a_j − σ)+ − c·σ at each breakpoint σ_k = a_k, where the
+    inputs m ≤ k are exactly those with a_m ≥ σ_k: two running sums, C1 = Σ w·a and C0 = Σ w, give
+    C1_k − σ_k·(C0_k + c). Summing up to k inclusive is exact also among equal codes, since an input
+    adds w·(a − σ) = 0 at its own breakpoint. For ``required_window`` c = 1 − s; for the potential of
+    ``simulator.peak_potential``, c = α.
+    """
+    sum_wa = np.cumsum(w * a, axis=1)
+    total = sum_wa[:, -1].copy() if a.shape[1] else np.zeros(len(a))
+    sum_w = np.cumsum(w, axis=1, out=w)
+    sum_w += c[:, None]
+    sum_w *= a if sigma is None else sigma
+    sum_wa -= sum_w
+    return sum_wa.max(axis=1, initial=-np.inf), total
 
 
 @dataclass(frozen=True)

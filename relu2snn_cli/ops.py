@@ -159,3 +159,63 @@ def gather_fan_in(source: np.ndarray, weight: np.ndarray, shape: tuple[int, ...]
     channels = (o // (weight.shape[0] // groups))[:, None] * per_group + np.arange(per_group)
     taps = source[samples[:, None], channels, i[:, None], j[:, None]]   # (P, C/groups, kh, kw)
     return taps.reshape(len(samples), -1), weight.reshape(weight.shape[0], -1)[o]
+
+
+def fan_in_keys(sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
+                samples: np.ndarray, neurons: np.ndarray) -> np.ndarray:
+    """One integer per (sample, flat neuron index) pair, equal for pairs that read the same inputs in the same
+    order (``gather_fan_in``): the sample, the output position of a convolution, and the group of the
+    output channel in each grouped convolution. A dense layer's neurons all read the whole input."""
+    per_channel = int(np.prod(shape[1:]))
+    channel, position = np.divmod(neurons, per_channel)
+    key = samples.astype(np.int64) * per_channel + position
+    for source, weight in zip(sources, weights):
+        if weight.ndim > 2:
+            groups = source.shape[1] // weight.shape[1]
+            key = key * groups + channel // (weight.shape[0] // groups)
+    return key
+
+
+def sorted_fan_ins(sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
+                   samples: np.ndarray, neurons: np.ndarray, budget: int = 1 << 20):
+    """Yield (index, a, w) over P (sample, neuron) pairs in chunks of about ``budget`` elements: for the pairs
+    ``index`` (into samples/neurons), their positive input codes in decreasing order, a (p, m), and the
+    weights of those inputs in the same order, w (p, m). A row with fewer than m positive codes ends in
+    codes 0 (inputs at or after the end of the input window, which add nothing before it; a negative
+    code reads 0 too) with their weights.
+
+    ``sources`` hold input codes as ``gather_fan_in`` reads them (padded taps read 0) and ``weights``
+    the synapse sets, side by side as in ``gather_fan_ins``. The inputs of pairs with the same
+    ``fan_in_keys`` are gathered and sorted once, however many neurons read them: for a convolution
+    every failing output channel at a position shares one sort.
+    """
+    keys, first, inverse = np.unique(fan_in_keys(sources, weights, shape, samples, neurons),
+                                     return_index=True, return_inverse=True)
+    by_key = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[by_key], np.arange(len(keys) + 1))
+    flat = [w.reshape(w.shape[0], -1) for w in weights]
+    per_channel = int(np.prod(shape[1:]))
+    key_step = max(1, budget // sum(f.shape[1] for f in flat))
+    for lo in range(0, len(keys), key_step):
+        hi = min(lo + key_step, len(keys))
+        rep = first[lo:hi]
+        codes, _ = gather_fan_ins(sources, weights, shape, samples[rep], neurons[rep])
+        order = np.argsort(-codes, axis=1)            # ties: equal codes add w·(a − a) = 0, in any order
+        codes = np.take_along_axis(codes, order, axis=1)
+        positive = np.count_nonzero(codes > 0, axis=1)
+        pairs = by_key[starts[lo]:starts[hi]]
+        step = max(1, budget // max(1, int(positive.max(initial=0))))
+        for p_lo in range(0, len(pairs), step):
+            index = pairs[p_lo:p_lo + step]
+            local = inverse[index] - lo
+            m = int(positive[local].max(initial=0))
+            a = codes[local, :m]
+            cols = order[local, :m]
+            channel = neurons[index] // per_channel
+            w = np.empty(a.shape)
+            runs = np.flatnonzero(np.diff(local, prepend=-1, append=len(keys)))   # pairs of one key are adjacent
+            for begin, end in zip(runs[:-1], runs[1:]):
+                rows = [np.take(f, channel[begin:end], axis=0) for f in flat]
+                rows = rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
+                np.take(rows, order[local[begin], :m], axis=1, out=w[begin:end])
+            yield index, np.maximum(a, 0.0, out=a), w

@@ -6,10 +6,13 @@ Each SpikingLayer is simulated in two passes, vectorized over the batch:
    potential is linear, V(t) = α·B_in + Σ_j J_ij·a_j + (α + Σ_j J_ij)·(t − T) with
    a_j = T − t_j, so the crossing time has a closed form computed with one matrix
    product (a convolution as im2col + BLAS);
-2. exact scan — the closed form is trusted only where the no-early-spike certificate of
-   DESIGN §3 holds (statically for the neuron, or for this sample's inputs); for the other
-   (sample, neuron) pairs the input spikes are sorted and the piecewise-linear potential
-   is walked to its first threshold crossing, which may come before T (an early spike).
+2. exact check — the closed form is trusted only where the no-early-spike certificate of
+   DESIGN §3 holds (statically for the neuron, or for this sample's inputs). For the other
+   (sample, neuron) pairs the potential is evaluated at every input spike before T
+   (``peak_potential``: the inputs of a sample and position are sorted once for all the
+   neurons that read them); where it stays below the threshold the closed form holds, else
+   the piecewise-linear potential is walked to its first crossing (``first_crossing``),
+   which comes before T (an early spike).
 
 A neuron that has not fired by its window end fires there (activation 0).
 """
@@ -22,9 +25,10 @@ import numpy as np
 
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
-from .mapping import early_bound, static_certificate
+from .mapping import early_bound, ramp_peak, static_certificate
 
-SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact scan
+SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact check and scan
+TIE = 1e-9            # a peak within TIE·max(1, |ϑ|) below ϑ goes to the event-by-event scan too
 
 
 # ----------------------------------------------------------------------------- synapses
@@ -78,6 +82,22 @@ def first_crossing(times: np.ndarray, weights: np.ndarray, alpha: np.ndarray, th
     return np.where(ok, np.where(reached, start, start + rise), np.inf).min(axis=1)
 
 
+def peak_potential(a: np.ndarray, w: np.ndarray, alpha: np.ndarray, b_in: float) -> np.ndarray:
+    """max over the input window σ ∈ [0, B_in] of V(T − σ) = α·(B_in − σ) + Σ_j w_j·(a_j − σ)+, for P neurons
+    whose inputs all arrive by T; a neuron fires at or before T exactly when this reaches ϑ. w is overwritten.
+
+    a, w: (P, K) the positive input codes in decreasing order and their weights (``ops.sorted_fan_ins``);
+    inputs with code ≤ 0 add nothing before T. V is piecewise linear between the input spikes, so the
+    maximum is at σ = 0 (V(T) = α·B_in + Σ w·a), at σ = B_in (where the neuron starts: V = 0 when no input
+    came earlier) or at an input, σ = min(a_k, B_in): α·B_in + ``mapping.ramp_peak`` with c = α. An input
+    before the window start (a > B_in) counts at σ = B_in; partial sums there that leave out later ones
+    are not values of V and can only raise the maximum, which then goes to ``first_crossing``.
+    """
+    sigma = np.minimum(a, b_in) if a.size and a[:, 0].max() > b_in else None
+    peak, total = ramp_peak(a, w, alpha, sigma)
+    return alpha * b_in + np.maximum(np.maximum(total, peak), -alpha * b_in)
+
+
 @dataclass
 class Counts:
     """Spike statistics, summed over the samples of one or more batches."""
@@ -86,7 +106,7 @@ class Counts:
     spikes: int = 0           # spikes emitted (encoder and hidden layers)
     early_spikes: int = 0     # neurons that fired before all their inputs were in
     out_of_range_inputs: int = 0
-    scanned: int = 0          # (sample, neuron) pairs that needed the exact scan
+    scanned: int = 0          # (sample, neuron) pairs checked input by input (no certificate held)
 
     def add(self, other: "Counts") -> None:
         for key in self.__dataclass_fields__:
@@ -137,7 +157,21 @@ class CompiledLayer:
         u, p = self._drives(a)
         with np.errstate(divide="ignore"):  # a non-rising potential (slope ≤ 0) never crosses after T
             t = np.where(self.slope > 0, self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope, np.inf)
-        rows, cols = np.nonzero(self._uncertified(a, u, p))
+        failing, late = self._uncertified(a, u, p)
+        rows, cols = np.nonzero(failing)
+        scan = late[rows]    # an input after T: the closed form does not hold, every such pair is scanned
+        if not scan.all():
+            r, c = rows[~scan], cols[~scan]
+            codes = [fan_in_source(syn, a_k, 0.0) for syn, a_k in zip(layer.synapses, a)]
+            reaches = np.zeros(len(r), dtype=bool)
+            for index, a_sorted, w in ops.sorted_fan_ins(codes, [syn.J for syn in layer.synapses], layer.shape,
+                                                         r, c, SCAN_CHUNK):
+                neuron = c[index]
+                theta = self.theta[neuron]
+                peak = peak_potential(a_sorted, w, self.alpha[neuron], self.b_in)
+                reaches[index] = ~(peak < theta - TIE * np.maximum(1.0, np.abs(theta)))
+            scan[np.flatnonzero(~scan)[reaches]] = True
+        rows, cols = rows[scan], cols[scan]
         early = 0
         if len(rows):
             sources = [fan_in_source(syn, t_k + syn.delay, self.t_start) for syn, t_k in zip(layer.synapses, t_in)]
@@ -148,7 +182,7 @@ class CompiledLayer:
                 t[r, c] = first_crossing(times, weights, self.alpha[c], self.theta[c], self.t_in)
                 early += int(np.count_nonzero(t[r, c] < self.t_start))
         t = np.minimum(t, self.t_end)
-        return t.reshape((n,) + layer.shape), early, len(rows)
+        return t.reshape((n,) + layer.shape), early, int(np.count_nonzero(failing))
 
     def _drives(self, a: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """u = Σ_k Σ_j J_kij·a_kj (N, neurons) and p = Σ_k Σ_j max(J_kij, 0)·a_kj for the neurons of the
@@ -165,8 +199,9 @@ class CompiledLayer:
                     p = p + drive(syn, a_k, j_pos).reshape(n, -1)[:, self.unsure_cols]
         return u, (p if len(self.unsure) else np.zeros((n, 0)))
 
-    def _uncertified(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """(N, neurons) mask of the pairs the closed form cannot be trusted for.
+    def _uncertified(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, neurons) mask of the pairs the closed form cannot be trusted for without a look at their inputs,
+        and the (N,) mask of samples with an input after T.
 
         A pair is trusted when no input arrives after the input window (a_j < 0, an input value
         above the encoder's range: the closed form assumes every input is in by T) and either the
@@ -187,7 +222,7 @@ class CompiledLayer:
             p_all = sum(drive(syn, a_k[idx], j_pos).reshape(len(idx), -1)
                         for syn, j_pos, a_k in zip(self.layer.synapses, self.j_pos, a))
             self._mark(failing, idx, np.arange(self.size), u, p_all, np.ones(self.size, dtype=bool))
-        return failing
+        return failing, late
 
     def _mark(self, failing, idx, cols, u, p, check) -> None:
         """Mark the pairs (idx × cols, where ``check``) whose ``mapping.early_bound`` is not below ϑ. The plain

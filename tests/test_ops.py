@@ -199,3 +199,60 @@ def test_conv2d_random_geometry_matches_onnxruntime(g):
         ops.out_size(size, k, s, pb, pe, d)
         for size, k, s, pb, pe, d in zip((h, w), g["kernel"], g["strides"], g["pads"][:2], g["pads"][2:],
                                          g["dilations"]))
+
+
+# ----------------------------------------------------------------------------- shared sorted fan-ins
+
+def _synapse_sets(kind, rng):
+    """(sources as gather_fan_in reads them, weights, output shape) for one layer kind; codes ≥ 0 with zeros and ties."""
+    def codes(shape):
+        a = rng.choice([0.0, 0.5, 1.0, 2.0], size=shape) * rng.random(shape) ** (rng.random(shape) < 0.5)
+        return a
+    if kind == "dense":
+        return [codes((3, 7))], [rng.normal(0, 1, (5, 7))], (5,)
+    if kind == "conv":
+        x, w = codes((2, 2, 5, 4)), rng.normal(0, 1, (3, 2, 3, 2))
+        return [ops.windows(x, (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 0.0)], [w], (3,) + ops.out_spatial(
+            (5, 4), (3, 2), (2, 1), (1, 0, 2, 1), (1, 2))
+    if kind == "conv1d-grouped":
+        x, w = codes((2, 4, 7)), rng.normal(0, 1, (6, 2, 3))
+        return [ops.windows(x, (3,), (2,), (1, 2), (2,), 0.0)], [w], (6,) + ops.out_spatial((7,), (3,), (2,), (1, 2), (2,))
+    x1, x2 = codes((2, 2, 4, 4)), codes((2, 3, 4, 4))   # a conv and a grouped 1×1 conv side by side
+    w1, w2 = rng.normal(0, 1, (3, 2, 3, 3)), rng.normal(0, 1, (3, 1, 1, 1))
+    return ([ops.windows(x1, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0.0),
+             ops.windows(x2, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 0.0)], [w1, w2], (3, 4, 4))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "conv1d-grouped", "two-sets"])
+@pytest.mark.parametrize("budget", [40, 1 << 20])
+def test_sorted_fan_ins_are_each_pairs_positive_inputs_in_decreasing_order(kind, budget):
+    """Every pair comes out once, with exactly its positive codes (decreasing) and their weights, then zero codes;
+    a small budget splits the work into many chunks and gives the same rows."""
+    rng = np.random.default_rng(5)
+    sources, weights, shape = _synapse_sets(kind, rng)
+    n = sources[0].shape[0]
+    samples, neurons = np.divmod(rng.permutation(n * int(np.prod(shape)))[:25], int(np.prod(shape)))
+    want_a, want_w = ops.gather_fan_ins(sources, weights, shape, samples, neurons)
+    seen = np.zeros(len(samples), int)
+    for index, a, w in ops.sorted_fan_ins(sources, weights, shape, samples, neurons, budget):
+        seen[index] += 1
+        for row, i in enumerate(index):
+            positive = want_a[i] > 0
+            count = int(positive.sum())
+            assert np.all(np.diff(a[row]) <= 0) and np.all(a[row, count:] == 0)
+            got = sorted(zip(a[row, :count], w[row, :count]))
+            assert got == sorted(zip(want_a[i][positive], want_w[i][positive]))
+    assert np.all(seen == 1)
+
+
+def test_fan_in_keys_share_only_identical_inputs():
+    rng = np.random.default_rng(6)
+    sources, weights, shape = _synapse_sets("conv1d-grouped", rng)
+    size = int(np.prod(shape))
+    samples, neurons = np.divmod(np.arange(sources[0].shape[0] * size), size)
+    keys = ops.fan_in_keys(sources, weights, shape, samples, neurons)
+    inputs, _ = ops.gather_fan_ins(sources, weights, shape, samples, neurons)
+    for key in np.unique(keys):
+        rows = inputs[keys == key]
+        assert np.array_equal(rows, np.broadcast_to(rows[0], rows.shape))
+    assert len(np.unique(keys)) == sources[0].shape[0] * shape[1] * 2   # samples × positions × groups

@@ -50,6 +50,32 @@ def test_first_crossing_fires_early_then_inputs_pull_down():
     assert t[0] == pytest.approx(0.4, abs=1e-12)  # 5·t = 2
 
 
+@settings(max_examples=300, deadline=None)
+@given(k=st.integers(0, 7), seed=st.integers(0, 2**31 - 1), alpha=st.floats(0.1, 2), b_in=st.floats(0.5, 3),
+       before=st.booleans())
+def test_peak_potential_is_the_largest_potential_before_the_window_end(k, seed, alpha, b_in, before):
+    """Against V evaluated directly at every input spike and both window ends; with an input before the
+    window start (``before``) it may only be higher. And the law it is used for: the event-by-event
+    first crossing is at or before T exactly when the peak reaches ϑ (away from ties)."""
+    rng = np.random.default_rng(seed)
+    a = b_in * (rng.choice([0.0, 0.3, 0.7], k) + rng.uniform(0, 0.3, k) * (rng.random(k) < 0.7))  # zeros, ties
+    if before and k:
+        a[0] = b_in + 0.5
+    w = rng.normal(0, 2, k)
+    sigmas = np.concatenate([[0.0, b_in], np.minimum(a, b_in)])
+    v = [alpha * (b_in - x) + float(np.sum(w * np.maximum(a - x, 0.0))) for x in sigmas]
+    order = np.argsort(-a)
+    got = simulator.peak_potential(a[order][None], w[order][None].copy(), np.array([alpha]), b_in)[0]
+    scale = 1.0 + alpha * b_in + float(np.abs(w) @ a)
+    assert got >= max(v) - 1e-12 * scale
+    if not before:
+        assert got <= max(v) + 1e-12 * scale
+        t_end = 4.0
+        theta = max(v) + rng.choice([-1, 1]) * rng.uniform(1e-6, 1) * scale
+        t = simulator.first_crossing((t_end - a)[None], w[None], np.array([alpha]), np.array([theta]), t_end - b_in)[0]
+        assert (t <= t_end) == (got >= theta)
+
+
 # ----------------------------------------------------------------------------- one layer
 
 LAYER_KINDS = ["dense", "conv", "conv1d-grouped", "two-inputs"]
