@@ -5,8 +5,8 @@ which gives its wall time and peak resident memory. Results go to BUILD/results.
 (merged with earlier runs, so cases can be run one at a time) and the table between the
 markers of docs/performance.md is rewritten from them.
 
-    python benchmarks/run.py                       # mlp cnn cifar-noscan cifar
-    python benchmarks/run.py imagenet-noscan       # the ImageNet-size VGG-16 (several GB, long)
+    python benchmarks/run.py                       # mlp cnn cifar
+    python benchmarks/run.py imagenet              # the ImageNet-size VGG-16 (several GB, about 1.5 h)
 """
 
 from __future__ import annotations
@@ -27,26 +27,18 @@ import vgg  # noqa: E402
 
 BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
 
-# name: (model source, calibration samples, test samples, convert batch size, bench batch size, bench repeats,
-#        requirement scan, steps)
+# name: (model source, calibration samples, test samples, convert batch size, bench batch size, bench repeats)
 CASES = {
-    "mlp": ("sample", 256, None, 256, 64, 5, True, ("verify", "bench")),
-    "cnn": ("sample", 256, None, 256, 64, 5, True, ("verify", "bench")),
-    "cifar-noscan": ("cifar", 256, 8, 256, 8, 1, False, ("verify", "bench")),
-    "cifar": ("cifar", 32, 16, 32, 16, 1, True, ("verify", "bench")),
-    "imagenet-noscan": ("imagenet", 64, 8, 8, 8, 1, False, ()),
+    "mlp": ("sample", 256, None, 256, 64, 5),
+    "cnn": ("sample", 256, None, 256, 64, 5),
+    "cifar": ("cifar", 256, 64, 64, 64, 1),
+    "imagenet": ("imagenet", 64, 8, 8, 8, 1),
 }
-# Without the requirement scan, calibration keeps X_n = the largest scaled activation and skips the
-# exact no-early-spike requirement of every (sample, neuron) pair (calibrate.update_requirement),
-# which dominates convert time on VGG-16 (docs/performance.md); verify then counts early spikes.
-NO_SCAN = ("import sys, relu2snn_cli.calibrate as c; c.update_requirement = lambda layer, a, running: running; "
-           "from relu2snn_cli.cli import main; sys.argv[0] = 'relu2snn'; main()")
 
 
-def timed(args: list[str], scan: bool = True) -> dict:
+def timed(args: list[str]) -> dict:
     """Run a relu2snn command under /usr/bin/time -v; its --json report, wall seconds, peak RSS in MiB."""
-    entry = ["-m", "relu2snn_cli"] if scan else ["-c", NO_SCAN]
-    cmd = ["/usr/bin/time", "-v", sys.executable, *entry, *map(str, args), "--json", "--quiet"]
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "relu2snn_cli", *map(str, args), "--json", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr)
@@ -74,7 +66,7 @@ def ort_seconds(model: Path, data: Path, batch_size: int, repeats: int = 3) -> f
 
 def run_case(name: str, build: Path) -> dict:
     """Make the files of one case, then convert it and run its other steps."""
-    source, n_calib, n_test, convert_batch, bench_batch, repeats, scan, steps = CASES[name]
+    source, n_calib, n_test, convert_batch, bench_batch, repeats = CASES[name]
     out = build / name
     out.mkdir(parents=True, exist_ok=True)
     if source == "sample":
@@ -83,16 +75,14 @@ def run_case(name: str, build: Path) -> dict:
     else:
         files = {k: Path(v) for k, v in vgg.write(source, out, n_calib, n_test).items() if k != "parameters"}
     snn = out / "model.snn.h5"
-    result = {"batch_size": bench_batch, "calibration_samples": n_calib, "requirement_scan": scan}
+    result = {"batch_size": bench_batch, "calibration_samples": n_calib}
     result["convert"] = timed(["convert", files["model"], "--calib", files["calib"], "-o", snn, "--force",
-                               "--batch-size", convert_batch], scan)
+                               "--batch-size", convert_batch])
     result["ort_calibration_seconds"] = ort_seconds(files["model"], files["calib"], convert_batch)
-    if "verify" in steps:
-        result["verify"] = timed(["verify", snn, "--onnx", files["model"], "--data", files["test"],
-                                  "--batch-size", bench_batch])
-    if "bench" in steps:
-        result["bench"] = timed(["bench", snn, "--onnx", files["model"], "--data", files["test"],
-                                 "--batch-size", bench_batch, "--repeats", repeats])
+    result["verify"] = timed(["verify", snn, "--onnx", files["model"], "--data", files["test"],
+                              "--batch-size", bench_batch])
+    result["bench"] = timed(["bench", snn, "--onnx", files["model"], "--data", files["test"],
+                             "--batch-size", bench_batch, "--repeats", repeats])
     return result
 
 
@@ -101,7 +91,6 @@ def table(results: dict) -> str:
     names = [n for n in CASES if n in results]
     rows = [
         ("calibration samples / bench batch", lambda r: f"{r['calibration_samples']} / {r['batch_size']}"),
-        ("requirement scan in calibration", lambda r: "yes" if r["requirement_scan"] else "**skipped**"),
         ("ANN multiply-adds per sample", lambda r: f"{r['bench']['report']['ann_macs_per_sample']:.4g}"),
         ("synaptic events per sample", lambda r: f"{r['bench']['report']['synaptic_events_per_sample']:.4g}"),
         ("spikes per neuron", lambda r: f"{r['bench']['report']['spikes_per_neuron']:.4g}"),
@@ -109,7 +98,9 @@ def table(results: dict) -> str:
         ("SNN ms per sample", lambda r: f"{1e3 * r['bench']['report']['snn_seconds_per_sample']:.4g}"),
         ("onnxruntime ms per sample", lambda r: f"{1e3 * r['bench']['report']['ann_seconds_per_sample']:.4g}"),
         ("**snn_over_ann**", lambda r: f"**{r['bench']['report']['snn_over_ann']:.3g}**"),
-        ("exact-scan pairs per sample", lambda r: f"{r['bench']['report']['exact_scan_pairs_per_sample']:.4g}"),
+        ("checked / event-scanned pairs per sample",
+         lambda r: f"{r['bench']['report']['checked_pairs_per_sample']:.4g} / "
+                   f"{r['bench']['report']['event_scan_pairs_per_sample']:.4g}"),
         ("bench peak RSS (MiB)", lambda r: f"{r['bench']['peak_rss_mb']:.0f}"),
         ("verify agreement", lambda r: f"{r['verify']['report']['agreement']:.4g}"),
         ("verify early spikes", lambda r: f"{r['verify']['report']['early_spikes']}"),
@@ -149,7 +140,7 @@ def main() -> None:
     parser.add_argument("--build", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args()
-    cases = args.cases or ["mlp", "cnn", "cifar-noscan", "cifar"]
+    cases = args.cases or ["mlp", "cnn", "cifar"]
     if not set(cases) <= set(CASES):
         parser.error(f"unknown case in {cases}; choose from {', '.join(CASES)}")
     store = args.build / "results.json"

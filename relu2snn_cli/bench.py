@@ -156,7 +156,8 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
         "synaptic_events_per_sample": events[0],
         "ann_macs_per_sample": sum(macs(node) for node in layers),
         "spikes_per_neuron": spikes_per_neuron,
-        "exact_scan_pairs_per_sample": counts.scanned / counts.samples,
+        "checked_pairs_per_sample": counts.checked / counts.samples,
+        "event_scan_pairs_per_sample": counts.scanned / counts.samples,
         "latency": net.latency,
         "peak_rss_mb": peak_rss_mb(),
         # time inside each spiking layer, averaged over the warm-up and timed passes

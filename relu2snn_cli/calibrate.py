@@ -142,9 +142,11 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) ->
     for part in (slice(0, head), slice(head, None)):
         keep = bound[part] > found
         r, c = rows[part][keep], cols[part][keep]
-        for index, codes, w in ops.sorted_fan_ins(sources, weights, layer.shape, r, c):
-            need = sorted_requirement(codes, w, bias[c[index]], s[c[index] // per_channel])
-            found = max(found, float(need.max()))
+        def requirement(index, codes, w, c=c):
+            return float(sorted_requirement(codes, w, bias[c[index]], s[c[index] // per_channel]).max())
+
+        for _, need in ops.sorted_fan_ins(requirement, sources, weights, layer.shape, r, c):
+            found = max(found, need)
     return found
 
 

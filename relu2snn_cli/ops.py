@@ -6,6 +6,10 @@ Padding follows ONNX: ``pads = (top, left, bottom, right)``.
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 Pair = tuple[int, int]
@@ -176,46 +180,69 @@ def fan_in_keys(sources: list[np.ndarray], weights: list[np.ndarray], shape: tup
     return key
 
 
-def sorted_fan_ins(sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
-                   samples: np.ndarray, neurons: np.ndarray, budget: int = 1 << 20):
-    """Yield (index, a, w) over P (sample, neuron) pairs in chunks of about ``budget`` elements: for the pairs
-    ``index`` (into samples/neurons), their positive input codes in decreasing order, a (p, m), and the
-    weights of those inputs in the same order, w (p, m). A row with fewer than m positive codes ends in
-    codes 0 (inputs at or after the end of the input window, which add nothing before it; a negative
-    code reads 0 too) with their weights.
+def sorted_fan_ins(fn, sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
+                   samples: np.ndarray, neurons: np.ndarray, budget: int = 1 << 20, workers: int | None = None):
+    """Yield (index, fn(index, a, w)) over P (sample, neuron) pairs in chunks of about ``budget`` elements:
+    for the pairs ``index`` (into samples/neurons), their positive input codes in decreasing order, a (p, m),
+    and the weights of those inputs in the same order, w (p, m). A row with fewer than m positive codes
+    ends in codes 0 (inputs at or after the end of the input window, which add nothing before it; a
+    negative code reads 0 too) with their weights.
 
     ``sources`` hold input codes as ``gather_fan_in`` reads them (padded taps read 0) and ``weights``
     the synapse sets, side by side as in ``gather_fan_ins``. The inputs of pairs with the same
     ``fan_in_keys`` are gathered and sorted once, however many neurons read them: for a convolution
-    every failing output channel at a position shares one sort.
+    every output channel at a position shares one sort. The chunks' weight gathers and ``fn`` run in
+    ``workers`` threads (NumPy releases the GIL in them), in order, a few chunks in flight.
     """
     keys, first, inverse = np.unique(fan_in_keys(sources, weights, shape, samples, neurons),
                                      return_index=True, return_inverse=True)
     by_key = np.argsort(inverse, kind="stable")
     starts = np.searchsorted(inverse[by_key], np.arange(len(keys) + 1))
     flat = [w.reshape(w.shape[0], -1) for w in weights]
-    per_channel = int(np.prod(shape[1:]))
+    channels = neurons // int(np.prod(shape[1:]))
     key_step = max(1, budget // sum(f.shape[1] for f in flat))
-    for lo in range(0, len(keys), key_step):
-        hi = min(lo + key_step, len(keys))
-        rep = first[lo:hi]
-        codes, _ = gather_fan_ins(sources, weights, shape, samples[rep], neurons[rep])
-        order = np.argsort(-codes, axis=1)            # ties: equal codes add w·(a − a) = 0, in any order
-        codes = np.take_along_axis(codes, order, axis=1)
-        positive = np.count_nonzero(codes > 0, axis=1)
-        pairs = by_key[starts[lo]:starts[hi]]
-        step = max(1, budget // max(1, int(positive.max(initial=0))))
-        for p_lo in range(0, len(pairs), step):
-            index = pairs[p_lo:p_lo + step]
-            local = inverse[index] - lo
-            m = int(positive[local].max(initial=0))
-            a = codes[local, :m]
-            cols = order[local, :m]
-            channel = neurons[index] // per_channel
-            w = np.empty(a.shape)
-            runs = np.flatnonzero(np.diff(local, prepend=-1, append=len(keys)))   # pairs of one key are adjacent
-            for begin, end in zip(runs[:-1], runs[1:]):
-                rows = [np.take(f, channel[begin:end], axis=0) for f in flat]
-                rows = rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
-                np.take(rows, order[local[begin], :m], axis=1, out=w[begin:end])
-            yield index, np.maximum(a, 0.0, out=a), w
+
+    def chunk(index, local, codes, order, positive):
+        m = int(positive[local].max(initial=0))
+        a = codes[local, :m]
+        w = np.empty(a.shape)
+        runs = np.flatnonzero(np.diff(local, prepend=-1, append=len(codes)))   # pairs of one key are adjacent
+        for begin, end in zip(runs[:-1], runs[1:]):
+            rows = [np.take(f, channels[index[begin:end]], axis=0) for f in flat]
+            rows = rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
+            np.take(rows, order[local[begin], :m], axis=1, out=w[begin:end])
+        return index, fn(index, np.maximum(a, 0.0, out=a), w)
+
+    def tasks():
+        for lo in range(0, len(keys), key_step):
+            hi = min(lo + key_step, len(keys))
+            rep = first[lo:hi]
+            codes, _ = gather_fan_ins(sources, weights, shape, samples[rep], neurons[rep])
+            order = np.argsort(-codes, axis=1)            # ties: equal codes add w·(a − a) = 0, in any order
+            codes = np.take_along_axis(codes, order, axis=1)
+            positive = np.count_nonzero(codes > 0, axis=1)
+            pairs = by_key[starts[lo]:starts[hi]]
+            step = max(1, budget // max(1, int(positive.max(initial=0))))
+            for p_lo in range(0, len(pairs), step):
+                index = pairs[p_lo:p_lo + step]
+                yield index, inverse[index] - lo, codes, order, positive
+
+    yield from threaded(chunk, tasks(), workers)
+
+
+def threaded(fn, tasks, workers: int | None = None):
+    """fn(*task) for each task of an iterable, in ``workers`` threads (default: the usable cores), results in
+    order; at most two tasks per worker are taken ahead, so memory stays bounded."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers <= 1:
+        yield from (fn(*task) for task in tasks)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        for task in tasks:
+            pending.append(pool.submit(fn, *task))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

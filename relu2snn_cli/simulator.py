@@ -106,7 +106,8 @@ class Counts:
     spikes: int = 0           # spikes emitted (encoder and hidden layers)
     early_spikes: int = 0     # neurons that fired before all their inputs were in
     out_of_range_inputs: int = 0
-    scanned: int = 0          # (sample, neuron) pairs checked input by input (no certificate held)
+    checked: int = 0          # (sample, neuron) pairs no certificate covered, checked input by input
+    scanned: int = 0          # of those, pairs simulated event by event (an input after T, or ϑ reached)
 
     def add(self, other: "Counts") -> None:
         for key in self.__dataclass_fields__:
@@ -150,7 +151,7 @@ class CompiledLayer:
 
     def fire(self, t_in: list[np.ndarray]) -> tuple[np.ndarray, int, int]:
         """Spike times (N, *shape) for the input spike times of each synapse set (undelayed);
-        also counts of early spikes and scanned pairs."""
+        also the counts of early spikes, checked pairs and pairs scanned event by event."""
         layer = self.layer
         n = t_in[0].shape[0]
         a = [end - t for end, t in zip(self.ends, t_in)]
@@ -164,12 +165,15 @@ class CompiledLayer:
             r, c = rows[~scan], cols[~scan]
             codes = [fan_in_source(syn, a_k, 0.0) for syn, a_k in zip(layer.synapses, a)]
             reaches = np.zeros(len(r), dtype=bool)
-            for index, a_sorted, w in ops.sorted_fan_ins(codes, [syn.J for syn in layer.synapses], layer.shape,
-                                                         r, c, SCAN_CHUNK):
-                neuron = c[index]
-                theta = self.theta[neuron]
-                peak = peak_potential(a_sorted, w, self.alpha[neuron], self.b_in)
-                reaches[index] = ~(peak < theta - TIE * np.maximum(1.0, np.abs(theta)))
+
+            def check(index, a_sorted, w):   # the potential before T at every input spike reaches ϑ
+                theta = self.theta[c[index]]
+                peak = peak_potential(a_sorted, w, self.alpha[c[index]], self.b_in)
+                return ~(peak < theta - TIE * np.maximum(1.0, np.abs(theta)))
+
+            for index, hit in ops.sorted_fan_ins(check, codes, [syn.J for syn in layer.synapses], layer.shape,
+                                                 r, c, SCAN_CHUNK):
+                reaches[index] = hit
             scan[np.flatnonzero(~scan)[reaches]] = True
         rows, cols = rows[scan], cols[scan]
         early = 0
@@ -182,7 +186,7 @@ class CompiledLayer:
                 t[r, c] = first_crossing(times, weights, self.alpha[c], self.theta[c], self.t_in)
                 early += int(np.count_nonzero(t[r, c] < self.t_start))
         t = np.minimum(t, self.t_end)
-        return t.reshape((n,) + layer.shape), early, int(np.count_nonzero(failing))
+        return t.reshape((n,) + layer.shape), early, int(np.count_nonzero(failing)), len(rows)
 
     def _drives(self, a: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """u = Σ_k Σ_j J_kij·a_kj (N, neurons) and p = Σ_k Σ_j max(J_kij, 0)·a_kj for the neurons of the
@@ -299,8 +303,9 @@ class Simulator:
         for i, node in enumerate(self.net.nodes[1:], 1):
             t_in = [times[name] for name in node.inputs]
             if isinstance(node, snn.SpikingLayer):
-                out, early, scanned = self.compiled[node.name].fire(t_in)
+                out, early, checked, scanned = self.compiled[node.name].fire(t_in)
                 counts.early_spikes += early
+                counts.checked += checked
                 counts.scanned += scanned
                 counts.spikes += _spikes(out)
             elif isinstance(node, snn.Readout):

@@ -65,7 +65,7 @@ def test_verify_sample_model_is_exact(converted):
     assert report["early_spikes"] == 0 and report["out_of_range_inputs"] == 0
     assert report["spikes_per_neuron"] == 1.0
     assert report["source_model_matches"] is True
-    for key in ("latency", "spike_time_error_per_layer", "exact_scan_pairs"):
+    for key in ("latency", "spike_time_error_per_layer", "checked_pairs", "event_scan_pairs"):
         assert key in report
 
 

@@ -234,7 +234,8 @@ def test_sorted_fan_ins_are_each_pairs_positive_inputs_in_decreasing_order(kind,
     samples, neurons = np.divmod(rng.permutation(n * int(np.prod(shape)))[:25], int(np.prod(shape)))
     want_a, want_w = ops.gather_fan_ins(sources, weights, shape, samples, neurons)
     seen = np.zeros(len(samples), int)
-    for index, a, w in ops.sorted_fan_ins(sources, weights, shape, samples, neurons, budget):
+    for index, (a, w) in ops.sorted_fan_ins(lambda index, a, w: (a, w), sources, weights, shape, samples,
+                                            neurons, budget):
         seen[index] += 1
         for row, i in enumerate(index):
             positive = want_a[i] > 0

@@ -127,7 +127,7 @@ def test_layer_matches_reference(kind, early):
     for _ in range(5):
         layer, windows = random_layer(rng, kind, early)
         t_in = input_times(rng, layer, windows, 4)
-        got, n_early, scanned = simulator.CompiledLayer(layer, windows).fire(t_in)
+        got, n_early, checked, scanned = simulator.CompiledLayer(layer, windows).fire(t_in)
         merged, _ = snn.merge_windows(windows)
         want = reference.fire_layer(layer, merged, t_in)
         assert close(got, want)
@@ -144,8 +144,8 @@ def test_fast_path_is_used_only_where_certified(kind):
     layer, windows = random_layer(rng, kind, early=0.0)
     layer = dataclasses.replace(layer, theta=np.full(layer.shape, 1e3))
     t_in = [t + b - rng.uniform(0, b, (3,) + syn.in_shape) for syn, (t, b) in zip(layer.synapses, windows)]
-    got, early, scanned = simulator.CompiledLayer(layer, windows).fire(t_in)
-    assert scanned == 0 and early == 0
+    got, early, checked, scanned = simulator.CompiledLayer(layer, windows).fire(t_in)
+    assert checked == scanned == 0 and early == 0
     assert close(got, reference.fire_layer(layer, snn.merge_windows(windows)[0], t_in))
 
 
