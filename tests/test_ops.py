@@ -257,3 +257,19 @@ def test_fan_in_keys_share_only_identical_inputs():
         rows = inputs[keys == key]
         assert np.array_equal(rows, np.broadcast_to(rows[0], rows.shape))
     assert len(np.unique(keys)) == sources[0].shape[0] * shape[1] * 2   # samples × positions × groups
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_threaded_keeps_order_and_takes_only_a_few_tasks_ahead(workers):
+    taken = []
+
+    def tasks():
+        for i in range(20):
+            taken.append(i)
+            yield i, i * i
+
+    results = []
+    for result in ops.threaded(lambda i, sq: (i, sq + 1), tasks(), workers):
+        results.append(result)
+        assert len(taken) <= len(results) + 2 * workers   # bounded lookahead: memory stays per chunk
+    assert results == [(i, i * i + 1) for i in range(20)]
