@@ -142,6 +142,7 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) ->
     for part in (slice(0, head), slice(head, None)):
         keep = bound[part] > found
         r, c = rows[part][keep], cols[part][keep]
+
         def requirement(index, codes, w, c=c):
             return float(sorted_requirement(codes, w, bias[c[index]], s[c[index] // per_channel]).max())
 

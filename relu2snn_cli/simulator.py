@@ -149,7 +149,7 @@ class CompiledLayer:
                         else None for syn, j_pos in zip(layer.synapses, self.j_pos)]
         self.fan_in = sum(int(np.prod(syn.J.shape[1:])) for syn in layer.synapses)
 
-    def fire(self, t_in: list[np.ndarray]) -> tuple[np.ndarray, int, int]:
+    def fire(self, t_in: list[np.ndarray]) -> tuple[np.ndarray, int, int, int]:
         """Spike times (N, *shape) for the input spike times of each synapse set (undelayed);
         also the counts of early spikes, checked pairs and pairs scanned event by event."""
         layer = self.layer
