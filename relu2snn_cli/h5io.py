@@ -31,16 +31,27 @@ from . import snn, validate
 from .errors import ArtifactError, GraphError
 
 FORMAT = "relu2snn.ttfs"
-FORMAT_VERSION = 2  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv
+FORMAT_VERSION = 3  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv;
+# 3: text as fixed-length UTF-8. Variable-length strings live in HDF5's global heap, and libhdf5 can
+# loop without end inside C code (no signal stops it) on a damaged heap, so the reader refuses them.
+
+
+def _text(values) -> np.ndarray:
+    """Text (a str or a list of str) as fixed-length UTF-8, which HDF5 stores in the attribute itself."""
+    encoded = np.array([v.encode("utf-8") for v in values] if isinstance(values, list) else values.encode("utf-8"),
+                       dtype=bytes)
+    return encoded.astype(h5py.string_dtype("utf-8", max(1, encoded.dtype.itemsize)))
 
 
 def _to_attr(value):
     if isinstance(value, (tuple, list)):
         if value and all(isinstance(v, str) for v in value):
-            return np.array(value, dtype=h5py.string_dtype())
+            return _text(list(value))
         return np.asarray(value, dtype=np.float64 if any(isinstance(v, float) for v in value) else np.int64)
     if isinstance(value, bool):
         return np.bool_(value)
+    if isinstance(value, str):
+        return _text(value)
     return value
 
 
@@ -52,6 +63,8 @@ def _from_attr(value, hint):
         values = np.atleast_1d(value)
         if typing.get_origin(cast) is tuple:   # a tuple of tuples: one row each
             return tuple(_from_attr(v, cast) for v in values)
+        if cast is str:
+            return tuple(_decode(v) for v in values)
         if cast is int and not np.all(np.mod(values, 1) == 0):
             raise ArtifactError(f"expected integers, got {values.tolist()}")
         return tuple(cast(v) for v in values)
@@ -60,14 +73,24 @@ def _from_attr(value, hint):
     if hint in (int, float):
         return hint(value)
     if hint is str:
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return _decode(value)
     return value
+
+
+def _decode(value) -> str:
+    """Stored text (UTF-8 bytes) as str."""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArtifactError(f"text {value[:40]!r} is not valid UTF-8") from None
 
 
 def _plain(value):
     """An HDF5 attribute value as plain Python data."""
     if isinstance(value, bytes):
-        return value.decode()
+        return _decode(value)
     if isinstance(value, np.ndarray):
         return [_plain(v) for v in value.tolist()]
     if isinstance(value, np.generic):
@@ -103,14 +126,14 @@ def write(path, net: snn.Network) -> None:
     directory, then a rename."""
     validate.check(net)
     with atomic_output(path) as tmp, h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
-        f.attrs["format"] = FORMAT
+        f.attrs["format"] = _text(FORMAT)
         f.attrs["format_version"] = FORMAT_VERSION
         for key in sorted(net.meta):
             f.attrs[key] = _to_attr(net.meta[key])
         nodes = f.create_group("nodes")
         for i, node in enumerate(net.nodes):
             g = nodes.create_group(f"{i:03d}")
-            g.attrs["kind"] = type(node).__name__
+            g.attrs["kind"] = _text(type(node).__name__)
             _write_fields(g, node)
 
 
@@ -165,7 +188,17 @@ def _raw(what: str, read):
 
 
 def _attrs(what: str, obj) -> dict:
-    return _raw(f"attributes of {what}", lambda: {k: obj.attrs[k] for k in obj.attrs})
+    """The attributes of a group; one of a type relu2snn does not write (variable-length text or arrays,
+    references, compounds) is refused from its type alone, before its value is read."""
+    def read():
+        for k in obj.attrs:
+            dtype = obj.attrs.get_id(k).dtype
+            if dtype.kind in "OV":
+                raise ArtifactError(f"attribute {k!r} of {what} has a variable-length or compound type, which relu2snn "
+                                    f"(format {FORMAT_VERSION}) does not write: damaged, or from an older relu2snn "
+                                    "(convert the model again)")
+        return {k: obj.attrs[k] for k in obj.attrs}
+    return _raw(f"attributes of {what}", read)
 
 
 def _read(f: h5py.File, file_size: int) -> snn.Network:

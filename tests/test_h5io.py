@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -309,7 +311,7 @@ def edit(path, change):
 
 
 def test_other_format(cnn_copy):
-    edit(cnn_copy, lambda f: f.attrs.__setitem__("format", "someone.else"))
+    edit(cnn_copy, lambda f: f.attrs.__setitem__("format", np.bytes_(b"someone.else")))
     assert "someone.else" in read_error(cnn_copy)
 
 
@@ -354,7 +356,7 @@ def test_missing_nodes_group(cnn_copy):
 
 
 def test_unknown_node_kind(cnn_copy):
-    edit(cnn_copy, lambda f: f["nodes/002"].attrs.__setitem__("kind", "Dendrite"))
+    edit(cnn_copy, lambda f: f["nodes/002"].attrs.__setitem__("kind", np.bytes_(b"Dendrite")))
     assert "Dendrite" in read_error(cnn_copy)
 
 
@@ -538,3 +540,23 @@ def test_text_that_is_not_utf8(converted, tmp_path):
     bad = tmp_path / "bad.snn.h5"
     bad.write_bytes(raw[:at] + b"\x01\x01\x80" + raw[at + 3:])
     assert "not valid UTF-8" in read_error(bad)
+
+
+def test_variable_length_text_is_refused_from_its_type(cnn_copy):
+    """Text is fixed-length UTF-8 (format 3); a variable-length attribute is refused before its value is read."""
+    edit(cnn_copy, lambda f: f["nodes/001"].attrs.__setitem__("note", "variable length"))
+    assert "variable-length" in read_error(cnn_copy)
+    with h5py.File(cnn_copy) as f:
+        assert all(f.attrs.get_id(k).dtype.kind in "biufS" for k in f.attrs)   # what the writer writes
+
+
+def test_damaged_global_heap_does_not_hang():
+    """Found by fuzzing: byte edits in the global heap of a format-2 file (its text was variable-length) made
+    libhdf5 loop inside C code (H5HG__cache_heap_deserialize) when the text was read, where no signal
+    reaches Python. The file is refused from the attribute's type, in a child process that is killed
+    if it takes a minute."""
+    path = Path(__file__).parent / "data" / "damaged_global_heap.snn.h5"
+    code = ("import sys; from relu2snn_cli import h5io; from relu2snn_cli.errors import ArtifactError\n"
+            "try:\n    h5io.read(sys.argv[1])\nexcept ArtifactError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert "variable-length" in out.stdout, out
