@@ -105,7 +105,7 @@ def input_stats(data, shape: tuple[int, ...], spec: str, batch_size: int = 1024)
 
 
 def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0) -> list[np.ndarray]:
-    """Each term's input as ``ops.gather_fan_in`` reads it: the sliding windows for a convolution (pads read ``pad_value``)."""
+    """Each term's input as ``ops.gather_inputs`` reads it: the sliding windows for a convolution (pads read ``pad_value``)."""
     return [ops.windows(x, t.weight.shape[2:], t.strides, t.pads, t.dilations, pad_value)
             if isinstance(t, ir.Conv) else x for t, x in zip(layer.terms, xs)]
 

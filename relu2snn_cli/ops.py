@@ -141,34 +141,40 @@ def pool_channels(x: np.ndarray, latest, pool_max, pool_min, *geometry) -> np.nd
 
 def gather_fan_ins(sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
                    samples: np.ndarray, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``gather_fan_in`` over the synapse sets of a layer that reads several populations, side by side: (P, ΣK)."""
-    parts = [gather_fan_in(s, w, shape, samples, neurons) for s, w in zip(sources, weights)]
-    return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1)
+    """Inputs and weights of P (sample, flat neuron index) pairs over the synapse sets of a layer that reads
+    several populations, side by side: two (P, ΣK) arrays (``gather_inputs`` and each neuron's weight rows)."""
+    channel = neurons // int(np.prod(shape[1:]))
+    return (gather_inputs(sources, weights, shape, samples, neurons),
+            np.concatenate([w.reshape(w.shape[0], -1)[channel] for w in weights], axis=1))
 
 
-def gather_fan_in(source: np.ndarray, weight: np.ndarray, shape: tuple[int, ...], samples: np.ndarray,
-                  neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and weights of P (sample, flat neuron index) pairs, as two (P, K) arrays.
+def gather_inputs(sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
+                  samples: np.ndarray, neurons: np.ndarray) -> np.ndarray:
+    """The inputs of P (sample, flat neuron index) pairs, (P, ΣK), synapse set after synapse set.
 
-    Dense: ``source`` is the input (N, *in_shape), flattened, and ``weight`` (out, K). Convolution:
+    Dense: a ``source`` is the input (N, *in_shape), flattened, and its ``weight`` (out, K). Convolution:
     ``source`` is ``windows(...)`` of the input (N, C, Ho, Wo, kh, kw) — its padded taps read the
     pad value — and ``weight`` (O, C/groups, kh, kw) (or 1-D (O, C/groups, k)); ``shape`` is the
     output shape (O, Ho, Wo) or (O, L). Each output channel reads the channels of its group.
     """
-    if weight.ndim == 2:
-        return source[samples].reshape(len(samples), -1), weight[neurons]
-    o, i, j = np.unravel_index(neurons, shape if len(shape) == 3 else (shape[0], 1, shape[1]))
-    per_group = weight.shape[1]
-    groups = source.shape[1] // per_group
-    channels = (o // (weight.shape[0] // groups))[:, None] * per_group + np.arange(per_group)
-    taps = source[samples[:, None], channels, i[:, None], j[:, None]]   # (P, C/groups, kh, kw)
-    return taps.reshape(len(samples), -1), weight.reshape(weight.shape[0], -1)[o]
+    parts = []
+    for source, weight in zip(sources, weights):
+        if weight.ndim == 2:
+            parts.append(source[samples].reshape(len(samples), -1))
+            continue
+        o, i, j = np.unravel_index(neurons, shape if len(shape) == 3 else (shape[0], 1, shape[1]))
+        per_group = weight.shape[1]
+        groups = source.shape[1] // per_group
+        channels = (o // (weight.shape[0] // groups))[:, None] * per_group + np.arange(per_group)
+        taps = source[samples[:, None], channels, i[:, None], j[:, None]]   # (P, C/groups, kh, kw)
+        parts.append(taps.reshape(len(samples), -1))
+    return np.concatenate(parts, axis=1)
 
 
 def fan_in_keys(sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
                 samples: np.ndarray, neurons: np.ndarray) -> np.ndarray:
     """One integer per (sample, flat neuron index) pair, equal for pairs that read the same inputs in the same
-    order (``gather_fan_in``): the sample, the output position of a convolution, and the group of the
+    order (``gather_inputs``): the sample, the output position of a convolution, and the group of the
     output channel in each grouped convolution. A dense layer's neurons all read the whole input."""
     per_channel = int(np.prod(shape[1:]))
     channel, position = np.divmod(neurons, per_channel)
@@ -188,7 +194,7 @@ def sorted_fan_ins(fn, sources: list[np.ndarray], weights: list[np.ndarray], sha
     ends in codes 0 (inputs at or after the end of the input window, which add nothing before it; a
     negative code reads 0 too) with their weights.
 
-    ``sources`` hold input codes as ``gather_fan_in`` reads them (padded taps read 0) and ``weights``
+    ``sources`` hold input codes as ``gather_inputs`` reads them (padded taps read 0) and ``weights``
     the synapse sets, side by side as in ``gather_fan_ins``. The inputs of pairs with the same
     ``fan_in_keys`` are gathered and sorted once, however many neurons read them: for a convolution
     every output channel at a position shares one sort. The chunks' weight gathers and ``fn`` run in
@@ -217,7 +223,7 @@ def sorted_fan_ins(fn, sources: list[np.ndarray], weights: list[np.ndarray], sha
         for lo in range(0, len(keys), key_step):
             hi = min(lo + key_step, len(keys))
             rep = first[lo:hi]
-            codes, _ = gather_fan_ins(sources, weights, shape, samples[rep], neurons[rep])
+            codes = gather_inputs(sources, weights, shape, samples[rep], neurons[rep])
             order = np.argsort(-codes, axis=1)            # ties: equal codes add w·(a − a) = 0, in any order
             codes = np.take_along_axis(codes, order, axis=1)
             positive = np.count_nonzero(codes > 0, axis=1)

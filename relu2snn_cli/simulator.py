@@ -42,7 +42,7 @@ def drive(syn: snn.Synapses, a: np.ndarray, J: np.ndarray | None = None) -> np.n
 
 
 def fan_in_source(syn: snn.Synapses, t: np.ndarray, t_pad: float) -> np.ndarray:
-    """The (delayed) input spike times as ``ops.gather_fan_in`` reads them: for a convolution each output
+    """The (delayed) input spike times as ``ops.gather_inputs`` reads them: for a convolution each output
     position's window (N, C, Ho, Wo, kh, kw), padded taps firing at ``t_pad``."""
     if syn.is_conv:
         return ops.windows(t, syn.J.shape[2:], syn.strides, syn.pads, syn.dilations, t_pad)

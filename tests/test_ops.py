@@ -204,7 +204,7 @@ def test_conv2d_random_geometry_matches_onnxruntime(g):
 # ----------------------------------------------------------------------------- shared sorted fan-ins
 
 def _synapse_sets(kind, rng):
-    """(sources as gather_fan_in reads them, weights, output shape) for one layer kind; codes ≥ 0 with zeros and ties."""
+    """(sources as gather_inputs reads them, weights, output shape) for one layer kind; codes ≥ 0 with zeros and ties."""
     def codes(shape):
         a = rng.choice([0.0, 0.5, 1.0, 2.0], size=shape) * rng.random(shape) ** (rng.random(shape) < 0.5)
         return a
