@@ -1,4 +1,4 @@
-"""``bench``: how fast the spiking simulation runs, against onnxruntime on the same data (DESIGN §5).
+"""``bench``: how fast the spiking simulation runs, against onnxruntime on the same data (docs/performance.md).
 
 Both are timed on the same batches, already in memory: one warm-up batch, then ``repeats``
 passes over all the data; the figure is the median pass divided by the number of samples.

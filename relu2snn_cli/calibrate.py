@@ -1,4 +1,4 @@
-"""Activation bounds with onnxruntime (DESIGN §1, §3.3).
+"""Activation bounds with onnxruntime (docs/math.md §3–4).
 
 Two streaming passes over the calibration data, batch by batch (a ``.npy`` stays memory-mapped):
 

@@ -1,4 +1,4 @@
-"""The ``.snn.h5`` artifact (DESIGN §6): one generic dataclass ↔ HDF5 writer and reader.
+"""The ``.snn.h5`` artifact (docs/artifact.md): one generic dataclass ↔ HDF5 writer and reader.
 
 Layout (documented in docs/artifact.md):
 - root attributes: ``format`` = "relu2snn.ttfs", ``format_version``, and the network's

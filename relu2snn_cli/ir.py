@@ -117,7 +117,7 @@ class Affine:
     """z = Σ_k term_k(x_k) + b, followed by ReLU when ``relu``.
 
     Every term gives the same output shape. bias (O,) per channel, or a map of the whole
-    output shape (DESIGN §4: an affine map folded forward through zero padding).
+    output shape (docs/math.md §7: an affine map folded forward through zero padding).
     """
 
     name: str
@@ -283,7 +283,7 @@ def _in_shapes(node) -> tuple:
 # ----------------------------------------------------------------------------- rewriting
 
 def incoming_sum(layer: Affine) -> np.ndarray:
-    """s_i = Σ_j W_ij over every term, per output neuron (per output channel for convolutions) — DESIGN §3."""
+    """s_i = Σ_j W_ij over every term, per output neuron (per output channel for convolutions) — docs/math.md §3."""
     return sum(term_sum(t) for t in layer.terms)
 
 
@@ -301,7 +301,7 @@ def full_bias(layer: Affine) -> np.ndarray:
 
 
 def scale_outputs(layer: Affine, k, h=0.0) -> Affine:
-    """The layer followed by y ↦ k·y + h: W ← k·W in every term, b ← k·b + h (DESIGN §4, fold backward; §3, scaling).
+    """The layer followed by y ↦ k·y + h: W ← k·W in every term, b ← k·b + h (docs/supported-operators.md, fold backward; docs/math.md §3, scaling).
 
     k is one factor per output channel; h broadcasts to the output shape (a shift that
     varies over positions gives a bias map).
@@ -314,7 +314,7 @@ def scale_outputs(layer: Affine, k, h=0.0) -> Affine:
 
 
 def fold_term_input(term: Term, scale, shift) -> tuple[Term, np.ndarray]:
-    """The term applied to x = scale·a + shift, as a term on a plus a bias (DESIGN §4, "fold into the next linear layer").
+    """The term applied to x = scale·a + shift, as a term on a plus a bias (docs/math.md §7).
 
     Dense: W' = W·diag(scale), bias W·shift. Conv: scale must be one number per input
     channel; bias = (W ⋆ shift_map_zero_padded) — padded positions did not pass through the
@@ -378,7 +378,7 @@ def fold_input_affine(layer: Affine, codes: dict) -> Affine:
 
 def dense_after_pooling(weight: np.ndarray, pool: Affine, max_size: int = 1 << 24) -> np.ndarray | None:
     """W·P: a dense weight on the output of an average pooling, as a dense weight on the pooled population
-    (DESIGN §4, AveragePool folds into the following linear layer).
+    (docs/math.md §6, AveragePool folds into the following linear layer).
 
     ``pool`` is one depthwise term whose taps carry one weight k_c per channel (1/K times the scale of a
     folded affine map), so P = blockdiag_c(k_c·S) with S the pooling of one channel with unit taps, found by

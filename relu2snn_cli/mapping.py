@@ -1,4 +1,4 @@
-"""The exact ReLU → TTFS mapping of DESIGN §3 as pure functions, and ``map_graph`` that applies them.
+"""The exact ReLU → TTFS mapping of docs/math.md §3 as pure functions, and ``spiking_nodes`` that applies them.
 
 Every function works in float64 and names the formula it computes. Time is in τ_c;
 activation = window end − spike time (see ``snn``).
@@ -16,7 +16,7 @@ from .errors import GraphError
 
 @dataclass(frozen=True)
 class MappingOptions:
-    """The knobs of DESIGN §3: ζ (window headroom) and the band [s_min, s_max] for incoming sums."""
+    """The knobs of docs/math.md §3: ζ (window headroom) and the band [s_min, s_max] for incoming sums."""
 
     zeta: float = 0.5
     s_min: float = -10.0
@@ -33,7 +33,7 @@ def encoding_range(lo: float, hi: float, zeta: float) -> tuple[float, float]:
     """Input range [p, q] from the calibration data's min and max, widened by ζ/2 of the span on each side.
 
     p = lo − ζ/2·(hi − lo), q = hi + ζ/2·(hi − lo): the total span (1 + ζ)·(hi − lo) gives
-    the input the same headroom as a hidden window B = (1 + ζ)·X (DESIGN §3.3, §4), so test
+    the input the same headroom as a hidden window B = (1 + ζ)·X (docs/math.md §3, §7), so test
     inputs slightly beyond the calibration extremes stay exact. A constant input gets a span of 1.
     """
     span = hi - lo if hi > lo else 1.0
@@ -42,7 +42,7 @@ def encoding_range(lo: float, hi: float, zeta: float) -> tuple[float, float]:
 
 
 def scale_layer(s: np.ndarray, s_min: float, s_max: float) -> np.ndarray:
-    """Scaling factor c_i of DESIGN §3.1: s_max/s_i where s_i > s_max, s_min/s_i where s_i < s_min, else 1."""
+    """Scaling factor c_i of docs/math.md §3: s_max/s_i where s_i > s_max, s_min/s_i where s_i < s_min, else 1."""
     s = np.asarray(s, dtype=np.float64)
     c = np.ones_like(s)
     high, low = s > s_max, s < s_min
@@ -55,23 +55,23 @@ def layer_extent(activation: float, required: float, zeta: float) -> float:
     """X_n of the window rule B = (1 + ζ)·X_n: the largest scaled activation, or the largest no-early-spike
     requirement R* of the calibration data when the activations' window would not hold it
     (R* ≥ (1 + ζ)·activation). Either way no calibration sample fires early, and R*, when it
-    rules, gets the same ζ headroom (DESIGN §3.3, with the exact requirement of docs/math.md).
+    rules, gets the same ζ headroom (docs/math.md §4).
     """
     return required if required >= (1.0 + zeta) * activation and required > 0 else activation
 
 
 def window_length(x_max: float, zeta: float) -> float:
-    """B_n = (1 + ζ)·X_n, or 1 when the layer never activates (X_n = 0) — DESIGN §3.3."""
+    """B_n = (1 + ζ)·X_n, or 1 when the layer never activates (X_n = 0) — docs/math.md §3."""
     return (1.0 + zeta) * x_max if x_max > 0 else 1.0
 
 
 def synaptic_weights(weight: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """J_ij = W_ij / (1 − s_i) — DESIGN §3.2 (s per output neuron or channel, axis 0 of weight)."""
+    """J_ij = W_ij / (1 − s_i) — docs/math.md §3 (s per output neuron or channel, axis 0 of weight)."""
     return weight / ops.channel_axis(1.0 - s, weight.ndim)
 
 
 def spike_threshold(bias: np.ndarray, s: np.ndarray, b_in: float, b_out: float) -> np.ndarray:
-    """ϑ_i = B_in + (B_out − b_i) / (1 − s_i) — DESIGN §3.2 (bias a vector or a per-position map)."""
+    """ϑ_i = B_in + (B_out − b_i) / (1 − s_i) — docs/math.md §3 (bias a vector or a per-position map)."""
     return b_in + (b_out - bias) / ops.channel_axis(1.0 - s, bias.ndim)
 
 
@@ -81,7 +81,7 @@ def static_certificate(blocks: list[tuple[np.ndarray, float]], theta: np.ndarray
 
     ``blocks`` are (J_k, B_k): the synapses from input population k and its window length.
     With every a_j ≤ B_k: V_i(t) ≤ α_i·B_in + Σ_k B_k·Σ_j max(J_kij, 0) on the input window;
-    certified where that bound is below ϑ_i (DESIGN §3, "No early spike"). Same shape as theta.
+    certified where that bound is below ϑ_i (docs/math.md §5). Same shape as theta.
     """
     pos = sum(b_k * np.clip(J, 0, None).reshape(J.shape[0], -1).sum(axis=1) for J, b_k in blocks)
     alpha = alpha if alpha.ndim == theta.ndim else ops.channel_axis(alpha, theta.ndim)
@@ -89,8 +89,8 @@ def static_certificate(blocks: list[tuple[np.ndarray, float]], theta: np.ndarray
 
 
 def early_bound(u: np.ndarray, p: np.ndarray, alpha: np.ndarray, b_in: float, j_neg: np.ndarray) -> np.ndarray:
-    """An upper bound of the potential V(T − σ) over the input window σ ∈ [0, B_in] (DESIGN §3, "No early
-    spike", sharpened); the closed form is exact where it is below ϑ.
+    """An upper bound of the potential V(T − σ) over the input window σ ∈ [0, B_in] (docs/math.md §5,
+    sharpened); the closed form is exact where it is below ϑ.
 
     With a_j ≥ 0 the codes of a neuron's inputs, u = Σ_j J_ij·a_j, p = Σ_j max(J_ij, 0)·a_j and
     j_neg = Σ_j min(J_ij, 0): the excitatory ramps are at most p, the inhibitory ones at most 0 and
@@ -123,14 +123,14 @@ def requirement_bound(z: np.ndarray, p: np.ndarray, s: np.ndarray, w_neg: np.nda
 
 
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
-    """α = b / B_in for the readout, so that V(T_out) = α·B_in + Σ J·a = W·a + b — DESIGN §3.4."""
+    """α = b / B_in for the readout, so that V(T_out) = α·B_in + Σ J·a = W·a + b — docs/math.md §3."""
     return bias / b_in
 
 
 def required_window(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
     """The smallest B_out for which a neuron does not fire before its last input window ends.
 
-    With J = W/(1 − s), α = 1 and ϑ = B_in + (B_out − b)/(1 − s) (DESIGN §3.2), the potential
+    With J = W/(1 − s), α = 1 and ϑ = B_in + (B_out − b)/(1 − s) (docs/math.md §3), the potential
     σ before the end of the input window stays below ϑ exactly when
     R(σ) = b + Σ_j w_j·max(0, a_j − σ) − (1 − s)·σ < B_out. R is piecewise linear with
     breakpoints at the a_j and falls beyond them, so R* = max over σ ∈ {0} ∪ {a_j}; R(0) = z,
@@ -168,7 +168,7 @@ def ramp_peak(a: np.ndarray, w: np.ndarray, c: np.ndarray, sigma: np.ndarray | N
 
 @dataclass(frozen=True)
 class Scaled:
-    """The ReLU network rewritten on spike codes (DESIGN §3.1, §4): its input is the input code
+    """The ReLU network rewritten on spike codes (docs/math.md §3, §7): its input is the input code
     a ∈ [0, 1] and each ReLU layer's output is its code c·a. ``scales[name]`` is c per output channel."""
 
     graph: ir.Graph
@@ -238,7 +238,7 @@ def _synapses(layer: ir.Affine, weights: list[np.ndarray], delays: tuple[float, 
 
 def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tuple[float, float],
                   options: MappingOptions = MappingOptions()) -> tuple:
-    """The spiking network's nodes (DESIGN §3.2–3.4, §4) from the scaled graph and its calibrated bounds.
+    """The spiking network's nodes (docs/math.md §2–4) from the scaled graph and its calibrated bounds.
 
     ``x_max[name]``: per-channel maximum of a ReLU layer's ANN activation; ``required[name]``:
     the largest ``required_window`` over the calibration data that the activations' window would

@@ -1,4 +1,4 @@
-"""Exact single-spike simulator of a converted network (DESIGN §2); needs only numpy and h5py.
+"""Exact single-spike simulator of a converted network (docs/math.md §1); needs only numpy and h5py.
 
 Each SpikingLayer is simulated in two passes, vectorized over the batch:
 
@@ -7,7 +7,7 @@ Each SpikingLayer is simulated in two passes, vectorized over the batch:
    a_j = T − t_j, so the crossing time has a closed form computed with one matrix
    product (a convolution as im2col + BLAS);
 2. exact check — the closed form is trusted only where the no-early-spike certificate of
-   DESIGN §3 holds (statically for the neuron, or for this sample's inputs). For the other
+   docs/math.md §5 holds (statically for the neuron, or for this sample's inputs). For the other
    (sample, neuron) pairs the potential is evaluated at every input spike before T
    (``peak_potential``: the inputs of a sample and position are sorted once for all the
    neurons that read them); where it stays below the threshold the closed form holds, else
@@ -239,7 +239,7 @@ class CompiledLayer:
 
 
 def encode(enc: snn.Encoder, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Spike times t = 1 − (x − low)/(high − low) (DESIGN §4), and how many inputs lie outside [low, high].
+    """Spike times t = 1 − (x − low)/(high − low) (docs/math.md §7), and how many inputs lie outside [low, high].
 
     Outside values are not clipped: they fire before 0 or after 1, and the next layer
     integrates them as they come (an input after the window end is simulated event by event).

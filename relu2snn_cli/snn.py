@@ -1,4 +1,4 @@
-"""The spiking network: frozen dataclasses of the TTFS model of DESIGN §2 (numpy only).
+"""The spiking network: frozen dataclasses of the TTFS model of docs/math.md §1 (numpy only).
 
 Conventions, in one place:
 - time is in units of τ_c; a population's ``window = (T, B)`` is the interval [T, T + B]
@@ -12,7 +12,7 @@ Conventions, in one place:
   (O, C/groups, k)) with ``strides``, ``pads`` (begins, then ends), ``dilations``;
   padded positions are virtual inputs that fire at the end of the input window;
 - per-neuron parameters (ϑ, α, certificate) are one value per output channel (O,) or
-  a map of the whole output shape; ``scale`` (c of DESIGN §3) and ``x_max`` (calibrated
+  a map of the whole output shape; ``scale`` (c of docs/math.md §3) and ``x_max`` (calibrated
   maximum activation, before scaling) are per output channel; ``x_n`` is the calibrated
   X_n of the window rule B = (1 + ζ)·X_n: the largest scaled activation or no-early-spike
   requirement (``mapping.required_window``), in code units.
@@ -72,7 +72,7 @@ class Encoder:
 
 
 def merge_windows(windows: list[tuple[float, float]]) -> tuple[tuple[float, float], tuple[float, ...]]:
-    """The input window of a node reading populations with windows (T_k, B_k), and the delay per input (DESIGN §4).
+    """The input window of a node reading populations with windows (T_k, B_k), and the delay per input (docs/math.md §2).
 
     The window ends at T = max_k (T_k + B_k), the latest end, and has length B_in = max_k B_k;
     spikes of input k are delayed by T − (T_k + B_k), so that a_j = T − (t_j + delay) is
@@ -171,7 +171,7 @@ class _Integrator:
 
 @dataclass(frozen=True, eq=False)
 class SpikingLayer(_Integrator):
-    """Single-spike integrate-and-fire neurons (DESIGN §2) fed by one or more synapse sets.
+    """Single-spike integrate-and-fire neurons (docs/math.md §1) fed by one or more synapse sets.
 
     V_i(t) = α_i·(t − T_in) + Σ_j J_ij·max(0, t − t_j − delay_j) from the start T_in of the
     input window; the neuron fires when V_i first reaches ϑ_i, at the latest at its window
@@ -286,7 +286,7 @@ def _expected_window(node, sources: list) -> tuple[tuple[float, float], tuple[fl
 class Network:
     """A converted network: nodes in topological order, ``nodes[0]`` the Encoder, ``nodes[-1]`` the Readout.
 
-    ``meta`` holds the artifact's descriptive root attributes (DESIGN §6).
+    ``meta`` holds the artifact's descriptive root attributes (docs/artifact.md).
     """
 
     nodes: tuple

@@ -1,4 +1,4 @@
-"""Checks of a whole ``snn.Network`` beyond what each node's constructor checks (DESIGN §6).
+"""Checks of a whole ``snn.Network`` beyond what each node's constructor checks (docs/artifact.md).
 
 ``check(net)`` raises GraphError with the reason. It runs on every network read from a
 ``.snn.h5`` file and on every network before it is written. Most checks are generic over
@@ -13,7 +13,7 @@ the dataclass fields of the nodes, so a new node kind is covered without changes
 - the root attributes are plain values (text, numbers, lists of them) and agree with the
   nodes where they describe them (input shape and range, latency).
 
-Where the mapping of DESIGN §3 says how fields relate, they must relate so (checked for
+Where the mapping of docs/math.md §3 says how fields relate, they must relate so (checked for
 the nodes that have the fields involved): the stored static certificate is what
 ``mapping.static_certificate`` gives for the synapses, ϑ, α and the input windows; the window length
 is B = (1 + ζ)·X_n (1 when X_n = 0); X_n is at least the largest scaled activation; the

@@ -1,4 +1,4 @@
-"""``verify``: the spiking network against onnxruntime and the float64 ReLU forward pass (DESIGN §7).
+"""``verify``: the spiking network against onnxruntime and the float64 ReLU forward pass (docs/cli.md, Reports).
 
 Three independent computations per batch — onnxruntime on the source model, the float64
 forward pass of the imported graph, and the spiking simulation — and a report as a plain dict.

@@ -1,4 +1,4 @@
-"""A slow, obviously correct event-by-event simulator of a ``snn.Network`` (DESIGN §2), the oracle of the tests.
+"""A slow, obviously correct event-by-event simulator of a ``snn.Network`` (docs/math.md §1), the oracle of the tests.
 
 One neuron and one sample at a time, in plain Python: list the neuron's inputs as
 (spike time, weight) pairs — for a convolution including the virtual padded inputs that

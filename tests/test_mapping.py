@@ -1,4 +1,4 @@
-"""The formulas of the mapping (DESIGN §3) and the laws they must satisfy."""
+"""The formulas of the mapping (docs/math.md §3) and the laws they must satisfy."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_options_are_validated():
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), k=st.integers(1, 8), b_in=st.floats(0.1, 5), b_out=st.floats(0.1, 5))
 def test_spike_time_is_window_end_minus_relu(seed, k, b_in, b_out):
-    """The law of DESIGN §3.2: with J = W/(1−s), ϑ = B_in + (B_out − b)/(1−s), α = 1, a neuron whose
+    """The law of docs/math.md §3: with J = W/(1−s), ϑ = B_in + (B_out − b)/(1−s), α = 1, a neuron whose
     window covers its no-early-spike requirement fires at T + B_out − max(0, z)."""
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 1, (1, k))

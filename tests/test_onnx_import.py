@@ -650,7 +650,7 @@ def test_grouped_conv(tmp_path, groups, out):
 
 
 def test_maxpool_after_batchnorm_with_negative_scale_takes_the_latest_spike(tmp_path):
-    """max(k·a + h) = k·min(a) + h for k < 0: those channels pool the latest spike (DESIGN §4)."""
+    """max(k·a + h) = k·min(a) + h for k < 0: those channels pool the latest spike (docs/math.md §6)."""
     rng = np.random.default_rng(34)
     b = GraphBuilder((2, 6, 6))
     h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])]), positive=True, negative_channel=True)

@@ -1,4 +1,4 @@
-"""ONNX → IR: one converter per ONNX op type, registered in a table, plus the folding rules of DESIGN §4.
+"""ONNX → IR: one converter per ONNX op type, registered in a table, plus the folding rules of docs/math.md §7 and docs/supported-operators.md.
 
 The converters live in ``linear``, ``pooling``, ``movement`` and ``constants``; ``core`` holds the values,
 the node wrapper, the table and the helpers they share. This module reads a file and drives them.
@@ -138,7 +138,7 @@ def _used(nodes: list) -> tuple:
 
 
 def import_model(path: str | Path) -> Imported:
-    """Read an ONNX file into the IR, folding affine maps and removing a final softmax (DESIGN §4)."""
+    """Read an ONNX file into the IR, folding affine maps and removing a final softmax (docs/supported-operators.md)."""
     model, sha = load_model(path)
     opset = model_opset(model)
     if opset < MIN_OPSET:

@@ -1,5 +1,5 @@
 """The importer's core: symbolic values, the read-only node wrapper, the converter table, the conversion
-context, and the folding helpers that converters share (DESIGN §4, §8)."""
+context, and the folding helpers that converters share (docs/math.md §7, docs/supported-operators.md)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class Lin:
 class Pooled:
     """An average pooling P·a of a ReLU population a, not yet a spiking layer, seen through a pending affine
     map: tensor = scale·(P·a) + shift, of ``shape`` (it may have been flattened since; ``scale`` and ``shift``
-    have that shape). A dense layer reading it absorbs P (DESIGN §4: fold into the following linear layer);
+    have that shape). A dense layer reading it absorbs P (docs/math.md §6: fold into the following linear layer);
     a ReLU, an affine map or a residual sum absorb the map; any other reader makes P·a a spiking layer (its
     ReLU is the identity, P·a ≥ 0) with the map pending on it. ``tensor`` is the ONNX tensor of the pooling."""
 
@@ -274,7 +274,7 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
 
 
 def affine(node: OnnxNode, ctx: Context, parts: list[tuple[Pop, ir.Term]], bias) -> ir.Affine:
-    """An affine layer of terms on populations, each population's pending map folded into its term (DESIGN §4)."""
+    """An affine layer of terms on populations, each population's pending map folded into its term (docs/math.md §7)."""
     shape = parts[0][1].shape
     if min(shape) < 1:
         raise ModelError(f"{node.label}: the kernel does not fit the input {parts[0][0].shape}: output shape {shape}")

@@ -123,7 +123,7 @@ def convert_transpose(node: OnnxNode, ctx: Context) -> None:
 
 @converter("Concat")
 def convert_concat(node: OnnxNode, ctx: Context) -> None:
-    """Populations side by side along a non-batch axis (from different windows: delays align them, DESIGN §4).
+    """Populations side by side along a non-batch axis (from different windows: delays align them, docs/math.md §2).
     If an operand is a linear layer still waiting for its ReLU (DenseNet-BC), the channels are stacked into one
     linear layer instead: each operand's synapses feed its own block of output channels."""
     values = [ctx.get(node, i, raw=True) for i in range(len(node.inputs))]
@@ -151,7 +151,7 @@ def convert_concat(node: OnnxNode, ctx: Context) -> None:
 @converter("Pad")
 def convert_pad(node: OnnxNode, ctx: Context) -> None:
     """Constant zero padding of the spatial axes: kept pending and absorbed by the next Conv or AveragePool
-    as extra zero padding (DESIGN §4: padded positions are virtual inputs at the window end)."""
+    as extra zero padding (docs/math.md §7: padded positions are virtual inputs at the window end)."""
     a = ctx.pop(node, 0, rank=(2, 3), pads=True)
     if node.attr("mode", "constant") != "constant":
         raise unsupported(node, f"mode={node.attr('mode')} (only constant zero padding)")
