@@ -1,15 +1,17 @@
-"""Activation bounds with onnxruntime (docs/math.md §3–4).
+"""Activation bounds over the calibration data (docs/math.md §3–4).
 
-Two streaming passes over the calibration data, batch by batch (a ``.npy`` stays memory-mapped):
+Two streaming passes over the calibration data, batch by batch (``data.load_array`` reads a
+``.npy`` a batch at a time):
 
 1. ``input_stats``: the inputs' min and max (for the input range), sha256, NaN/Inf check;
-2. ``calibrate``: onnxruntime with every ReLU output exposed as an extra graph output (a layer
-   that no ONNX tensor equals — an average pooling seen through a pending affine map — is
-   computed from its inputs' codes instead). Per ReLU layer it keeps the per-channel maximum
-   activation and the largest exact no-early-spike requirement ``mapping.required_window``
-   that exceeds the window (1 + ζ)·X the activations alone would give, evaluated only for
-   the (sample, neuron) pairs whose ``mapping.requirement_bound`` exceeds it — so that the
-   window ``mapping.layer_extent`` chooses from these makes no calibration sample fire early.
+2. ``calibrate``: the float64 forward pass of the scaled graph on spike codes — the network the
+   simulator runs, not onnxruntime's float32 one, whose maxima can fall one rounding short of it.
+   Per ReLU layer it keeps the per-channel maximum activation and the largest exact
+   no-early-spike requirement ``mapping.required_window`` that exceeds the window (1 + ζ)·X the
+   activations alone would give, evaluated only for the (sample, neuron) pairs whose
+   ``mapping.requirement_bound`` exceeds it — so that the window ``mapping.layer_extent`` chooses
+   from these makes no calibration sample fire early. onnxruntime runs the source model on the
+   first batch only to check that the imported graph reproduces it.
 """
 
 from __future__ import annotations
@@ -110,10 +112,11 @@ def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0)
             if isinstance(t, ir.Conv) else x for t, x in zip(layer.terms, xs)]
 
 
-def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) -> float:
+def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float, z: np.ndarray | None = None) -> float:
     """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch).
 
-    a: the layer's input codes, one (N, *in_shape) array per term. A pair whose
+    a: the layer's input codes, one (N, *in_shape) array per term; z: the layer's pre-activation
+    ``ir.apply_linear(layer, a)`` when the caller has it already. A pair whose
     ``mapping.requirement_bound`` is at most ``running`` cannot raise the maximum (its
     requirement is below its bound); the others get the exact requirement (``mapping.sorted_requirement``
     on ``ops.sorted_fan_ins``), the largest bounds first, then those whose bound still exceeds the
@@ -124,7 +127,7 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) ->
     w_neg = sum(t.weight.clip(None, 0).reshape(t.weight.shape[0], -1).sum(axis=1) for t in layer.terms)
     positive = ir.apply_linear(replace(layer, terms=tuple(replace(t, weight=np.clip(t.weight, 0, None))
                                                           for t in layer.terms)), a)
-    z = ir.apply_linear(layer, a).reshape(n, -1)
+    z = (ir.apply_linear(layer, a) if z is None else z).reshape(n, -1)
     flat = (ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1))
     bound = requirement_bound(z, positive.reshape(n, -1), *flat)
     rows, cols = np.nonzero(bound > running)
@@ -153,33 +156,34 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float) ->
 
 def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
               spec: str = "calibration data", batch_size: int = 256, progress=None, zeta: float = 0.5) -> Calibration:
-    """Pass 2: run the model over ``data`` in batches and collect the bounds of every ReLU layer."""
+    """Pass 2: the scaled graph's float64 forward pass over ``data`` in batches, and the bounds of every ReLU layer.
+
+    The activations are those of the float64 network the simulator runs (in code units, divided by
+    the layer's scale c), so the window holds them exactly; onnxruntime's float32 activations may
+    lie a rounding below them (docs/math.md §4).
+    """
     layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
-    names = list(dict.fromkeys([graph.output_name] + [n.source for n in layers if n.source]))
-    sess = session(model_path, names)
+    sess = session(model_path, [graph.output_name])
     x_max = {n.name: np.zeros(n.shape[0]) for n in layers}
     required = {n.name: 0.0 for n in layers}
     low, high = input_range
     forward_error = max_logit = 0.0
     last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
     for start, batch in batches(data, batch_size, spec):
-        out = dict(zip(names, run_model(sess, batch)))
         codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
         for node in scaled.graph.nodes[1:]:
             if isinstance(node, ir.Affine) and node.relu:
                 inputs = [codes[name] for name in node.inputs]
                 c = ops.channel_axis(scaled.scales[node.name], len(node.shape))
-                if node.source:
-                    act = out[node.source].astype(np.float64).reshape((len(batch),) + tuple(node.shape))
-                else:   # no ONNX tensor equals it (a pooling seen through an affine map): from the codes
-                    act = ir.apply(node, inputs) / c
-                x_max[node.name] = np.maximum(x_max[node.name], channel_max(act))
+                z = ir.apply_linear(node, inputs)
+                code = np.maximum(z, 0.0)
+                x_max[node.name] = np.maximum(x_max[node.name], channel_max(code / c))
                 window = (1.0 + zeta) * float(np.max(c * x_max[node.name].reshape(c.shape)))
                 threshold = max(required[node.name], window)
-                found = update_requirement(node, inputs, threshold)
+                found = update_requirement(node, inputs, threshold, z)
                 if found > threshold:   # some pair would fire early in the window of the activations alone
                     required[node.name] = found
-                codes[node.name] = c * act
+                codes[node.name] = code
             elif not isinstance(node, ir.Affine):
                 codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])
             for name in node.inputs:   # free the codes no later node reads
@@ -187,7 +191,7 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
                     codes.pop(name, None)
         if start == 0:
             ref = ir.forward(graph, batch[:CHECK_SAMPLES])
-            onnx_logits = out[graph.output_name][:CHECK_SAMPLES].astype(np.float64)
+            onnx_logits = run_model(sess, batch[:CHECK_SAMPLES])[0].astype(np.float64)
             if onnx_logits.shape != ref.shape:
                 raise ModelError(f"{model_path}: logits of shape {onnx_logits.shape[1:]} from onnxruntime, "
                                  f"{ref.shape[1:]} from the imported graph")

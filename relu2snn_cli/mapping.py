@@ -51,13 +51,21 @@ def scale_layer(s: np.ndarray, s_min: float, s_max: float) -> np.ndarray:
     return c
 
 
+ROUNDING_MARGIN = 1e-9  # relative (to max(X_n, 1), the input window's length) widening of every X_n
+
+
 def layer_extent(activation: float, required: float, zeta: float) -> float:
-    """X_n of the window rule B = (1 + ζ)·X_n: the largest scaled activation, or the largest no-early-spike
-    requirement R* of the calibration data when the activations' window would not hold it
-    (R* ≥ (1 + ζ)·activation). Either way no calibration sample fires early, and R*, when it
-    rules, gets the same ζ headroom (docs/math.md §4).
+    """X_n of the window rule B = (1 + ζ)·X_n (docs/math.md §4): the largest scaled activation, or the largest
+    no-early-spike requirement R* of the calibration data when the activations' window would not hold it
+    (R* ≥ (1 + ζ)·activation), plus ROUNDING_MARGIN·max(X, 1).
+
+    Without the margin the pair with the largest activation crosses exactly at the window start when
+    ζ = 0, so a rounding of the simulator's spike-time arithmetic (which differs from calibration's
+    forward pass by about 1e-12 in code units) could make it early. With it, no calibration sample
+    fires early for any ζ ≥ 0, and R*, when it rules, gets the same ζ headroom.
     """
-    return required if required >= (1.0 + zeta) * activation and required > 0 else activation
+    x = required if required >= (1.0 + zeta) * activation and required > 0 else activation
+    return x + ROUNDING_MARGIN * max(x, 1.0) if x > 0 else 0.0
 
 
 def window_length(x_max: float, zeta: float) -> float:

@@ -197,6 +197,9 @@ def test_requirement_bound_is_an_upper_bound_of_the_exact_requirement(seed, k):
     (2.0, 3.0, 0.5, 3.0),      # reaches that window: R* rules, with its own headroom
     (2.0, 2.5, 0.0, 2.5),      # no headroom: any larger requirement rules
     (0.0, 0.0, 0.5, 0.0),
+    (0.25, 0.0, 0.0, 0.25),    # below the input window's length 1: the margin is absolute, 1e-9
 ])
 def test_layer_extent(activation, required, zeta, want):
-    assert mapping.layer_extent(activation, required, zeta) == want
+    """The rule's X plus the rounding margin 1e-9·max(X, 1)."""
+    margin = mapping.ROUNDING_MARGIN * max(want, 1.0) if want > 0 else 0.0
+    assert mapping.layer_extent(activation, required, zeta) == want + margin
