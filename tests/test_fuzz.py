@@ -10,7 +10,8 @@
 
 The number of cases comes from a profile: ``ci`` (default, a few dozen per test, well
 under two minutes in all) or ``fuzz`` for a long campaign (``HYPOTHESIS_PROFILE=fuzz``,
-``make fuzz``); ``FUZZ_EXAMPLES`` overrides the count of either.
+``make fuzz``); ``FUZZ_EXAMPLES`` overrides the count of either. Under ``CI=true`` the ``ci``
+profile draws the same cases on every run (tests/conftest.py); ``fuzz`` is always random.
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ from onnx import helper
 from builders import save
 from relu2snn_cli import h5io
 from relu2snn_cli.cli import cli
+from conftest import DERANDOMIZE
 from strategies import relu_stacks
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 CASE_SECONDS = 60  # a case running longer than this counts as a hang
 
-_COMMON = dict(deadline=None, database=None, phases=[Phase.explicit, Phase.generate, Phase.shrink],
+_COMMON = dict(deadline=None, database=None, derandomize=DERANDOMIZE,
+               phases=[Phase.explicit, Phase.generate, Phase.shrink],
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                       HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=40, **_COMMON)
