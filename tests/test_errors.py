@@ -481,7 +481,7 @@ def test_sigterm_during_calibration_leaves_nothing(tmp_path):
     assert list(out.iterdir()) == []
 
 
-# ----------------------------------------------------------------------------- verify: the source model; non-finite results
+# ----------------------------------------------------------------------------- the source model; non-finite results
 
 def test_verify_against_another_model_of_the_same_shapes(tmp_path):
     """The cnn sample's artifact against the resnet sample: same input and output shapes, another model. Refused

@@ -134,7 +134,7 @@ def test_layer_matches_reference(kind, early):
         want = reference.fire_layer(layer, merged, t_in, counts)
         assert close(got, want)
         assert n_early == int(np.sum(want < sum(merged)))
-        assert simulator.spike_counts(got, sum(layer.window)) == counts[layer.name]  # threshold and forced spikes, exactly
+        assert simulator.spike_counts(got, sum(layer.window)) == counts[layer.name]  # threshold, forced: exact
         total_early += n_early
     if early:
         assert total_early > 0  # the case is built to exercise early crossings
