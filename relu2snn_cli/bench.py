@@ -22,7 +22,7 @@ import numpy as np
 
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
-from .errors import DataError, RegressionFailed
+from .errors import DataError, RegressionFailed, naming
 from .simulator import Counts, Simulator
 
 
@@ -131,12 +131,13 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
         result = sim.run(x, keep_times=not events)  # the warm-up keeps the spike times to count events
         if not events:
             events.append(synaptic_events(net, result.times) / len(x))
-        counts.add(result.counts)
+        else:   # the timed passes, each over all the data: their counts give the shares of one pass
+            counts.add(result.counts)
         if progress is not None:
             progress(len(x), n * (repeats + 1))
 
-    snn_seconds = median_pass(run_snn, parts, repeats) / n
-    spikes_per_neuron = counts.spikes / (counts.samples * sim.neurons)
+    with naming(snn_path):   # a NonFiniteError of the simulation names the file
+        snn_seconds = median_pass(run_snn, parts, repeats) / n
 
     ann_seconds = None
     if onnx_path is not None:
@@ -155,7 +156,8 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
         "snn_over_ann": snn_seconds / ann_seconds if ann_seconds else None,
         "synaptic_events_per_sample": events[0],
         "ann_macs_per_sample": sum(macs(node) for node in layers),
-        "spikes_per_neuron": spikes_per_neuron,
+        "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons),
+        "forced_spike_share": counts.forced_share,
         "checked_pairs_per_sample": counts.checked / counts.samples,
         "event_scan_pairs_per_sample": counts.scanned / counts.samples,
         "latency": net.latency,

@@ -73,14 +73,19 @@ def _fmt(value) -> str:
         return f"{value:.6g}"
     if isinstance(value, dict):
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, list):   # sentences (verify's failures) are separated by semicolons
+        return "[" + ("; " if any(isinstance(v, str) for v in value) else ", ").join(_fmt(v) for v in value) + "]"
     return "n/a" if value is None else str(value)
+
+
+def _json(value) -> str:
+    """JSON text; NaN and ±inf, which are not JSON, are refused (ValueError: a report holding them is a bug)."""
+    return json.dumps(value, indent=2, default=float, allow_nan=False)
 
 
 def _print(report: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=float))
+        click.echo(_json(report))
     else:
         width = max(map(len, report))
         for key, value in report.items():
@@ -231,23 +236,31 @@ Example:
 @click.option("--labels", metavar="DATA", help="Integer labels of the test inputs, for accuracies.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Exit 1 when the share of argmax equal to onnxruntime's is below this.")
+@click.option("--max-logit-error", type=click.FloatRange(0), default=1e-9, show_default=True,
+              help="Exit 1 when the largest |SNN logit − float64 ReLU logit| exceeds this times the largest |logit|.")
+@click.option("--max-early-spikes", type=click.IntRange(0), default=0, show_default=True,
+              help="Exit 1 when more neurons than this fire before all their inputs are in.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def verify(snn_file, onnx_file, data, labels, min_agreement, batch_size, as_json, quiet):
-    """Check SNN_FILE against onnxruntime and the float64 ReLU forward pass on --data."""
+def verify(snn_file, onnx_file, data, labels, min_agreement, max_logit_error, max_early_spikes, batch_size, as_json,
+           quiet):
+    """Check SNN_FILE against onnxruntime and the float64 ReLU forward pass on --data; exit 1 when an exactness
+    check fails (the report's failures)."""
     from .verify import verify as run_verify
     report = _run(run_verify, "verifying", quiet, snn_path=snn_file, onnx_path=onnx_file, data_spec=data,
-                  labels_spec=labels, min_agreement=min_agreement, batch_size=batch_size)
+                  labels_spec=labels, min_agreement=min_agreement, max_logit_error=max_logit_error,
+                  max_early_spikes=max_early_spikes, batch_size=batch_size)
     _print(report, as_json)
-    if not as_json and report["early_spikes"]:
+    early_failed = report["early_spikes"] > max_early_spikes   # then a failure gives the hints below
+    if not as_json and report["early_spikes"] and not early_failed:
         click.echo(f"relu2snn: note: {report['early_spikes']} neurons fired before their inputs were in: the data "
                    "exceeds the calibrated bounds; convert with more calibration data or a larger --zeta", err=True)
-    if not as_json and report["out_of_range_inputs"]:
+    if not as_json and report["out_of_range_inputs"] and not early_failed:
         click.echo(f"relu2snn: note: {report['out_of_range_inputs']} input values lie outside the input range; "
                    "convert with an --input-range that covers the data", err=True)
-    if not report["passed"]:
-        raise VerificationFailed(f"agreement {report['agreement']:.6g} is below --min-agreement {min_agreement}")
+    if report["failures"]:
+        raise VerificationFailed("; ".join(report["failures"]))
 
 
 @cli.command(epilog="""
@@ -313,8 +326,7 @@ def inspect(snn_file, as_json):
     net = h5io.read(snn_file)
     rows = snn.layer_table(net)
     if as_json:
-        click.echo(json.dumps({"meta": net.meta, "content_sha256": h5io.content_hash(net), "layers": rows},
-                              indent=2, default=float))
+        click.echo(_json({"meta": net.meta, "content_sha256": h5io.content_hash(net), "layers": rows}))
         return
     for key in ("source_model_name", "source_model_sha256", "calibration_samples", "input_range", "zeta",
                 "removed_output_ops", "latency"):

@@ -1,8 +1,12 @@
 """The exception hierarchy of relu2snn.
 
-Library code raises these where the problem is known; the CLI catches the base
-class only and turns it into a one-line message and an exit code
-(``exit_code``: 2 for bad input or usage, 1 for a failed verification).
+Library code raises these where the problem is known. The CLI (``cli.Group.invoke``) turns
+them into one line on stderr and the class's ``exit_code``: 2 for bad input, 1 for a failed
+verification or bench regression check. It also turns click's usage errors into one line
+and exit 2, an interrupt (SIGINT, or SIGTERM raised as one) into exit 128 + the signal
+number, an ``OSError`` into one line naming the file and exit 2, a broken pipe on stdout
+into a silent exit 141, and any other exception — a bug — into one line and exit 3
+(docs/cli.md, Exit status). ``--debug`` lets every error propagate with its traceback.
 """
 
 from __future__ import annotations
@@ -45,8 +49,14 @@ class GraphError(Relu2SnnError):
     """Raised when an IR or spiking node is built with inconsistent fields (shapes, windows)."""
 
 
+class NonFiniteError(Relu2SnnError):
+    """Raised when finite parameters and inputs give an infinite or NaN result (a spike time, a logit):
+    numbers too large for float64 (or for onnxruntime's float32)."""
+
+
 class VerificationFailed(Relu2SnnError):
-    """Raised when ``verify`` finds the spiking network's agreement below the required minimum."""
+    """Raised when ``verify`` finds an exactness check failed: agreement, logit error or early spikes
+    (the report's ``failures``)."""
 
     exit_code = 1
 

@@ -14,7 +14,10 @@ Each SpikingLayer is simulated in two passes, vectorized over the batch:
    the piecewise-linear potential is walked to its first crossing (``first_crossing``),
    which comes before T (an early spike).
 
-A neuron that has not fired by its window end fires there (activation 0).
+A neuron that has not fired by its window end fires there (activation 0): a *forced* spike,
+counted apart from the *threshold* spikes, whose potential reached ϑ before the window end.
+Spike times and logits that come out infinite or NaN (parameters or inputs too large for
+float64) are refused with a NonFiniteError naming the node.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
+from .errors import NonFiniteError, naming
 from .mapping import early_bound, ramp_peak, static_certificate
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact check and scan
@@ -100,10 +104,17 @@ def peak_potential(a: np.ndarray, w: np.ndarray, alpha: np.ndarray, b_in: float)
 
 @dataclass
 class Counts:
-    """Spike statistics, summed over the samples of one or more batches."""
+    """Spike statistics, summed over the samples of one or more batches.
+
+    Every neuron fires once (docs/math.md §1): an input neuron at its encoded time, a hidden
+    neuron when its potential reaches ϑ before its window end (a threshold spike, activation
+    > 0) or else at the window end (a forced spike, activation 0).
+    """
 
     samples: int = 0
-    spikes: int = 0           # spikes emitted (encoder and hidden layers)
+    input_spikes: int = 0     # spikes of the encoder
+    threshold_spikes: int = 0  # hidden neurons whose potential reached ϑ before their window end
+    forced_spikes: int = 0    # hidden neurons that fired at their window end without reaching ϑ before it
     early_spikes: int = 0     # neurons that fired before all their inputs were in
     out_of_range_inputs: int = 0
     checked: int = 0          # (sample, neuron) pairs no certificate covered, checked input by input
@@ -112,6 +123,17 @@ class Counts:
     def add(self, other: "Counts") -> None:
         for key in self.__dataclass_fields__:
             setattr(self, key, getattr(self, key) + getattr(other, key))
+
+    @property
+    def spikes(self) -> int:
+        """Spikes emitted: input, threshold and forced spikes."""
+        return self.input_spikes + self.threshold_spikes + self.forced_spikes
+
+    @property
+    def forced_share(self) -> float:
+        """The share of the hidden layers' spikes that were forced at the window end (0 without hidden layers)."""
+        hidden = self.threshold_spikes + self.forced_spikes
+        return self.forced_spikes / hidden if hidden else 0.0
 
 
 class CompiledLayer:
@@ -238,6 +260,18 @@ class CompiledLayer:
         failing[rows[keep], neurons[keep]] = True
 
 
+def spike_counts(t: np.ndarray, t_end: float) -> tuple[int, int]:
+    """(threshold spikes, forced spikes) among a layer's spike times t from ``CompiledLayer.fire``.
+
+    ``fire`` computes when the potential first reaches ϑ and clips that time to the window end
+    t_end = T + B; the clip returns t_end itself, so t < t_end exactly for the neurons that reached ϑ
+    before the window end (activation > 0) and t == t_end for those forced to fire there
+    (activation 0: ϑ reached at t_end at the earliest). docs/math.md §1.
+    """
+    forced = int(np.count_nonzero(t == t_end))
+    return t.size - forced, forced
+
+
 def encode(enc: snn.Encoder, x: np.ndarray) -> tuple[np.ndarray, int]:
     """Spike times t = 1 − (x − low)/(high − low) (docs/math.md §7), and how many inputs lie outside [low, high].
 
@@ -297,19 +331,24 @@ class Simulator:
         """Simulate one batch x (N, *input shape)."""
         enc = self.net.nodes[0]
         t, outside = encode(enc, x)
-        counts = Counts(samples=len(t), out_of_range_inputs=outside, spikes=_spikes(t))
+        check_finite(t, enc.name, "spike times")
+        counts = Counts(samples=len(t), out_of_range_inputs=outside, input_spikes=t.size)
         times = {enc.name: t}
         logits = None
         for i, node in enumerate(self.net.nodes[1:], 1):
             t_in = [times[name] for name in node.inputs]
             if isinstance(node, snn.SpikingLayer):
                 out, early, checked, scanned = self.compiled[node.name].fire(t_in)
+                check_finite(out, node.name, "spike times")
+                threshold, forced = spike_counts(out, sum(node.window))
                 counts.early_spikes += early
                 counts.checked += checked
                 counts.scanned += scanned
-                counts.spikes += _spikes(out)
+                counts.threshold_spikes += threshold
+                counts.forced_spikes += forced
             elif isinstance(node, snn.Readout):
                 logits = read_out(node, t_in)
+                check_finite(logits, node.name, "logits")
                 continue
             else:
                 out = move(node, t_in)
@@ -326,9 +365,12 @@ class Simulator:
                 progress(len(batch), len(data))
 
 
-def _spikes(t: np.ndarray) -> int:
-    """Spikes emitted: the finite spike times."""
-    return int(np.count_nonzero(np.isfinite(t)))
+def check_finite(values: np.ndarray, node: str, what: str) -> None:
+    """Refuse spike times or logits that came out infinite or NaN, naming the node where they arose."""
+    bad = np.count_nonzero(~np.isfinite(values))
+    if bad:
+        raise NonFiniteError(f"node '{node}': {bad} of its {values.size} {what} are infinite or NaN: the network's "
+                             "parameters or the inputs are too large for float64")
 
 
 def load(path) -> Simulator:
@@ -358,11 +400,13 @@ def simulate_file(snn_path, data_spec: str, out_path, keep_times: bool = False, 
     sim = load(snn_path)
     data = load_array(data_spec)
     check_inputs(data, sim.net.nodes[0].shape, data_spec)
-    result = collect(sim.stream(data, batch_size, keep_times, progress, data_spec))
+    with naming(snn_path):
+        result = collect(sim.stream(data, batch_size, keep_times, progress, data_spec))
     arrays = {"logits": result.logits, **{f"times/{k}": v for k, v in result.times.items()}}
     with h5io.atomic_output(out_path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     counts = result.counts
     return {"output": str(out_path), "n_samples": counts.samples, "early_spikes": counts.early_spikes,
             "out_of_range_inputs": counts.out_of_range_inputs, "latency": sim.net.latency,
-            "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons)}
+            "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons),
+            "forced_spike_share": counts.forced_share}

@@ -4,6 +4,8 @@ One neuron and one sample at a time, in plain Python: list the neuron's inputs a
 (spike time, weight) pairs — for a convolution including the virtual padded inputs that
 fire at the end of the input window — then step from event to event, evaluating the
 potential V(t) = α·(t − T_in) + Σ_j w_j·max(0, t − t_j) directly at each event.
+A neuron whose first crossing comes before its window end fires there (a threshold spike),
+else at the window end (a forced spike, activation 0); ``run`` can count both per layer.
 """
 
 from __future__ import annotations
@@ -64,16 +66,24 @@ def _param(values: np.ndarray, index: tuple[int, ...]) -> float:
     return float(values[index] if values.ndim == len(index) else values[index[0]])
 
 
-def fire_layer(layer: snn.SpikingLayer, in_window: tuple[float, float], t_ins: list[np.ndarray]) -> np.ndarray:
-    """Spike times of a spiking layer for a batch of input spike times, one array per synapse set."""
+def fire_layer(layer: snn.SpikingLayer, in_window: tuple[float, float], t_ins: list[np.ndarray],
+               counts: dict | None = None) -> np.ndarray:
+    """Spike times of a spiking layer for a batch of input spike times, one array per synapse set; with
+    ``counts``, counts[layer name] = (threshold spikes, forced spikes): first crossings before the window end,
+    and neurons that do not cross before it."""
     t0 = in_window[0]
     t_pad = in_window[0] + in_window[1]
     t_end = sum(layer.window)
     out = np.empty((len(t_ins[0]),) + layer.shape)
+    forced = 0
     for s in range(len(t_ins[0])):
         for index in np.ndindex(*layer.shape):
             inputs = all_inputs(layer, t_ins, s, index, t_pad)
-            out[(s,) + index] = first_spike(inputs, _param(layer.alpha, index), _param(layer.theta, index), t0, t_end)
+            crossing = first_spike(inputs, _param(layer.alpha, index), _param(layer.theta, index), t0)
+            forced += not crossing < t_end
+            out[(s,) + index] = min(crossing, t_end)
+    if counts is not None:
+        counts[layer.name] = (out.size - forced, forced)
     return out
 
 
@@ -102,8 +112,9 @@ def pool(node: snn.SpikePool, t_in: np.ndarray) -> np.ndarray:
     return out
 
 
-def run(net: snn.Network, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Logits and every population's spike times for inputs x."""
+def run(net: snn.Network, x: np.ndarray, counts: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Logits and every population's spike times for inputs x; with ``counts``, each spiking layer's
+    (threshold spikes, forced spikes) as ``fire_layer`` counts them."""
     enc = net.nodes[0]
     a = (np.asarray(x, dtype=np.float64) - enc.low) / (enc.high - enc.low)
     times = {enc.name: 1.0 - a}
@@ -111,7 +122,7 @@ def run(net: snn.Network, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarr
     for node in net.nodes[1:]:
         t_ins = [times[name] for name in node.inputs]
         if isinstance(node, snn.SpikingLayer):
-            times[node.name] = fire_layer(node, net.input_window(node), t_ins)
+            times[node.name] = fire_layer(node, net.input_window(node), t_ins, counts)
         elif isinstance(node, snn.SpikePool):
             times[node.name] = pool(node, t_ins[0])
         elif isinstance(node, snn.Reshape):

@@ -96,6 +96,11 @@ def test_bench_report(small):
     assert report["ann_macs_per_sample"] == 3 * 6 * 5 * 2 * 3 * 3 + 4 * 18 + 3 * 4
     assert 0 < report["synaptic_events_per_sample"] <= report["ann_macs_per_sample"]
     assert report["spikes_per_neuron"] == 1.0
+    # the same share of forced spikes as one run over the data: every pass counts the same spikes
+    from relu2snn_cli.simulator import Simulator
+    counts = Simulator(net).run(np.load(small["data"])).counts
+    assert 0 < counts.forced_spikes < counts.threshold_spikes + counts.forced_spikes
+    assert report["forced_spike_share"] == pytest.approx(counts.forced_share, rel=1e-12)
     assert report["latency"] == net.latency
     assert report["peak_rss_mb"] > 10
     layers = [n.name for n in net.nodes if isinstance(n, snn.SpikingLayer)]
@@ -115,7 +120,7 @@ def test_cli_json_and_regression_gate(small):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for key in ("snn_seconds_per_sample", "ann_seconds_per_sample", "snn_over_ann", "synaptic_events_per_sample",
-                "ann_macs_per_sample", "spikes_per_neuron", "latency", "peak_rss_mb"):
+                "ann_macs_per_sample", "spikes_per_neuron", "forced_spike_share", "latency", "peak_rss_mb"):
         assert key in report
     slow = small["tmp"] / "slow.json"
     slow.write_text(json.dumps({**report, "snn_seconds_per_sample": 1e3}))
@@ -150,3 +155,21 @@ def test_wrong_data_shape_is_bad_input(small):
 def test_help_has_an_example():
     result = run("bench", "--help")
     assert result.exit_code == 0 and "relu2snn bench" in result.output and "--baseline" in result.output
+
+
+def test_overflowing_network_is_bad_input(tmp_path):
+    """A readout α of 1e308 (finite, valid) overflows the logits of the MLP sample, whose readout window is about
+    16 long: one line naming the file and the readout, exit 2, no report."""
+    import dataclasses
+    path = tmp_path / "mlp.snn.h5"
+    convert.convert("sample_models/mlp/model.onnx", "sample_models/mlp/calib.npy", path)
+    net = h5io.read(path)
+    readout = net.nodes[-1]
+    assert readout.window[1] > 2
+    huge = dataclasses.replace(readout, alpha=np.full_like(readout.alpha, 1e308))
+    h5io.write(tmp_path / "huge.snn.h5", snn.Network(net.nodes[:-1] + (huge,), net.meta))
+    result = run("bench", tmp_path / "huge.snn.h5", "--data", "sample_models/mlp/test.npy", "--repeats", "1",
+                 "--json")
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "huge.snn.h5" in lines[0] and f"'{readout.name}'" in lines[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,14 +12,24 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import reference
 from builders import GraphBuilder, save
+from relu2snn_cli import h5io, snn
 from relu2snn_cli.cli import cli
+from relu2snn_cli.simulator import Simulator
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def strict_json(text: str):
+    """json.loads that refuses the non-JSON tokens NaN, Infinity and -Infinity."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
 
 
 def error_line(result) -> str:
@@ -55,15 +66,17 @@ def test_verify_sample_model_is_exact(converted):
     result = run("verify", out, "--onnx", SAMPLES / name / "model.onnx", "--data", SAMPLES / name / "test.npy",
                  "--labels", SAMPLES / name / "labels.npy", "--json", "--quiet")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = strict_json(result.stdout)
     assert report["n_samples"] == 597
     assert report["agreement"] == 1.0
+    assert report["failures"] == [] and report["passed"] is True
     assert report["accuracy_snn"] == report["accuracy_ann"] >= 0.95
     assert report["max_abs_logit_error_ref"] <= 1e-9 * report["max_abs_logit"]
     assert report["max_abs_logit_error_onnx"] <= 1e-4 * report["max_abs_logit"]
     assert report["max_spike_time_error"] <= 1e-9 * report["latency"]
     assert report["early_spikes"] == 0 and report["out_of_range_inputs"] == 0
-    assert report["spikes_per_neuron"] == 1.0
+    assert report["spikes_per_neuron"] == 1.0  # every neuron fires once, at the latest at its window end
+    assert 0.05 < report["forced_spike_share"] < 0.95  # ReLU zeros: about half the hidden neurons
     assert report["source_model_matches"] is True
     for key in ("latency", "spike_time_error_per_layer", "checked_pairs", "event_scan_pairs"):
         assert key in report
@@ -75,6 +88,7 @@ def test_verify_text_report_and_no_labels(converted):
     assert result.exit_code == 0
     assert "agreement" in result.stdout and "accuracy_snn" in result.stdout
     assert "n/a" in result.stdout  # no labels, no accuracy
+    assert any(line.split() == ["failures", "[]"] for line in result.stdout.splitlines())
 
 
 def test_verify_fails_with_exit_1_below_min_agreement(tmp_path):
@@ -87,10 +101,85 @@ def test_verify_fails_with_exit_1_below_min_agreement(tmp_path):
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["agreement"] < 1.0 and report["out_of_range_inputs"] > 0 and report["passed"] is False
+    assert any("below --min-agreement" in f for f in report["failures"])
     assert "below --min-agreement" in error_line(result)
+    relaxed = run("verify", out, "--onnx", SAMPLES / "mlp" / "model.onnx", "--data", SAMPLES / "mlp" / "test.npy",
+                  "--min-agreement", "0", "--quiet", "--json")
+    assert relaxed.exit_code == 1  # the logits are still wrong, with early spikes: those checks still fail
+    assert not any("agreement" in f for f in json.loads(relaxed.stdout)["failures"])
     ok = run("verify", out, "--onnx", SAMPLES / "mlp" / "model.onnx", "--data", SAMPLES / "mlp" / "test.npy",
-             "--min-agreement", "0", "--quiet")
+             "--min-agreement", "0", "--max-logit-error", "1e9", "--max-early-spikes", "1000000000", "--quiet")
     assert ok.exit_code == 0
+
+
+@pytest.fixture(scope="module")
+def cnn_zeta0(tmp_path_factory):
+    """The cnn sample converted with --zeta 0 (no headroom), and its test inputs scaled by 1.5 (beyond the
+    calibration range)."""
+    tmp = tmp_path_factory.mktemp("zeta0")
+    out = tmp / "cnn.snn.h5"
+    assert run("convert", SAMPLES / "cnn" / "model.onnx", "--calib", SAMPLES / "cnn" / "calib.npy", "-o", out,
+               "--zeta", "0", "--quiet").exit_code == 0
+    np.save(tmp / "big.npy", 1.5 * np.load(SAMPLES / "cnn" / "test.npy")[:60])
+    return out, tmp / "big.npy"
+
+
+def test_verify_fails_on_early_spikes(cnn_zeta0):
+    """Neurons that fire before their inputs are in make the SNN inexact: verify lists the early spikes in
+    failures, with the hint to reconvert with a larger --zeta, and exits 1 after printing the report."""
+    out, data = cnn_zeta0
+    net = h5io.read(out)
+    x = np.load(data)
+    result = Simulator(net).run(x, keep_times=True)
+    layers = [n for n in net.nodes if isinstance(n, snn.SpikingLayer)]
+    early = sum(int(np.sum(result.times[n.name] < n.window[0])) for n in layers)
+    assert early == result.counts.early_spikes > 0
+    # the event-by-event reference confirms an early spike in a sample the simulator says has one
+    sample = next(i for i in range(len(x)) if any(np.any(result.times[n.name][i] < n.window[0]) for n in layers))
+    _, times = reference.run(net, x[sample:sample + 1])
+    assert any(np.any(times[n.name] < n.window[0]) for n in layers)
+
+    result = run("verify", out, "--onnx", SAMPLES / "cnn" / "model.onnx", "--data", data, "--json", "--quiet")
+    assert result.exit_code == 1
+    report = strict_json(result.stdout)
+    assert report["early_spikes"] == early and report["passed"] is False
+    assert report["out_of_range_inputs"] > 0
+    [message] = [f for f in report["failures"] if f.startswith("early_spikes")]
+    assert f"early_spikes {early} exceeds --max-early-spikes 0" in message and "--zeta" in message
+    assert "--input-range" in message  # the inputs themselves left the calibrated range
+    line = error_line(result)
+    assert line.startswith("relu2snn: error:") and "early_spikes" in line and "--zeta" in line
+    text = run("verify", out, "--onnx", SAMPLES / "cnn" / "model.onnx", "--data", data, "--quiet")
+    assert text.exit_code == 1 and "early_spikes" in text.stdout and "failures" in text.stdout
+    relaxed = run("verify", out, "--onnx", SAMPLES / "cnn" / "model.onnx", "--data", data, "--json", "--quiet",
+                  "--max-early-spikes", str(early), "--max-logit-error", "1", "--min-agreement", "0")
+    assert relaxed.exit_code == 0 and strict_json(relaxed.stdout)["failures"] == []
+
+
+def test_verify_fails_on_a_logit_error(tmp_path):
+    """A readout whose α is raised so that every logit is 1e-2 too large: the argmax, and so the agreement, is
+    unchanged and no neuron fires early, but the logits are not exact; only --max-logit-error says so."""
+    out = tmp_path / "mlp.snn.h5"
+    assert run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", SAMPLES / "mlp" / "calib.npy", "-o", out,
+               "--quiet").exit_code == 0
+    net = h5io.read(out)
+    readout = net.nodes[-1]
+    shifted = dataclasses.replace(readout, alpha=readout.alpha + 1e-2 / readout.window[1])  # V(T_out) += 1e-2
+    h5io.write(tmp_path / "off.snn.h5", snn.Network(net.nodes[:-1] + (shifted,), net.meta))
+    args = ["verify", tmp_path / "off.snn.h5", "--onnx", SAMPLES / "mlp" / "model.onnx",
+            "--data", SAMPLES / "mlp" / "test.npy", "--json", "--quiet"]
+    result = run(*args)
+    assert result.exit_code == 1
+    report = strict_json(result.stdout)
+    assert report["agreement"] == 1.0 and report["early_spikes"] == 0
+    assert report["max_abs_logit_error_ref"] == pytest.approx(1e-2, rel=1e-6)
+    [message] = report["failures"]
+    assert message.startswith("max_abs_logit_error_ref") and "--max-logit-error 1e-09" in message
+    assert "max_abs_logit_error_ref" in error_line(result)
+    # the limit is relative to the largest |logit| (about 20 here): 1e-3 of it tolerates an error of 1e-2
+    assert report["max_abs_logit"] > 10
+    assert run(*args, "--max-logit-error", "1e-3").exit_code == 0
+    assert run(*args, "--max-logit-error", "1e-4").exit_code == 1
 
 
 def test_simulate_and_inspect(converted, tmp_path):
@@ -231,3 +320,18 @@ def test_convert_twice_gives_the_same_bytes_and_inspect_hash(tmp_path):
         assert hashes[-1] == h5io.content_hash(h5io.read(tmp_path / name))
     assert (tmp_path / "a.snn.h5").read_bytes() == (tmp_path / "b.snn.h5").read_bytes()
     assert hashes[0] == hashes[1] and len(hashes[0]) == 64
+
+
+def test_failures_name_each_check_and_the_fix():
+    from relu2snn_cli.verify import failures
+    report = {"agreement": 1.0, "min_agreement": 1.0, "max_logit_error": 1e-9, "max_abs_logit": 20.0,
+              "max_abs_logit_error_ref": 2e-8, "early_spikes": 0, "max_early_spikes": 0, "out_of_range_inputs": 0}
+    assert failures(report) == []  # an error of exactly the limit passes
+    assert failures({**report, "max_abs_logit_error_ref": 2.1e-8})[0].startswith("max_abs_logit_error_ref 2.1e-08")
+    assert failures({**report, "agreement": 0.99})[0] == "agreement 0.99 is below --min-agreement 1"
+    [early] = failures({**report, "early_spikes": 3})
+    assert early.startswith("early_spikes 3 exceeds --max-early-spikes 0: the test inputs drive hidden layers")
+    assert "--zeta" in early and "--input-range" not in early
+    [early] = failures({**report, "early_spikes": 3, "out_of_range_inputs": 5})
+    assert "5 input values lie outside the calibrated input range" in early and "--input-range" in early
+    assert failures({**report, "early_spikes": 3, "max_early_spikes": 3}) == []

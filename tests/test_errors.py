@@ -496,3 +496,65 @@ def test_sigterm_during_calibration_leaves_nothing(tmp_path):
     assert proc.returncode == 143, err
     assert err.strip().splitlines() == ["relu2snn: interrupted by SIGTERM"]
     assert list(out.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the source model; non-finite results
+
+def test_verify_against_another_model_of_the_same_shapes(tmp_path):
+    """The cnn sample's artifact against the resnet sample: same input and output shapes, another model. Refused
+    before any data is read (the data file does not exist), naming both files and the sha256 mismatch."""
+    cnn = tmp_path / "cnn.snn.h5"
+    samples = ROOT / "sample_models"
+    assert run("convert", samples / "cnn" / "model.onnx", "--calib", samples / "cnn" / "calib.npy", "-o", cnn,
+               "--quiet").exit_code == 0
+    line = one_line_error(run("verify", cnn, "--onnx", samples / "resnet" / "model.onnx",
+                              "--data", tmp_path / "missing.npy"))
+    assert "cnn.snn.h5" in line and "resnet/model.onnx" in line and "sha256" in line
+    assert "shape" not in line  # the shapes agree: only the hash tells the models apart
+
+
+def test_verify_names_every_mismatch(tmp_path, mlp_snn):
+    line = one_line_error(run("verify", mlp_snn, "--onnx", ROOT / "sample_models" / "cnn" / "model.onnx",
+                              "--data", MLP / "test.npy"))
+    assert "sha256" in line and "input shape (64,)" in line and "(1, 8, 8)" in line
+    assert "output shape" not in line  # both have 10 logits
+
+
+def _overflowing_readout(tmp_path, mlp_snn) -> Path:
+    """The MLP artifact with every readout weight 1e308: finite and valid, but the logits overflow to inf."""
+    import dataclasses
+    from relu2snn_cli import snn
+    net = h5io.read(mlp_snn)
+    readout = net.nodes[-1]
+    syn = dataclasses.replace(readout.synapses[0], J=np.full_like(readout.synapses[0].J, 1e308))
+    path = tmp_path / "huge.snn.h5"
+    h5io.write(path, snn.Network(net.nodes[:-1] + (dataclasses.replace(readout, synapses=(syn,)),), net.meta))
+    return path
+
+
+def test_simulate_refuses_infinite_logits(tmp_path, mlp_snn):
+    huge = _overflowing_readout(tmp_path, mlp_snn)
+    out = tmp_path / "o.npz"
+    result = run("simulate", huge, "--data", MLP / "test.npy", "-o", out, "--json")
+    line = one_line_error(result)
+    readout = h5io.read(huge).nodes[-1].name
+    assert "huge.snn.h5" in line and f"'{readout}'" in line and "infinite or NaN" in line
+    assert result.stdout == "" and not out.exists()
+
+
+def test_verify_refuses_infinite_logits_and_prints_no_infinity(tmp_path, mlp_snn):
+    huge = _overflowing_readout(tmp_path, mlp_snn)
+    result = run("verify", huge, "--onnx", MLP / "model.onnx", "--data", MLP / "test.npy", "--json")
+    line = one_line_error(result)
+    assert "huge.snn.h5" in line and "logits" in line and "infinite or NaN" in line
+    assert "Infinity" not in result.stdout and "NaN" not in result.stdout
+
+
+def test_json_output_refuses_non_json_numbers():
+    """Every --json report goes through one function that refuses NaN and ±inf (not JSON) instead of printing
+    the tokens NaN or Infinity."""
+    from relu2snn_cli.cli import _json
+    assert json.loads(_json({"a": 1.5, "b": np.float64(2.0)})) == {"a": 1.5, "b": 2.0}
+    for bad in (float("inf"), float("nan"), np.float64("-inf")):
+        with pytest.raises(ValueError):
+            _json({"x": bad})

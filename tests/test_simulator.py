@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import reference
 from builders import GraphBuilder, save
 from relu2snn_cli import convert, h5io, ir, simulator, snn
+from relu2snn_cli.errors import NonFiniteError
 from relu2snn_cli.onnx_import import import_model
 from strategies import relu_dags, relu_stacks
 
@@ -129,9 +130,11 @@ def test_layer_matches_reference(kind, early):
         t_in = input_times(rng, layer, windows, 4)
         got, n_early, checked, scanned = simulator.CompiledLayer(layer, windows).fire(t_in)
         merged, _ = snn.merge_windows(windows)
-        want = reference.fire_layer(layer, merged, t_in)
+        counts = {}
+        want = reference.fire_layer(layer, merged, t_in, counts)
         assert close(got, want)
         assert n_early == int(np.sum(want < sum(merged)))
+        assert simulator.spike_counts(got, sum(layer.window)) == counts[layer.name]  # threshold, forced: exact
         total_early += n_early
     if early:
         assert total_early > 0  # the case is built to exercise early crossings
@@ -168,10 +171,24 @@ def test_network_matches_reference_including_early_spikes(tmp_path_factory, stac
     net, _, rng = converted(tmp_path_factory.mktemp("n"), model, shape, seed, calib_scale=0.2, input_range=(-6, 6))
     x = 2.0 * rng.normal(size=(3,) + shape)
     result = simulator.simulate(net, x, batch_size=2, keep_times=True)
-    logits, times = reference.run(net, x)
+    counts = {}
+    logits, times = reference.run(net, x, counts)
     for name, t in times.items():
         assert close(result.times[name], t), name
     assert close(result.logits, logits)
+    assert_counts_match(net, result, counts)
+
+
+def assert_counts_match(net, result, counts: dict) -> None:
+    """Threshold and forced spikes per layer as the simulator counts them equal the reference's counts, exactly,
+    and add up to the run's Counts; every neuron fires once."""
+    sim = simulator.Simulator(net)
+    windows = {n.name: n.window for n in net.nodes}
+    for name, want in counts.items():
+        assert simulator.spike_counts(result.times[name], sum(windows[name])) == want, name
+    assert result.counts.threshold_spikes == sum(c[0] for c in counts.values())
+    assert result.counts.forced_spikes == sum(c[1] for c in counts.values())
+    assert result.counts.spikes == result.counts.samples * sim.neurons
 
 
 def test_network_with_early_spikes_counts_them(tmp_path):
@@ -184,8 +201,11 @@ def test_network_with_early_spikes_counts_them(tmp_path):
     net, graph, rng = converted(tmp_path, model, (6,), 1, calib_scale=0.1, input_range=(-5, 5))
     x = 3.0 * rng.normal(size=(16, 6))
     result = simulator.simulate(net, x, keep_times=True)
-    logits, times = reference.run(net, x)
+    counts = {}
+    logits, times = reference.run(net, x, counts)
     assert result.counts.early_spikes > 0
+    assert_counts_match(net, result, counts)
+    assert result.counts.threshold_spikes > 0 and result.counts.forced_spikes > 0
     assert result.counts.early_spikes == sum(
         int(np.sum(times[n.name] < n.window[0])) for n in net.nodes if isinstance(n, snn.SpikingLayer))
     assert close(result.logits, logits)
@@ -263,3 +283,77 @@ def test_concatenation_and_residual_sum_with_delays(tmp_path):
     logits, times = reference.run(net, x)
     result = simulator.simulate(net, x, keep_times=True)
     assert close(result.logits, logits) and close(result.logits, ir.forward(graph, x), 1e-9)
+
+
+# ----------------------------------------------------------------------------- spike counts and finiteness
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "cnn1d"])
+def test_forced_spikes_are_the_zero_activations(tmp_path, name):
+    """Per layer, the neurons forced to fire at their window end are exactly the (sample, neuron) pairs whose
+    float64 ReLU activation is 0 (no ties at 0 arise on these models: the equality is exact), and the others
+    reached ϑ before the window end."""
+    path = _sample(tmp_path, name)
+    net, graph = h5io.read(path), import_model(f"sample_models/{name}/model.onnx").graph
+    x = np.load(f"sample_models/{name}/test.npy")[:200]
+    sim = simulator.Simulator(net)
+    result = sim.run(x, keep_times=True)
+    ref = ir.forward(graph, x, keep=True)
+    layers = [n for n in net.nodes if isinstance(n, snn.SpikingLayer)]
+    forced_total = 0
+    for layer in layers:
+        threshold, forced = simulator.spike_counts(result.times[layer.name], sum(layer.window))
+        zeros = int(np.count_nonzero(ref[layer.name] == 0))
+        assert forced == zeros, layer.name
+        assert threshold == ref[layer.name].size - zeros, layer.name
+        forced_total += forced
+    assert result.counts.early_spikes == 0
+    assert result.counts.forced_spikes == forced_total
+    hidden = sum(ref[n.name].size for n in layers)
+    assert 0.05 < result.counts.forced_share == forced_total / hidden < 0.95
+    assert result.counts.input_spikes == x.size
+    assert result.counts.spikes == len(x) * sim.neurons
+
+
+def _replace_readout(net, **fields):
+    return snn.Network(net.nodes[:-1] + (dataclasses.replace(net.nodes[-1], **fields),), net.meta)
+
+
+@pytest.mark.parametrize("field", ["alpha", "J"])
+def test_overflowing_readout_is_refused(tmp_path, field):
+    """A readout α or J of 1e308 (finite, valid) overflows the logits to inf: refused, naming the readout."""
+    net = h5io.read(_sample(tmp_path, "mlp"))
+    readout = net.nodes[-1]
+    if field == "alpha":
+        bad = _replace_readout(net, alpha=np.full_like(readout.alpha, 1e308))
+    else:
+        syn = readout.synapses[0]
+        bad = _replace_readout(net, synapses=(dataclasses.replace(syn, J=np.full_like(syn.J, 1e308)),))
+    x = np.load("sample_models/mlp/test.npy")[:4]
+    with np.errstate(over="ignore"), pytest.raises(NonFiniteError, match=f"'{readout.name}'.*logits"):
+        simulator.Simulator(bad).run(x)
+
+
+def test_non_finite_spike_times_are_refused():
+    """Weights of ±1e308 (finite, valid) make the closed form of a hidden neuron inf − inf: its NaN spike time is
+    refused, naming the layer, instead of being passed on to NaN logits."""
+    huge = 1e308
+    J = np.array([[1.0, huge, 1.7e308, huge, -huge, -huge, -huge]])
+    layer = snn.SpikingLayer("hidden", (snn.Synapses("in", (7,), J),), np.array([1.25]), (1.0, 2.5),
+                             theta=np.array([huge]), certified=np.zeros(1, bool), scale=np.ones(1), x_max=np.ones(1))
+    readout = snn.Readout("out", (snn.Synapses("hidden", (1,), np.ones((2, 1))),), np.zeros(2), (1.0, 2.5))
+    net = snn.Network((snn.Encoder("in", (7,), 0.0, 1.0), layer, readout), {})
+    x = np.array([[2.5, 1.0, 0.125, 1.0, 1.0, 1.5, 0.125]])
+    with np.errstate(all="ignore"), pytest.raises(NonFiniteError, match="'hidden': 1 of its 1 spike times"):
+        simulator.Simulator(net).run(x)
+
+
+def test_overflowing_input_times_are_refused():
+    """An input range of ±1e308 (finite) and an input of 1e308: x − low overflows, the input spike time is −inf."""
+    enc = snn.Encoder("in", (2,), -1e308, 1e308)
+    layer = snn.SpikingLayer("hidden", (snn.Synapses("in", (2,), np.full((1, 2), 0.1)),), np.ones(1), (1.0, 1.0),
+                             theta=np.array([5.0]), certified=np.ones(1, bool), scale=np.ones(1), x_max=np.ones(1))
+    readout = snn.Readout("out", (snn.Synapses("hidden", (1,), np.ones((2, 1))),), np.zeros(2), (1.0, 1.0))
+    sim = simulator.Simulator(snn.Network((enc, layer, readout), {}))
+    assert np.all(np.isfinite(sim.run(np.array([[0.0, 1e300]])).logits))
+    with np.errstate(all="ignore"), pytest.raises(NonFiniteError, match="'in': 1 of its 2 spike times"):
+        sim.run(np.array([[0.0, 1e308]]))
