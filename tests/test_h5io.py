@@ -560,3 +560,50 @@ def test_damaged_global_heap_does_not_hang():
             "try:\n    h5io.read(sys.argv[1])\nexcept ArtifactError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert "variable-length" in out.stdout, out
+
+
+# ----------------------------------------------------------------------------- spiking layers need α ≥ 0
+
+def tiny_network(alpha: float = 1.0) -> snn.Network:
+    """Encoder → one spiking neuron (ϑ = −0.5, J = 0.1) → readout; with α < 0 the static certificate
+    α·B_in + J·B_in < ϑ holds although V(T_in) = 0 ≥ ϑ: the neuron fires at once (docs/math.md §5)."""
+    enc = snn.Encoder("in", (1,), 0.0, 1.0)
+    syn = snn.Synapses("in", (1,), np.array([[0.1]]))
+    theta = np.array([-0.5])
+    cert = static_certificate([(syn.J, 1.0)], theta, np.array([alpha]), 1.0)
+    layer = snn.SpikingLayer("h", (syn,), np.array([alpha]), (1.0, 2.0), theta=theta, certified=cert,
+                             scale=np.ones(1), x_max=np.ones(1), x_n=1.0)
+    readout = snn.Readout("r", (snn.Synapses("h", (1,), np.array([[1.0]])),), np.zeros(1), (1.0, 2.0))
+    return snn.Network((enc, layer, readout), {"zeta": 1.0})
+
+
+def negative_alpha_file(tmp_path) -> Path:
+    """A valid file of ``tiny_network`` edited to α = −1, with the certificate that α gives (True)."""
+    path = tmp_path / "neg.snn.h5"
+    h5io.write(path, tiny_network())
+
+    def change(f):
+        replace_dataset(f, "nodes/001/alpha", np.array([-1.0]))
+        replace_dataset(f, "nodes/001/certified", np.array([True]))
+    return edit(path, change)
+
+
+def test_negative_alpha_is_refused_by_the_constructor():
+    with pytest.raises(snn.GraphError, match="alpha"):
+        tiny_network(alpha=-1.0)
+    assert tiny_network(alpha=0.0).nodes[1].certified.tolist() == [False]
+
+
+def test_negative_alpha_file_is_refused(tmp_path):
+    """Before: read and validation passed, the simulator put the spike at the window end (t = 3, 0 early
+    spikes) while the event-by-event reference fires at t = 0."""
+    from click.testing import CliRunner
+    from relu2snn_cli.cli import cli
+    path = negative_alpha_file(tmp_path)
+    assert "alpha" in read_error(path)
+    np.save(tmp_path / "x.npy", np.array([[0.5]]))
+    result = CliRunner().invoke(cli, ["simulate", str(path), "--data", str(tmp_path / "x.npy"),
+                                      "-o", str(tmp_path / "o.npz"), "--quiet"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "alpha" in lines[0], result.output
+    assert not (tmp_path / "o.npz").exists()
