@@ -607,3 +607,89 @@ def test_negative_alpha_file_is_refused(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "alpha" in lines[0], result.output
     assert not (tmp_path / "o.npz").exists()
+
+
+# ----------------------------------------------------------------------------- the stored content hash
+
+def cli_error(*args) -> str:
+    """Run the command line; it must exit 2 with one line on stderr."""
+    from click.testing import CliRunner
+    from relu2snn_cli.cli import cli
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("relu2snn: error: "), \
+        (result.exit_code, result.output, result.exception)
+    return lines[0]
+
+
+def refused_everywhere(path, tmp_path) -> str:
+    """h5io.read, inspect (text and JSON) and simulate all refuse the file; simulate writes nothing."""
+    msg = read_error(path)
+    np.save(tmp_path / "x.npy", np.load(SAMPLES / "cnn" / "test.npy")[:2])
+    for args in (["inspect", path], ["inspect", path, "--json"],
+                 ["simulate", path, "--data", tmp_path / "x.npy", "-o", tmp_path / "o.npz", "--quiet"]):
+        assert path.name in cli_error(*args)
+    assert not (tmp_path / "o.npz").exists()
+    return msg
+
+
+def uncertified(f, node: str) -> int:
+    """The flat index of a neuron of ``node`` without a static certificate."""
+    return int(np.flatnonzero(~f[f"nodes/{node}/certified"][()].reshape(-1))[0])
+
+
+def set_entry(f, name, index, value):
+    arr = f[name][()]
+    arr.flat[index] = value
+    replace_dataset(f, name, arr)
+
+
+def flip_byte(path, dataset: str, index: int) -> None:
+    """Change the lowest byte of entry ``index`` of a dataset, in the file's bytes (its last mantissa bits)."""
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_offset() + 8 * index
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+# Edits that validation cannot see (a consistent file says other numbers); before format 4 each was simulated.
+EDITS = [
+    pytest.param(lambda p: edit(p, lambda f: set_entry(f, "nodes/004/theta", uncertified(f, "004"), -1.0)),
+                 id="theta-minus-1"),
+    pytest.param(lambda p: edit(p, lambda f: set_entry(f, "nodes/001/synapses/0/J", 5,
+                                                       f["nodes/001/synapses/0/J"][()].flat[5] * 1.001)),
+                 id="J-entry"),
+    pytest.param(lambda p: flip_byte(p, "nodes/008/synapses/0/J", 7), id="byte-in-readout-J"),
+    pytest.param(lambda p: edit(p, lambda f: scaled(f, "nodes/008/synapses/0/J", -1.0)), id="readout-negated"),
+    pytest.param(lambda p: edit(p, lambda f: scaled(f, "nodes/008/alpha", 2.0)), id="readout-alpha"),
+    pytest.param(lambda p: edit(p, lambda f: f.attrs.__setitem__("source_model_name", h5io._text("other.onnx"))),
+                 id="root-attribute"),
+]
+
+
+@pytest.mark.parametrize("change", EDITS)
+def test_edited_file_is_refused(cnn_copy, tmp_path, change):
+    change(cnn_copy)
+    assert "content_sha256" in refused_everywhere(cnn_copy, tmp_path)
+
+
+def test_inspect_shows_the_stored_hash(converted):
+    from click.testing import CliRunner
+    from relu2snn_cli.cli import cli
+    net, path = converted["cnn"]
+    with h5py.File(path) as f:
+        stored = f.attrs["content_sha256"].decode()
+    assert stored == h5io.content_hash(net)
+    out = CliRunner().invoke(cli, ["inspect", str(path)]).stdout
+    assert f"content_sha256       {stored}" in out.splitlines()
+
+
+def test_missing_hash_is_refused(cnn_copy):
+    edit(cnn_copy, lambda f: f.attrs.__delitem__("content_sha256"))
+    assert "content_sha256" in read_error(cnn_copy)
+
+
+def test_format_3_is_refused(cnn_copy):
+    edit(cnn_copy, lambda f: f.attrs.__setitem__("format_version", 3))
+    assert "convert the model again" in read_error(cnn_copy)
