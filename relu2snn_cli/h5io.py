@@ -95,6 +95,8 @@ def _from_attr(value, hint):
         args = typing.get_args(hint)
         cast = args[0] if args else float
         values = np.atleast_1d(value)
+        if len(args) >= 2 and args[1] is not Ellipsis and len(values) != len(args):
+            raise ArtifactError(f"expected {len(args)} values, got {values.tolist()}")
         if typing.get_origin(cast) is tuple:   # a tuple of tuples: one row each
             return tuple(_from_attr(v, cast) for v in values)
         if cast is str:

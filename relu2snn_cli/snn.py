@@ -105,7 +105,11 @@ class Synapses:
         object.__setattr__(self, "J", _array(self.input, "J", self.J))
         if not (np.isfinite(self.delay) and self.delay >= 0):
             raise GraphError(f"synapses from {self.input}: delay {self.delay} must be finite and ≥ 0")
+        if not isinstance(self.groups, (int, np.integer)) or isinstance(self.groups, bool):
+            raise GraphError(f"synapses from {self.input}: groups {self.groups!r} must be an integer")
         if self.J.ndim == 2:
+            if self.groups != 1:
+                raise GraphError(f"synapses from {self.input}: dense synapses have groups = 1, not {self.groups}")
             if self.J.shape[1] != int(np.prod(self.in_shape)) or self.strides or self.pads or self.dilations:
                 raise GraphError(f"synapses from {self.input}: J of shape {self.J.shape} does not fit "
                                  f"input shape {self.in_shape}")

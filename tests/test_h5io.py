@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
-from relu2snn_cli import convert, h5io, snn
+from relu2snn_cli import convert, h5io, snn, validate
 from relu2snn_cli.errors import ArtifactError
 from relu2snn_cli.mapping import static_certificate
 
@@ -124,17 +124,30 @@ def test_cnn_holds_conv_and_dense_layers(converted):
     assert any(n.synapses[0].is_conv for n in layers) and any(not n.synapses[0].is_conv for n in layers)
 
 
+def with_meta(nodes, **extra) -> snn.Network:
+    """A network with the root attributes convert writes (validation requires them), and ``extra`` ones."""
+    net = snn.Network(tuple(nodes))
+    enc = net.nodes[0]
+    net.meta.update({"tool": "relu2snn", "tool_version": "0.1.0", "neuron_model": "test", "source_model_name": "m.onnx",
+                     "source_model_sha256": "0" * 64, "source_opset": 17, "source_input": "x", "source_logits": "y",
+                     "calibration_samples": 1, "calibration_sha256": "f" * 64, "zeta": 0.5, "s_min": -10.0,
+                     "s_max": 0.99, "input_range": (enc.low, enc.high), "input_shape": enc.shape,
+                     "input_layout": {1: "NC", 2: "NCL", 3: "NCHW"}[len(enc.shape)], "removed_output_ops": (),
+                     "latency": net.latency, **extra})
+    return net
+
+
 def hand_built(rng) -> snn.Network:
     """Every node kind: a layer reading two populations (grouped conv with a delay, 1×1 conv), pooling with a
     latest-spike channel, transpose, reshape, and a concatenation of populations from different windows."""
     enc = snn.Encoder("in", (2, 5, 5), -1.0, 2.0)
-    syn1 = snn.Synapses("in", (2, 5, 5), rng.normal(size=(3, 2, 3, 3)), 0.0, (2, 1), (1, 0, 1, 2), (1, 2))
+    syn1 = snn.Synapses("in", (2, 5, 5), 0.05 * rng.normal(size=(3, 2, 3, 3)), 0.0, (2, 1), (1, 0, 1, 2), (1, 2))
     theta1 = rng.normal(size=(3, 3, 3)) + 4
     c1 = snn.SpikingLayer("c1", (syn1,), np.ones(3), (1.0, 2.5), theta=theta1,
                           certified=static_certificate([(syn1.J, 1.0)], theta1, np.ones(3), 1.0),
-                          scale=np.full(3, 0.5), x_max=rng.random(3), x_n=1.0, source="")
-    syns = (snn.Synapses("in", (2, 5, 5), rng.normal(size=(4, 1, 3, 3)), 2.5, (2, 2), (1, 1, 1, 1), (1, 1), 2),
-            snn.Synapses("c1", (3, 3, 3), rng.normal(size=(4, 3, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1)))
+                          scale=np.full(3, 0.5), x_max=rng.random(3), x_n=2.5 / 1.5, source="")
+    syns = (snn.Synapses("in", (2, 5, 5), 0.05 * rng.normal(size=(4, 1, 3, 3)), 2.5, (2, 2), (1, 1, 1, 1), (1, 1), 2),
+            snn.Synapses("c1", (3, 3, 3), 0.05 * rng.normal(size=(4, 3, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1)))
     theta2 = rng.normal(size=4) + 5
     c2 = snn.SpikingLayer("c2", syns, np.ones(4), (3.5, 1.5), theta=theta2,
                           certified=static_certificate([(syns[0].J, 1.0), (syns[1].J, 2.5)], theta2, np.ones(4), 2.5),
@@ -145,8 +158,8 @@ def hand_built(rng) -> snn.Network:
     raw = snn.Reshape("e", "in", enc.shape, (50,), window=enc.window)
     cat = snn.Concat("cat", ("f", "e"), ((16,), (50,)), 0, window=(3.5, 1.5), delays=(0.0, 4.0))
     readout = snn.Readout("r", (snn.Synapses("cat", (66,), rng.normal(size=(4, 66))),), rng.normal(size=4), cat.window)
-    meta = {"note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ("a", "b"), "empty": ()}
-    return snn.Network((enc, c1, c2, pool, tr, flat, raw, cat, readout), meta)
+    return with_meta((enc, c1, c2, pool, tr, flat, raw, cat, readout),
+                     note="ünïcode", flag=True, n=3, x=0.1, names=("a", "b"), empty=())
 
 
 def test_round_trip_hand_built(tmp_path):
@@ -158,7 +171,9 @@ def test_round_trip_hand_built(tmp_path):
     h5io.write(path, net)
     back = h5io.read(path)
     assert_same_network(net, back)
-    assert back.meta == {"note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ["a", "b"], "empty": []}
+    assert {k: plain(v) for k, v in net.meta.items()} == back.meta
+    assert {k: back.meta[k] for k in ("note", "flag", "n", "x", "names", "empty")} == {
+        "note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ["a", "b"], "empty": []}
     assert type(back.meta["flag"]) is bool and type(back.meta["n"]) is int
     assert h5io.content_hash(net) == h5io.content_hash(back)
 
@@ -241,13 +256,13 @@ def test_output_gets_the_usual_mode_of_a_new_file(converted, tmp_path):
     assert (tmp_path / "m.snn.h5").stat().st_mode & 0o777 == 0o640
 
 
-def test_failed_write_from_a_bad_field_leaves_nothing(converted, tmp_path):
-    """A field value HDF5 cannot store (the last layer's source) fails the write after most of it is done."""
+def test_field_of_the_wrong_type_is_refused_before_writing(converted, tmp_path):
+    """A field value of another type than declared (the last layer's source) is refused before anything is written."""
     net, _ = converted["mlp"]
     nodes = list(net.nodes)
     nodes[-1] = dataclasses.replace(nodes[-1], source=object())
     bad = snn.Network(tuple(nodes), net.meta)
-    with pytest.raises(TypeError):
+    with pytest.raises(snn.GraphError, match="source"):
         h5io.write(tmp_path / "m.snn.h5", bad)
     assert list(tmp_path.iterdir()) == []
 
@@ -514,7 +529,7 @@ def test_pads_beyond_input_and_window_are_refused(pad, ok):
     pool = snn.SpikePool("p", "in", (1, 4, 4), (2, 2), (1, 1), (0, 0, pad, 0), (1, 1), window=enc.window)
     flat = snn.Reshape("f", "p", pool.shape, (int(np.prod(pool.shape)),), window=pool.window)
     readout = snn.Readout("r", (snn.Synapses("f", flat.shape, np.ones((2, flat.shape[0]))),), np.zeros(2), flat.window)
-    net = snn.Network((enc, pool, flat, readout))
+    net = with_meta((enc, pool, flat, readout))
     if ok:
         validate.check(net)
     else:
@@ -574,7 +589,7 @@ def tiny_network(alpha: float = 1.0) -> snn.Network:
     layer = snn.SpikingLayer("h", (syn,), np.array([alpha]), (1.0, 2.0), theta=theta, certified=cert,
                              scale=np.ones(1), x_max=np.ones(1), x_n=1.0)
     readout = snn.Readout("r", (snn.Synapses("h", (1,), np.array([[1.0]])),), np.zeros(1), (1.0, 2.0))
-    return snn.Network((enc, layer, readout), {"zeta": 1.0})
+    return with_meta((enc, layer, readout), zeta=1.0)
 
 
 def negative_alpha_file(tmp_path) -> Path:
@@ -693,3 +708,96 @@ def test_missing_hash_is_refused(cnn_copy):
 def test_format_3_is_refused(cnn_copy):
     edit(cnn_copy, lambda f: f.attrs.__setitem__("format_version", 3))
     assert "convert the model again" in read_error(cnn_copy)
+
+
+# ----------------------------------------------------------------------------- validation even when the hash matches
+
+def rehash(path) -> Path:
+    """Store the hash of the file's current contents, as someone editing it on purpose could: what is then
+    refused is refused by validation, not by the hash."""
+    with h5py.File(path, "r+") as f:
+        tree = h5io._load(f, Path(path).stat().st_size)
+        entries = h5io._entries(tree)
+        entries.pop("@content_sha256", None)
+        f.attrs["content_sha256"] = h5io._text(h5io._digest(entries))
+    return path
+
+
+def set_attr(name, key, value):
+    return lambda f: (f[name] if name else f).attrs.__setitem__(key, value)
+
+
+def huge_alpha(f):
+    """α = 1e308 in node 001 with the certificate that α gives (no neuron certified)."""
+    replace_dataset(f, "nodes/001/alpha", np.full(f["nodes/001/alpha"].shape, 1e308))
+    replace_dataset(f, "nodes/001/certified", np.zeros(f["nodes/001/certified"].shape, bool))
+
+
+STRUCTURED = [
+    pytest.param(set_attr("nodes/007/synapses/0", "groups", 0), "groups", id="dense-groups-0"),
+    pytest.param(set_attr("nodes/007/synapses/0", "groups", 3), "groups", id="dense-groups-3"),
+    pytest.param(set_attr("nodes/007/synapses/0", "groups", 1.5), "integer", id="dense-groups-1.5"),
+    pytest.param(set_attr("nodes/001/synapses/0", "groups", 1.5), "integer", id="conv-groups-1.5"),
+    pytest.param(set_attr("nodes/001/synapses/0", "groups", 1.0), "integer", id="conv-groups-1.0"),
+    pytest.param(set_attr("nodes/001/synapses/0", "groups", np.int32(1)), "int32", id="conv-groups-int32"),
+    pytest.param(set_attr("nodes/003", "ceil_mode", 0), "bool", id="ceil_mode-int"),
+    pytest.param(set_attr("nodes/001", "x_n", np.float32(1.0)), "float32", id="x_n-float32"),
+    pytest.param(set_attr("nodes/001", "window", np.array([1.0, 2.0, 3.0])), "window: expected 2",
+                 id="window-3-values"),
+    pytest.param(huge_alpha, "1e+100", id="alpha-1e308"),
+    pytest.param(lambda f: scaled(f, "nodes/008/alpha", 1e150), "1e+100", id="readout-alpha-1e150"),
+    pytest.param(set_attr("nodes/001", "note", 1), "not part of", id="extra-attribute"),
+    pytest.param(lambda f: f["nodes/001"].create_dataset("extra", data=np.ones(2)), "not part of", id="extra-dataset"),
+    pytest.param(lambda f: f.create_group("more"), "not part of", id="extra-group"),
+    pytest.param(set_attr("", "calibration_samples", 256.0), "calibration_samples", id="root-int-as-float"),
+    pytest.param(set_attr("", "tool_version", 1), "tool_version", id="root-text-as-int"),
+    pytest.param(set_attr("", "input_layout", h5io._text("NWC")), "input_layout", id="root-layout"),
+    pytest.param(set_attr("", "source_model_sha256", h5io._text("abc")), "source_model_sha256", id="root-sha256"),
+    pytest.param(set_attr("", "input_range", np.array([-1.0, np.float64(1e200)])), "input_range",
+                 id="root-range-huge"),
+]
+
+
+@pytest.mark.parametrize("change, expect", STRUCTURED)
+def test_structured_mutation_is_refused_with_a_matching_hash(cnn_copy, tmp_path, change, expect):
+    rehash(edit(cnn_copy, change))
+    msg = refused_everywhere(cnn_copy, tmp_path)
+    assert expect in msg and "content_sha256" not in msg, msg
+
+
+def test_negative_alpha_with_a_matching_hash_is_refused(tmp_path):
+    assert "alpha" in read_error(rehash(negative_alpha_file(tmp_path)))
+
+
+def test_link_is_refused(cnn_copy):
+    edit(cnn_copy, lambda f: f["nodes/001"].__setitem__("link", h5py.SoftLink("/nodes/002")))
+    assert "link" in read_error(cnn_copy)
+
+
+@pytest.mark.parametrize("key", sorted(validate.REQUIRED_META))
+def test_deleted_root_attribute_is_refused(cnn_copy, key):
+    rehash(edit(cnn_copy, lambda f: f.attrs.__delitem__(key)))
+    assert f"missing attribute {key!r}" in read_error(cnn_copy)
+
+
+def test_dense_synapses_have_one_group_and_groups_are_integers():
+    with pytest.raises(snn.GraphError, match="groups = 1"):
+        snn.Synapses("x", (4,), np.ones((2, 4)), groups=2)
+    with pytest.raises(snn.GraphError, match="integer"):
+        snn.Synapses("x", (2, 3, 3), np.ones((2, 2, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1), groups=1.0)
+
+
+def test_meta_cannot_set_the_reserved_attributes(converted, tmp_path):
+    net, _ = converted["mlp"]
+    for key in h5io.RESERVED:
+        with pytest.raises(ArtifactError, match=key):
+            h5io.write(tmp_path / "m.snn.h5", snn.Network(net.nodes, {**net.meta, key: "x"}))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_content_hash_sees_types_and_root_attributes(converted):
+    """1 and 1.0 are different contents; so is any root attribute."""
+    net, _ = converted["mlp"]
+    hashes = {h5io.content_hash(snn.Network(net.nodes, {**net.meta, **extra}))
+              for extra in ({}, {"n": 1}, {"n": 1.0}, {"n": True}, {"tool_version": "0.1.1"})}
+    assert len(hashes) == 5
