@@ -412,6 +412,8 @@ def h5_edit(draw, f: h5py.File):
     if kind == "negate_readout":
         last = f["nodes"][keys[-1]]
         for syn in last.get("synapses", {}).values():
+            if not isinstance(syn, h5py.Group) or not isinstance(syn.get("J"), h5py.Dataset):
+                continue
             J = syn["J"][()]
             del syn["J"]
             syn.create_dataset("J", data=-J)

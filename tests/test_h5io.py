@@ -775,9 +775,48 @@ def test_link_is_refused(cnn_copy):
 
 
 @pytest.mark.parametrize("key", sorted(validate.REQUIRED_META))
-def test_deleted_root_attribute_is_refused(cnn_copy, key):
+def test_deleted_root_attribute_is_refused(cnn_copy, tmp_path, key):
     rehash(edit(cnn_copy, lambda f: f.attrs.__delitem__(key)))
-    assert f"missing attribute {key!r}" in read_error(cnn_copy)
+    assert f"missing attribute {key!r}" in refused_everywhere(cnn_copy, tmp_path)
+
+
+def smallest_change(value):
+    """The same value with its last bit changed (a number, an array entry, the last byte of text)."""
+    arr = np.array(value)
+    if arr.dtype.kind == "S":
+        return np.array(arr.tobytes()[:-1] + bytes([arr.tobytes()[-1] ^ 1]), dtype=arr.dtype)
+    flat = arr.reshape(-1)
+    if arr.dtype.kind == "f":
+        flat[0] = np.nextafter(flat[0], np.inf)
+    else:
+        flat[0] = not flat[0] if arr.dtype.kind == "b" else flat[0] + 1
+    return arr
+
+
+def test_every_stored_value_is_protected(converted, tmp_path):
+    """The smallest change of any attribute or dataset of a converted file (one at a time, the hash not
+    recomputed) is refused: the hash covers every node field, synapse field and root attribute."""
+    _, path = converted["mlp"]
+    with h5py.File(path) as f:
+        entries = [("/", k, None) for k in f.attrs]
+        f.visititems(lambda n, obj: entries.extend((obj.name, k, None) for k in obj.attrs)
+                     if isinstance(obj, h5py.Group) else entries.append((obj.parent.name, None, obj.name)))
+    entries = [e for e in entries if e[1] != "content_sha256"]
+    assert len(entries) > 50
+    bad = tmp_path / "bad.snn.h5"
+    for group, attr, dataset in entries:
+        shutil.copy(path, bad)
+        with h5py.File(bad, "r+") as f:
+            if attr is not None:
+                value = f[group].attrs[attr]
+                if np.size(value):
+                    f[group].attrs[attr] = smallest_change(value)
+                else:
+                    f[group].attrs[attr] = np.zeros(1, dtype=np.asarray(value).dtype)
+            else:
+                replace_dataset(f, dataset, smallest_change(f[dataset][()]))
+        with pytest.raises(ArtifactError):
+            h5io.read(bad)
 
 
 def test_dense_synapses_have_one_group_and_groups_are_integers():
