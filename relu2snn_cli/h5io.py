@@ -10,6 +10,10 @@ Layout (documented in docs/artifact.md):
   ``synapses``) a group of the same name with one subgroup per element, ``0``, ``1``, …
   written the same way.
 
+The root attribute ``content_sha256`` is the sha256 of everything else (``content_hash``): ``read``
+refuses a file whose contents it does not match, or that holds anything ``write`` would not write
+for the network read from it, exactly so (same dtypes and shapes).
+
 Writes go to a temporary file in the target directory, renamed on success; no object
 carries a timestamp, so the same network gives the same bytes. Nothing is pickled.
 """
@@ -20,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 import tempfile
 import typing
 from pathlib import Path
@@ -31,9 +36,14 @@ from . import snn, validate
 from .errors import ArtifactError, GraphError
 
 FORMAT = "relu2snn.ttfs"
-FORMAT_VERSION = 3  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv;
+FORMAT_VERSION = 4  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv;
 # 3: text as fixed-length UTF-8. Variable-length strings live in HDF5's global heap, and libhdf5 can
 # loop without end inside C code (no signal stops it) on a damaged heap, so the reader refuses them.
+# 4: the root attribute content_sha256 (``content_hash``) over everything else the file holds; the reader
+# refuses a file it does not match, and any value not stored exactly as the writer stores it.
+RESERVED = ("format", "format_version", "content_sha256")  # the root attributes that are not the network's meta
+NAME = re.compile(r"[A-Za-z0-9_]+")  # the names of the groups and datasets relu2snn writes
+MAX_DEPTH = 5  # members nest no deeper than /nodes/000/synapses/0/J
 
 
 def _text(values) -> np.ndarray:
@@ -55,22 +65,49 @@ def _to_attr(value):
     return value
 
 
+def _canonical(value, hint=None):
+    """A value as the plain Python data the file stores: by the field's type ``hint`` (int, float, bool, str or
+    a tuple of them), or for a root attribute (no hint) numpy scalars as Python ones, sequences as tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        return tuple(_canonical(v, k) for v, k in zip(value, kinds))
+    if hint in (int, float, bool):
+        return hint(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_canonical(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _encode(value, hint=None) -> np.ndarray:
+    """The array the file stores for a field value of type ``hint`` (or a root attribute): int → int64,
+    float → float64, bool → bool, text → fixed-length UTF-8, tuples → arrays (float64 when a float is in them)."""
+    if isinstance(value, np.ndarray):
+        return value
+    return np.asarray(_to_attr(_canonical(value, hint)))
+
+
 def _from_attr(value, hint):
+    """A stored attribute as a field value of type ``hint``; an integer field must be stored as an integer
+    (1.5 or 1.0 is refused, never read as 1)."""
     origin = typing.get_origin(hint)
     if origin is tuple:
         args = typing.get_args(hint)
         cast = args[0] if args else float
         values = np.atleast_1d(value)
+        if len(args) >= 2 and args[1] is not Ellipsis and len(values) != len(args):
+            raise ArtifactError(f"expected {len(args)} values, got {values.tolist()}")
         if typing.get_origin(cast) is tuple:   # a tuple of tuples: one row each
             return tuple(_from_attr(v, cast) for v in values)
         if cast is str:
             return tuple(_decode(v) for v in values)
-        if cast is int and not np.all(np.mod(values, 1) == 0):
+        if cast is int and not (values.dtype.kind in "iu" or values.size == 0):
             raise ArtifactError(f"expected integers, got {values.tolist()}")
         return tuple(cast(v) for v in values)
-    if hint is bool:
-        return bool(value)
-    if hint in (int, float):
+    if hint in (int, float, bool):
+        kind = np.asarray(value).dtype.kind
+        if np.ndim(value) != 0 or kind not in {int: "iu", float: "f", bool: "b"}[hint]:
+            raise ArtifactError(f"expected {'an integer' if hint is int else 'a ' + hint.__name__}, got {value!r}")
         return hint(value)
     if hint is str:
         return _decode(value)
@@ -123,36 +160,99 @@ def _umask() -> int:
 
 def write(path, net: snn.Network) -> None:
     """Check the network (``validate.check``), then write it atomically: a temporary file in the target
-    directory, then a rename."""
+    directory, then a rename. The root attribute ``content_sha256`` is ``content_hash(net)``."""
     validate.check(net)
+    tree = _tree(net)
+    tree.attrs["content_sha256"] = _encode(_digest(_entries(tree)))
     with atomic_output(path) as tmp, h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
-        f.attrs["format"] = _text(FORMAT)
-        f.attrs["format_version"] = FORMAT_VERSION
-        for key in sorted(net.meta):
-            f.attrs[key] = _to_attr(net.meta[key])
-        nodes = f.create_group("nodes")
-        for i, node in enumerate(net.nodes):
-            g = nodes.create_group(f"{i:03d}")
-            g.attrs["kind"] = _text(type(node).__name__)
-            _write_fields(g, node)
+        _write_group(f, tree)
 
 
-def _write_fields(g: h5py.Group, obj) -> None:
+@dataclasses.dataclass
+class _Group:
+    """A group as written or read: its attributes and its members (datasets as arrays, groups as _Group)."""
+
+    attrs: dict
+    members: dict
+
+
+def _tree(net: snn.Network) -> _Group:
+    """What the file of ``net`` holds (docs/artifact.md), but ``content_sha256``: every attribute and dataset
+    as the array written."""
+    reserved = [k for k in net.meta if k in RESERVED]
+    if reserved:
+        raise ArtifactError(f"root attribute {reserved[0]!r} is written by relu2snn itself; it cannot come from meta")
+    attrs = {"format": _encode(FORMAT), "format_version": _encode(FORMAT_VERSION)}
+    attrs.update({k: _encode(v) for k, v in net.meta.items()})
+    nodes = {f"{i:03d}": _fields_tree(node, {"kind": _encode(type(node).__name__)}) for i, node in enumerate(net.nodes)}
+    return _Group(attrs, {"nodes": _Group({}, nodes)})
+
+
+def _fields_tree(obj, attrs: dict) -> _Group:
     """One attribute per plain field, one dataset per array, one group per tuple of dataclasses."""
+    hints = typing.get_type_hints(type(obj))
+    members = {}
     for fld in dataclasses.fields(obj):
         value = getattr(obj, fld.name)
         if isinstance(value, np.ndarray):
-            g.create_dataset(fld.name, data=value, track_times=False)
+            members[fld.name] = value
         elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
-            sub = g.create_group(fld.name, track_order=True)
-            for i, item in enumerate(value):
-                _write_fields(sub.create_group(str(i)), item)
+            members[fld.name] = _Group({}, {str(i): _fields_tree(item, {}) for i, item in enumerate(value)})
         else:
-            g.attrs[fld.name] = _to_attr(value)
+            attrs[fld.name] = _encode(value, hints[fld.name])
+    return _Group(attrs, members)
+
+
+def _write_group(g: h5py.Group, tree: _Group) -> None:
+    for key in sorted(tree.attrs):
+        g.attrs[key] = tree.attrs[key]
+    for name in sorted(tree.members):
+        member = tree.members[name]
+        if isinstance(member, _Group):
+            _write_group(g.create_group(name), member)
+        else:
+            g.create_dataset(name, data=member, track_times=False)
+
+
+def _entries(tree: _Group, path: str = "") -> dict:
+    """Every attribute, group and dataset by path: ``/nodes/001@kind``, ``/nodes/001`` (a group: None),
+    ``/nodes/001/theta``; values as arrays."""
+    out = {f"{path}@{key}": np.asarray(value) for key, value in tree.attrs.items()}
+    for name, member in tree.members.items():
+        if isinstance(member, _Group):
+            out[f"{path}/{name}"] = None
+            out.update(_entries(member, f"{path}/{name}"))
+        else:
+            out[f"{path}/{name}"] = np.asarray(member)
+    return out
+
+
+def _digest(entries: dict) -> str:
+    """sha256 over the entries in path order: the path, then the dtype, shape and bytes of the value (of a
+    group the word ``group``), each part preceded by its length in 8 bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(entries):
+        value = entries[path]
+        parts = [path.encode("utf-8", "surrogateescape")]
+        parts += [b"group"] if value is None else [value.dtype.str.encode(), repr(value.shape).encode(), value.tobytes()]
+        for part in parts:
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
+    return digest.hexdigest()
+
+
+def content_hash(net: snn.Network) -> str:
+    """sha256 of everything the file of ``net`` holds but this hash itself: the root attributes (format, version,
+    meta) and every node's kind and fields, each value with its dtype and shape (docs/artifact.md). ``write``
+    stores it as ``content_sha256``; ``read`` refuses a file it does not match."""
+    return _digest(_entries(_tree(net)))
 
 
 def read(path) -> snn.Network:
-    """Read and validate a ``.snn.h5`` file; any problem is an ArtifactError naming the file and the reason."""
+    """Read and validate a ``.snn.h5`` file; any problem is an ArtifactError naming the file and the reason.
+
+    Every value must be stored as ``write`` stores it, ``validate.check`` must pass, and the stored
+    ``content_sha256`` must be the hash of the contents: an edited or damaged file is refused."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
@@ -162,14 +262,46 @@ def read(path) -> snn.Network:
         raise ArtifactError(f"{path}: not an HDF5 file, or truncated") from None
     try:
         with f:
-            net = _read(f, path.stat().st_size)
+            tree = _load(f, path.stat().st_size)
+        net = _network(tree)
+        stored, written = _entries(tree), _entries(_tree(net))
+        _check_encoding(stored, written)
         validate.check(net)
+        _check_hash(stored, written)
         return net
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e}") from None
-    except (GraphError, KeyError, IndexError, ValueError, TypeError, OSError) as e:
+    except (GraphError, KeyError, IndexError, ValueError, TypeError, OSError, OverflowError) as e:
         # the node constructors meet damaged fields (a pool's in_shape of the wrong length, ...)
         raise ArtifactError(f"{path}: corrupt or inconsistent artifact ({_one_line(e)})") from None
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "a group"
+    return f"{value.dtype} of shape {value.shape}" + (f" ({value.tolist()!r})" if value.size <= 4 else "")
+
+
+def _check_encoding(stored: dict, written: dict) -> None:
+    """The file holds exactly what writing the network read from it gives: nothing more, and every value of
+    the dtype and shape ``write`` gives it (an integer field stored as 1.0, a float32 array, … are refused)."""
+    extra = sorted(stored.keys() - written.keys() - {"@content_sha256"})
+    if extra:
+        raise ArtifactError(f"{extra[0]} is not part of a relu2snn artifact")
+    for path in sorted(written):
+        a, b = stored.get(path), written[path]
+        if (a is None) != (b is None) or (a is not None and (a.dtype.str != b.dtype.str or a.shape != b.shape
+                                                             or a.tobytes() != b.tobytes())):
+            raise ArtifactError(f"{path} is stored as {_describe(a)}; relu2snn writes {_describe(b)}")
+
+
+def _check_hash(stored: dict, written: dict) -> None:
+    digest = stored.get("@content_sha256")
+    if digest is None:
+        raise ArtifactError("missing attribute 'content_sha256'")
+    if digest.dtype.kind != "S" or digest.shape != () or _decode(digest.item()) != _digest(written):
+        raise ArtifactError("content_sha256 does not match the contents: the file was modified or damaged after "
+                            "it was written (convert the model again)")
 
 
 def _one_line(e: Exception) -> str:
@@ -201,7 +333,9 @@ def _attrs(what: str, obj) -> dict:
     return _raw(f"attributes of {what}", read)
 
 
-def _read(f: h5py.File, file_size: int) -> snn.Network:
+def _load(f: h5py.File, file_size: int) -> _Group:
+    """The whole file as a tree, once the root's format and version are known; only groups and plain datasets
+    named as relu2snn names them, no deeper than it nests them, are read."""
     attrs = _attrs("the root", f)
     fmt = _plain(attrs.get("format", ""))
     if fmt != FORMAT:
@@ -217,65 +351,87 @@ def _read(f: h5py.File, file_size: int) -> snn.Network:
     if version < FORMAT_VERSION:
         raise ArtifactError(f"format version {version} is older than this relu2snn reads ({FORMAT_VERSION}); "
                             "convert the model again")
-    meta = {k: _plain(v) for k, v in attrs.items() if k not in ("format", "format_version")}
+    return _Group(attrs, _members(f, "", file_size, 1))
+
+
+def _members(g: h5py.Group, path: str, file_size: int, depth: int) -> dict:
+    out = {}
+    for name in _raw(f"group {path or '/'}", lambda: sorted(g)):
+        where = f"{path}/{name}"
+        if depth > MAX_DEPTH or not (isinstance(name, str) and NAME.fullmatch(name)):
+            raise ArtifactError(f"{where!r} is not part of a relu2snn artifact")
+        link = _raw(where, lambda: g.get(name, getlink=True))
+        if not isinstance(link, h5py.HardLink):
+            raise ArtifactError(f"{where}: a link ({type(link).__name__}), which relu2snn does not write")
+        obj = _raw(where, lambda: g[name])
+        if isinstance(obj, h5py.Group):
+            out[name] = _Group(_attrs(where, obj), _members(obj, where, file_size, depth + 1))
+        else:
+            out[name] = _dataset(where, obj, file_size)
+    return out
+
+
+def _network(tree: _Group) -> snn.Network:
+    meta = {k: _plain(v) for k, v in tree.attrs.items() if k not in RESERVED}
     names = [k for k in meta if not isinstance(k, str)]
     if names:
         raise ArtifactError(f"root attribute name {names[0]!r} is not text")
-    nodes = _raw("group /nodes", lambda: f["nodes"] if "nodes" in f else None)
-    if not isinstance(nodes, h5py.Group):
+    nodes = tree.members.get("nodes")
+    if not isinstance(nodes, _Group):
         raise ArtifactError("missing group /nodes")
-    keys = _raw("group /nodes", lambda: sorted(nodes))
+    keys = sorted(nodes.members)
     if keys != [f"{i:03d}" for i in range(len(keys))]:
         raise ArtifactError(f"/nodes holds {keys[:8]}…; expected 000, 001, … in order")
-    return snn.Network(tuple(_read_node(key, nodes, file_size) for key in keys), meta)
+    return snn.Network(tuple(_node(key, nodes.members[key]) for key in keys), meta)
 
 
-def _read_node(key: str, nodes: h5py.Group, file_size: int):
-    g = _raw(f"node {key}", lambda: nodes[key])
-    if not isinstance(g, h5py.Group):
+def _node(key: str, g):
+    if not isinstance(g, _Group):
         raise ArtifactError(f"node {key}: not a group")
-    attrs = _attrs(f"node {key}", g)
-    kind = _plain(attrs.get("kind", ""))
+    kind = _plain(g.attrs.get("kind", ""))
     cls = snn.KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ArtifactError(f"node {key}: unknown kind {kind!r}")
-    return _read_fields(f"node {key} ({kind})", g, cls, file_size)
+    return _fields(f"node {key} ({kind})", g, cls)
 
 
-def _read_fields(where: str, g: h5py.Group, cls, file_size: int):
-    """A dataclass from a group: datasets for arrays, subgroups for tuples of dataclasses, attributes else."""
-    attrs = _attrs(where, g)
+def _fields(where: str, g: _Group, cls):
+    """A dataclass from a group: datasets for arrays, subgroups for tuples of dataclasses, attributes else;
+    every field must be there (the writer writes them all)."""
     hints = typing.get_type_hints(cls)
-    kwargs, stored = {}, {}
+    kwargs = {}
     for fld in dataclasses.fields(cls):
         hint = hints[fld.name]
         args = typing.get_args(hint)
         at = f"{where}: {fld.name}"
+        member = g.members.get(fld.name)
         if hint is np.ndarray:
-            ds = _raw(at, lambda: g[fld.name] if fld.name in g else None)
-            if ds is None:
+            if member is None:
                 raise ArtifactError(f"{where}: missing dataset {fld.name!r}")
-            kwargs[fld.name] = stored[fld.name] = _dataset(at, ds, file_size)
+            if isinstance(member, _Group):
+                raise ArtifactError(f"{at}: not a dataset")
+            kwargs[fld.name] = member
         elif typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
-            sub = _raw(at, lambda: g[fld.name] if fld.name in g else None)
-            if not isinstance(sub, h5py.Group):
+            if not isinstance(member, _Group):
                 raise ArtifactError(f"{where}: missing group {fld.name!r}")
-            keys = _raw(at, lambda: sorted(sub, key=lambda k: int(k) if k.isdigit() else -1))
+            keys = sorted(member.members, key=lambda k: int(k) if k.isdigit() else -1)
             if keys != [str(i) for i in range(len(keys))]:
                 raise ArtifactError(f"{where}: {fld.name} holds {keys[:8]}, expected 0, 1, … in order")
-            items = [_raw(at, lambda k=k: sub[k]) for k in keys]
-            if not all(isinstance(item, h5py.Group) for item in items):
+            items = [member.members[k] for k in keys]
+            if not all(isinstance(item, _Group) for item in items):
                 raise ArtifactError(f"{at}: every element must be a group")
-            kwargs[fld.name] = tuple(_read_fields(f"{where} {fld.name}/{k}", item, args[0], file_size)
-                                     for k, item in zip(keys, items))
-        elif fld.name in attrs:
-            kwargs[fld.name] = _from_attr(attrs[fld.name], hint)
-        elif fld.default is dataclasses.MISSING:
+            kwargs[fld.name] = tuple(_fields(f"{where} {fld.name}/{k}", item, args[0]) for k, item in zip(keys, items))
+        elif fld.name in g.attrs:
+            try:
+                kwargs[fld.name] = _from_attr(g.attrs[fld.name], hint)
+            except ArtifactError as e:
+                raise ArtifactError(f"{at}: {e}") from None
+        else:
             raise ArtifactError(f"{where}: missing attribute {fld.name!r}")
     node = cls(**kwargs)
-    for name, arr in stored.items():
-        if getattr(node, name).dtype != arr.dtype:
-            raise ArtifactError(f"{where}: dataset {name!r} has dtype {arr.dtype}, expected {getattr(node, name).dtype}")
+    for name, value in kwargs.items():
+        if isinstance(value, np.ndarray) and getattr(node, name).dtype != value.dtype:
+            raise ArtifactError(f"{where}: dataset {name!r} has dtype {value.dtype}, expected {getattr(node, name).dtype}")
     return node
 
 
@@ -291,27 +447,3 @@ def _dataset(where: str, ds, file_size: int) -> np.ndarray:
     if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > file_size:
         raise ArtifactError(f"{where}: dataset of shape {shape} is larger than the file")
     return _raw(where, lambda: ds[()])
-
-
-def content_hash(net: snn.Network) -> str:
-    """sha256 of the parameters: every node's kind and fields (arrays as dtype, shape and bytes), in order."""
-    digest = hashlib.sha256()
-    for node in net.nodes:
-        digest.update(type(node).__name__.encode())
-        _hash_fields(digest, node)
-    return digest.hexdigest()
-
-
-def _hash_fields(digest, obj) -> None:
-    for fld in dataclasses.fields(obj):
-        value = getattr(obj, fld.name)
-        if isinstance(value, np.ndarray):
-            arr = np.ascontiguousarray(value)
-            digest.update(f"{fld.name}:{arr.dtype.str}:{arr.shape}".encode())
-            digest.update(arr.tobytes())
-        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
-            for i, item in enumerate(value):
-                digest.update(f"{fld.name}[{i}]".encode())
-                _hash_fields(digest, item)
-        else:
-            digest.update(f"{fld.name}={value!r}".encode())

@@ -105,7 +105,11 @@ class Synapses:
         object.__setattr__(self, "J", _array(self.input, "J", self.J))
         if not (np.isfinite(self.delay) and self.delay >= 0):
             raise GraphError(f"synapses from {self.input}: delay {self.delay} must be finite and ≥ 0")
+        if not isinstance(self.groups, (int, np.integer)) or isinstance(self.groups, bool):
+            raise GraphError(f"synapses from {self.input}: groups {self.groups!r} must be an integer")
         if self.J.ndim == 2:
+            if self.groups != 1:
+                raise GraphError(f"synapses from {self.input}: dense synapses have groups = 1, not {self.groups}")
             if self.J.shape[1] != int(np.prod(self.in_shape)) or self.strides or self.pads or self.dilations:
                 raise GraphError(f"synapses from {self.input}: J of shape {self.J.shape} does not fit "
                                  f"input shape {self.in_shape}")
@@ -175,7 +179,8 @@ class SpikingLayer(_Integrator):
 
     V_i(t) = α_i·(t − T_in) + Σ_j J_ij·max(0, t − t_j − delay_j) from the start T_in of the
     input window; the neuron fires when V_i first reaches ϑ_i, at the latest at its window
-    end. ``certified`` marks neurons that provably cannot fire before all inputs are in (§3).
+    end. ``certified`` marks neurons that provably cannot fire before all inputs are in (§5);
+    that certificate needs α ≥ 0, so a negative α is refused (the mapping writes α = 1).
     """
 
     theta: np.ndarray = None
@@ -201,6 +206,10 @@ class SpikingLayer(_Integrator):
                 raise GraphError(f"{self.name}: {name} must have shape {self.shape[:1]}")
         if np.any(self.scale <= 0):
             raise GraphError(f"{self.name}: activation scales must be positive")
+        if np.any(self.alpha < 0):
+            # α·(B_in − σ) ≤ α·B_in, on which the certificate and the early-spike bound rest, needs α ≥ 0
+            raise GraphError(f"{self.name}: alpha holds negative values; a spiking layer needs α ≥ 0 "
+                             "(docs/math.md §5)")
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,14 +4,16 @@
 ``.snn.h5`` file and on every network before it is written. Most checks are generic over
 the dataclass fields of the nodes, so a new node kind is covered without changes here:
 
-- every array field is float64 or bool, every float finite; every number in a tuple field
-  finite, every ``*shape`` field and node shape positive integers; text is valid UTF-8 without NUL;
+- every field has its declared type (int, float, bool, str or a tuple of them); every array field is
+  float64 or bool; every number finite and at most MAX_MAGNITUDE in magnitude; every ``*shape`` field
+  and node shape positive integers; text is valid UTF-8 without NUL;
 - every field named ``window`` is (T, B) finite with B > 0, and a node's window does not
   end before the windows of its inputs (``inputs``); tuples of dataclasses (a layer's
   ``synapses``) are checked field by field the same way;
 - sliding-window padding (``pads``) is smaller than the window's extent plus the input size;
-- the root attributes are plain values (text, numbers, lists of them) and agree with the
-  nodes where they describe them (input shape and range, latency).
+- the root attributes are plain values (text, numbers, lists of them); those convert writes
+  (REQUIRED_META) are present and well-formed, and agree with the nodes where they describe them
+  (input shape and layout, input range, latency).
 
 Where the mapping of docs/math.md §3 says how fields relate, they must relate so (checked for
 the nodes that have the fields involved): the stored static certificate is what
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import typing
 
 import numpy as np
 
@@ -32,6 +36,49 @@ from .errors import GraphError
 from .mapping import static_certificate, window_length
 
 RTOL = 1e-9  # for relations recomputed in floating point (the writer's values are exact)
+# No stored number is larger in magnitude: a product of two of them, summed over any fan-in below 10^100,
+# stays far below float64's limit (1.8e308).
+MAX_MAGNITUDE = 1e100
+
+
+def _text(v) -> bool:
+    return isinstance(v, str)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _sequence(v, item) -> bool:
+    return isinstance(v, (list, tuple)) and all(item(x) for x in v)
+
+
+# The root attributes convert writes (docs/artifact.md), each with what it must be; the relations of
+# input_shape, input_range, latency, zeta, s_min and s_max to the nodes are checked in _check_meta.
+REQUIRED_META = {
+    "tool": lambda v: v == "relu2snn",
+    "tool_version": _text,
+    "neuron_model": _text,
+    "source_model_name": _text,
+    "source_model_sha256": lambda v: _text(v) and re.fullmatch("[0-9a-f]{64}", v) is not None,
+    "source_opset": lambda v: _integer(v) and v >= 1,
+    "source_input": _text,
+    "source_logits": _text,
+    "calibration_samples": lambda v: _integer(v) and v >= 1,
+    "calibration_sha256": lambda v: _text(v) and re.fullmatch("[0-9a-f]{64}", v) is not None,
+    "zeta": _number,
+    "s_min": _number,
+    "s_max": _number,
+    "input_range": lambda v: _sequence(v, _number) and len(v) == 2,
+    "input_shape": lambda v: _sequence(v, _integer) and len(v) >= 1,
+    "input_layout": lambda v: v in ("NC", "NCL", "NCHW", "NHWC"),
+    "removed_output_ops": lambda v: _sequence(v, _text),
+    "latency": _number,
+}
 
 
 def check(net: snn.Network) -> None:
@@ -65,27 +112,45 @@ def _flat(value) -> list:
     return [x for v in value for x in (_flat(v) if isinstance(v, tuple) else [v])]
 
 
+def _fits(value, hint) -> bool:
+    """Whether a field value has its declared type: int, float (an int will do), bool, str, or a tuple of them."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        return isinstance(value, tuple) and len(kinds) == len(value) and all(map(_fits, value, kinds))
+    check = {int: _integer, float: _number, bool: lambda v: isinstance(v, (bool, np.bool_)), str: _text}.get(hint)
+    return check is None or check(value)
+
+
 def _check_fields(node, owner: str | None = None) -> None:
     owner = owner or f"{getattr(node, 'name', '?')!r} ({type(node).__name__})"
+    hints = typing.get_type_hints(type(node))
     for fld in dataclasses.fields(node):
         value = getattr(node, fld.name)
         where = f"{owner}: {fld.name}"
         if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
             for i, item in enumerate(value):
                 _check_fields(item, f"{owner}: {fld.name}[{i}]")
-        elif isinstance(value, np.ndarray):
+            continue
+        if isinstance(value, np.ndarray):
             if value.dtype not in (np.float64, np.bool_):
                 raise GraphError(f"{where} has dtype {value.dtype}, expected float64 or bool")
             if value.dtype == np.float64 and not np.all(np.isfinite(value)):
                 raise GraphError(f"{where} holds NaN or infinite values")
+            if value.dtype == np.float64 and np.any(np.abs(value) > MAX_MAGNITUDE):
+                raise GraphError(f"{where} holds values above {MAX_MAGNITUDE:g} in magnitude")
         elif isinstance(value, float):
             if not math.isfinite(value):
                 raise GraphError(f"{where} = {value} is not finite")
+            if abs(value) > MAX_MAGNITUDE:
+                raise GraphError(f"{where} = {value} is above {MAX_MAGNITUDE:g} in magnitude")
         elif isinstance(value, tuple):
             if not _numbers(value):
                 raise GraphError(f"{where} = {value!r} is not a tuple of numbers or names")
             if not all(math.isfinite(v) for v in _flat(value) if not isinstance(v, str)):
                 raise GraphError(f"{where} = {value} is not finite")
+            if any(abs(v) > MAX_MAGNITUDE for v in _flat(value) if not isinstance(v, str)):
+                raise GraphError(f"{where} = {value} holds values above {MAX_MAGNITUDE:g} in magnitude")
             if "shape" in fld.name and not all(isinstance(v, (int, np.integer)) and v >= 1 for v in _flat(value)):
                 raise GraphError(f"{where} = {value} must be positive integers")
         elif isinstance(value, bytes):
@@ -94,6 +159,8 @@ def _check_fields(node, owner: str | None = None) -> None:
             if fld.name == "name" and not value:
                 raise GraphError(f"{owner}: empty name")
             _check_text(where, value)
+        if not isinstance(value, np.ndarray) and not _fits(value, hints[fld.name]):
+            raise GraphError(f"{where} = {value!r} is not of its type {hints[fld.name]}")
     shape = tuple(node.shape)
     if not shape or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in shape):
         raise GraphError(f"{owner}: shape {shape} must be positive integers")
@@ -177,13 +244,16 @@ def _check_meta(net: snn.Network) -> None:
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(v, str):
                 _check_text(f"attribute {key!r}", v)
-        if isinstance(value, (float, np.floating)) and not math.isfinite(value):
-            raise GraphError(f"attribute {key!r} = {value} is not finite")
+            if _number(v) and not (math.isfinite(v) and abs(v) <= MAX_MAGNITUDE):
+                raise GraphError(f"attribute {key!r} = {value} is not finite or above {MAX_MAGNITUDE:g} in magnitude")
+    for key, ok in REQUIRED_META.items():
+        if key not in meta:
+            raise GraphError(f"missing attribute {key!r}")
+        if not ok(meta[key]):
+            raise GraphError(f"attribute {key!r} = {meta[key]!r} is not well-formed")
     enc = net.nodes[0]
     expected = {"input_shape": list(enc.shape), "input_range": [enc.low, enc.high], "latency": net.latency}
     for key, want in expected.items():
-        if key not in meta:
-            continue
         got = meta[key]
         got = list(got) if isinstance(got, (list, tuple)) else got
         if isinstance(want, list):
@@ -193,10 +263,12 @@ def _check_meta(net: snn.Network) -> None:
             ok = isinstance(got, (int, float)) and _close(got, want)
         if not ok:
             raise GraphError(f"attribute {key!r} = {got} does not match the network ({want})")
-    zeta = meta.get("zeta")
-    if zeta is not None and not (isinstance(zeta, (int, float)) and zeta >= 0):
-        raise GraphError(f"attribute 'zeta' = {zeta} must be ≥ 0")
-    s_min, s_max = meta.get("s_min"), meta.get("s_max")
-    if s_min is not None or s_max is not None:
-        if not (isinstance(s_min, (int, float)) and isinstance(s_max, (int, float)) and s_min < 0 < s_max < 1):
-            raise GraphError(f"attributes s_min = {s_min}, s_max = {s_max} need s_min < 0 < s_max < 1")
+    rank = {"NC": 1, "NCL": 2, "NCHW": 3, "NHWC": 3}[meta["input_layout"]]
+    if len(meta["input_shape"]) != rank:
+        raise GraphError(f"attribute 'input_layout' = {meta['input_layout']!r} does not fit the input shape "
+                         f"{meta['input_shape']}")
+    if not meta["zeta"] >= 0:
+        raise GraphError(f"attribute 'zeta' = {meta['zeta']} must be ≥ 0")
+    s_min, s_max = meta["s_min"], meta["s_max"]
+    if not s_min < 0 < s_max < 1:
+        raise GraphError(f"attributes s_min = {s_min}, s_max = {s_max} need s_min < 0 < s_max < 1")

@@ -3,10 +3,11 @@
 (a) random valid ReLU stacks (``strategies.relu_stacks``): convert, then verify on the
     calibration data is exact;
 (b) damaged inputs — byte mutations and protobuf field edits of the sample ONNX models,
-    byte mutations and attribute/dataset edits of a converted ``.snn.h5`` — give either a
+    byte flips and edits and attribute/dataset edits of a converted ``.snn.h5`` — give either a
     successful run or exit 2 with one line on stderr: never a traceback (exit 3 or an
     uncaught exception), never a hang (each case runs under an alarm), never a file left
-    behind in the output directory.
+    behind in the output directory; a damaged ``.snn.h5`` that runs gives the logits of the
+    undamaged one.
 
 The number of cases comes from a profile: ``ci`` (default, a few dozen per test, well
 under two minutes in all) or ``fuzz`` for a long campaign (``HYPOTHESIS_PROFILE=fuzz``,
@@ -302,27 +303,38 @@ def test_onnx_protobuf_field_edits(name, data):
 
 
 # ----------------------------------------------------------------------------- (b) damaged .snn.h5 files
+# The law: a mutated file is refused (exit 2, one line) or, when the mutation changed nothing that is read,
+# gives the very logits of the unmutated file; never exit 3, never a hang, never other logits with exit 0.
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    """The converted sample models' bytes."""
+    """The converted sample models' bytes, and their logits on the first 4 calibration samples."""
     d = tmp_path_factory.mktemp("fuzz")
-    out = {}
+    out = Artifacts()
     for name in MODELS:
         path = d / f"{name}.snn.h5"
         assert run("convert", SAMPLES / name / "model.onnx", "--calib", SAMPLES / name / "calib.npy", "-o", path,
                    "--quiet").exit_code == 0
+        np.save(d / "t.npy", CALIB[name][:4])
+        assert run("simulate", path, "--data", d / "t.npy", "-o", d / "o.npz", "--quiet", "--force").exit_code == 0
+        with np.load(d / "o.npz") as z:
+            out.logits[name] = z["logits"]
         out[name] = path.read_bytes()
-    return Artifacts(out)
+    return out
 
 
 class Artifacts(dict):
+    def __init__(self):
+        super().__init__()
+        self.logits = {}
+
     def __repr__(self) -> str:
         return "Artifacts(mlp, cnn)"
 
 
-def use_artifact_cleanly(d: Path, snn_bytes: bytes, name: str) -> None:
-    """inspect, inspect --json and simulate the file: each clean; simulate leaves o.npz only on success."""
+def use_artifact_cleanly(d: Path, snn_bytes: bytes, name: str, logits: np.ndarray) -> None:
+    """inspect, inspect --json and simulate the file: each clean; simulate leaves o.npz only on success, and
+    then its logits are the unmutated file's, bit for bit."""
     (d / "m.snn.h5").write_bytes(snn_bytes)
     np.save(d / "t.npy", CALIB[name][:4])
     check_clean(run("inspect", d / "m.snn.h5"), d / "out")
@@ -330,8 +342,26 @@ def use_artifact_cleanly(d: Path, snn_bytes: bytes, name: str) -> None:
     check_clean(inspected, d / "out")
     if inspected.exit_code == 0:
         json.loads(inspected.stdout)
-    check_clean(run("simulate", d / "m.snn.h5", "--data", d / "t.npy", "-o", d / "out" / "o.npz", "--quiet"),
-                d / "out", "o.npz")
+    simulated = run("simulate", d / "m.snn.h5", "--data", d / "t.npy", "-o", d / "out" / "o.npz", "--quiet")
+    check_clean(simulated, d / "out", "o.npz")
+    if simulated.exit_code == 0:
+        with np.load(d / "out" / "o.npz") as z:
+            assert np.array_equal(z["logits"], logits), "a mutated file was simulated with other logits"
+        event("same logits")
+    else:
+        event("refused")
+
+
+def byte_flips(size: int):
+    """A list of (position, xor mask): bytes changed in place anywhere in the file."""
+    return st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 255)), min_size=1, max_size=4)
+
+
+def apply_flips(data: bytes, flips) -> bytes:
+    buf = bytearray(data)
+    for pos, mask in flips:
+        buf[pos] ^= mask
+    return bytes(buf)
 
 
 @FUZZ
@@ -339,10 +369,11 @@ def use_artifact_cleanly(d: Path, snn_bytes: bytes, name: str) -> None:
 def test_snn_byte_mutations(artifacts, name, data):
     raw = artifacts[name]
     mutated = data.draw(st.one_of(
+        byte_flips(len(raw)).map(lambda e: apply_flips(raw, e)),
         byte_edits(len(raw)).map(lambda e: apply_edits(raw, e)),
         st.integers(0, len(raw) - 1).map(lambda n: raw[:n])))
     with workdir() as d:
-        use_artifact_cleanly(d, mutated, name)
+        use_artifact_cleanly(d, mutated, name, artifacts.logits[name])
 
 
 VALUES = st.one_of(
@@ -351,33 +382,67 @@ VALUES = st.one_of(
     st.lists(FLOATS, max_size=5).map(lambda v: np.array(v, dtype=np.float64)),
     st.sampled_from([np.zeros((2, 2)), np.array([], dtype=np.float64), np.array(["a", "b"], dtype=h5py.string_dtype()),
                      np.ones(3, dtype=np.float32), np.zeros((1,), dtype=[("a", "i4")])]))
+GROUPS = st.sampled_from([0, 1, 2, 3, -1, 8, 1.5, 1.0, np.int32(1), np.int64(1), True, np.array([1])])
+
+
+def retyped(value):
+    """The same value stored with another type: int ↔ float, float32, a scalar ↔ a 1-element array."""
+    arr = np.asarray(value)
+    if arr.dtype.kind in "iub":
+        return [arr.astype(np.float64), arr.astype(np.int32), arr.astype(np.uint8), np.atleast_1d(arr)]
+    if arr.dtype.kind == "f":
+        return [arr.astype(np.float32), arr.astype(np.int64), np.atleast_1d(arr), arr.astype(">f8")]
+    return [np.atleast_1d(arr), arr.astype(h5py.string_dtype())]
 
 
 @st.composite
 def h5_edit(draw, f: h5py.File):
-    """One edit of an attribute or dataset of an open artifact."""
+    """One edit of an attribute or dataset of an open artifact: of the root, a node or a synapse set."""
     keys = sorted(f["nodes"])
-    kind = draw(st.sampled_from(["root_attr", "node_attr", "del_node_attr", "dataset_value", "dataset_shape",
-                                 "del_dataset", "del_node", "swap_nodes", "dataset_dtype"]))
-    if kind == "root_attr":
+    kind = draw(st.sampled_from(["root_attr", "del_root_attr", "retype_attr", "node_attr", "del_node_attr",
+                                 "dataset_value", "dataset_entry", "dataset_shape", "del_dataset", "del_node",
+                                 "swap_nodes", "dataset_dtype", "groups", "negate_readout"]))
+    if kind in ("root_attr", "del_root_attr") or (kind == "retype_attr" and draw(st.booleans())):
         key = draw(st.sampled_from(sorted(f.attrs) + ["extra"]))
-        f.attrs[key] = value = draw(VALUES)
+        if kind == "del_root_attr":
+            f.attrs.__delitem__(key) if key in f.attrs else None
+            return f"{kind} {key}"
+        value = draw(VALUES) if kind == "root_attr" or key not in f.attrs else draw(st.sampled_from(retyped(f.attrs[key])))
+        f.attrs[key] = value
         return f"{kind} {key} = {value!r}"
     if not keys:
         return "none"
-    g = f["nodes"][draw(st.sampled_from(keys))]
+    if kind == "negate_readout":
+        last = f["nodes"][keys[-1]]
+        for syn in last.get("synapses", {}).values():
+            if not isinstance(syn, h5py.Group) or not isinstance(syn.get("J"), h5py.Dataset):
+                continue
+            J = syn["J"][()]
+            del syn["J"]
+            syn.create_dataset("J", data=-J)
+        return f"{kind} {last.name}"
+    groups = []
+    f["nodes"].visititems(lambda n, obj: groups.append(obj) if isinstance(obj, h5py.Group) and len(obj.attrs) else None)
+    if kind == "groups":
+        groups = [g for g in groups if "groups" in g.attrs]
+    if not groups:
+        return "none"
+    g = draw(st.sampled_from(groups))
     datasets = sorted(k for k in g if isinstance(g[k], h5py.Dataset))
     detail = ""
-    if kind == "node_attr":
+    if kind == "groups":
+        g.attrs["groups"] = value = draw(GROUPS)
+        detail = f"groups = {value!r}"
+    elif kind in ("node_attr", "retype_attr"):
         key = draw(st.sampled_from(sorted(g.attrs)))
-        g.attrs[key] = value = draw(VALUES)
+        g.attrs[key] = value = draw(VALUES if kind == "node_attr" else st.sampled_from(retyped(g.attrs[key])))
         detail = f"{key} = {value!r}"
     elif kind == "del_node_attr":
         key = draw(st.sampled_from(sorted(g.attrs)))
         del g.attrs[key]
         detail = key
     elif kind == "del_node":
-        del f["nodes"][g.name.split("/")[-1]]
+        del f["nodes"][draw(st.sampled_from(keys))]
     elif kind == "swap_nodes" and len(keys) > 1:
         a, b = draw(st.permutations(keys))[:2]
         f["nodes"].move(a, "tmp")
@@ -386,9 +451,15 @@ def h5_edit(draw, f: h5py.File):
     elif datasets:
         name = draw(st.sampled_from(datasets))
         arr = g[name][()]
-        if kind == "dataset_value" and arr.size:
+        if kind in ("dataset_value", "dataset_entry") and arr.size:
             arr = arr.copy()
-            arr.flat[draw(st.integers(0, arr.size - 1))] = draw(FLOATS) if arr.dtype.kind == "f" else True
+            i = draw(st.integers(0, arr.size - 1))
+            if arr.dtype.kind != "f":
+                arr.flat[i] = not arr.flat[i]
+            elif kind == "dataset_value":
+                arr.flat[i] = draw(FLOATS)
+            else:  # the smallest change of one entry
+                arr.flat[i] = np.nextafter(arr.flat[i], draw(st.sampled_from([np.inf, -np.inf])))
         elif kind == "dataset_shape":
             arr = np.resize(arr, draw(st.lists(st.integers(0, 9), max_size=4)))
         elif kind == "dataset_dtype":
@@ -411,7 +482,7 @@ def test_snn_attribute_and_dataset_edits(artifacts, name, data):
         with h5py.File(path, "r+") as f:
             for _ in range(data.draw(st.integers(1, 3))):
                 note(f"edit: {data.draw(h5_edit(f))}")
-        use_artifact_cleanly(d, path.read_bytes(), name)
+        use_artifact_cleanly(d, path.read_bytes(), name, artifacts.logits[name])
 
 
 # ----------------------------------------------------------------------------- (b) damaged data files

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from relu2snn_cli import convert, h5io, snn
+from relu2snn_cli import convert, h5io, snn, validate
 from relu2snn_cli.errors import ArtifactError
 from relu2snn_cli.mapping import static_certificate
 
@@ -123,17 +123,30 @@ def test_cnn_holds_conv_and_dense_layers(converted):
     assert any(n.synapses[0].is_conv for n in layers) and any(not n.synapses[0].is_conv for n in layers)
 
 
+def with_meta(nodes, **extra) -> snn.Network:
+    """A network with the root attributes convert writes (validation requires them), and ``extra`` ones."""
+    net = snn.Network(tuple(nodes))
+    enc = net.nodes[0]
+    net.meta.update({"tool": "relu2snn", "tool_version": "0.1.0", "neuron_model": "test", "source_model_name": "m.onnx",
+                     "source_model_sha256": "0" * 64, "source_opset": 17, "source_input": "x", "source_logits": "y",
+                     "calibration_samples": 1, "calibration_sha256": "f" * 64, "zeta": 0.5, "s_min": -10.0,
+                     "s_max": 0.99, "input_range": (enc.low, enc.high), "input_shape": enc.shape,
+                     "input_layout": {1: "NC", 2: "NCL", 3: "NCHW"}[len(enc.shape)], "removed_output_ops": (),
+                     "latency": net.latency, **extra})
+    return net
+
+
 def hand_built(rng) -> snn.Network:
     """Every node kind: a layer reading two populations (grouped conv with a delay, 1×1 conv), pooling with a
     latest-spike channel, transpose, reshape, and a concatenation of populations from different windows."""
     enc = snn.Encoder("in", (2, 5, 5), -1.0, 2.0)
-    syn1 = snn.Synapses("in", (2, 5, 5), rng.normal(size=(3, 2, 3, 3)), 0.0, (2, 1), (1, 0, 1, 2), (1, 2))
+    syn1 = snn.Synapses("in", (2, 5, 5), 0.05 * rng.normal(size=(3, 2, 3, 3)), 0.0, (2, 1), (1, 0, 1, 2), (1, 2))
     theta1 = rng.normal(size=(3, 3, 3)) + 4
     c1 = snn.SpikingLayer("c1", (syn1,), np.ones(3), (1.0, 2.5), theta=theta1,
                           certified=static_certificate([(syn1.J, 1.0)], theta1, np.ones(3), 1.0),
-                          scale=np.full(3, 0.5), x_max=rng.random(3), x_n=1.0, source="")
-    syns = (snn.Synapses("in", (2, 5, 5), rng.normal(size=(4, 1, 3, 3)), 2.5, (2, 2), (1, 1, 1, 1), (1, 1), 2),
-            snn.Synapses("c1", (3, 3, 3), rng.normal(size=(4, 3, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1)))
+                          scale=np.full(3, 0.5), x_max=rng.random(3), x_n=2.5 / 1.5, source="")
+    syns = (snn.Synapses("in", (2, 5, 5), 0.05 * rng.normal(size=(4, 1, 3, 3)), 2.5, (2, 2), (1, 1, 1, 1), (1, 1), 2),
+            snn.Synapses("c1", (3, 3, 3), 0.05 * rng.normal(size=(4, 3, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1)))
     theta2 = rng.normal(size=4) + 5
     c2 = snn.SpikingLayer("c2", syns, np.ones(4), (3.5, 1.5), theta=theta2,
                           certified=static_certificate([(syns[0].J, 1.0), (syns[1].J, 2.5)], theta2, np.ones(4), 2.5),
@@ -144,8 +157,8 @@ def hand_built(rng) -> snn.Network:
     raw = snn.Reshape("e", "in", enc.shape, (50,), window=enc.window)
     cat = snn.Concat("cat", ("f", "e"), ((16,), (50,)), 0, window=(3.5, 1.5), delays=(0.0, 4.0))
     readout = snn.Readout("r", (snn.Synapses("cat", (66,), rng.normal(size=(4, 66))),), rng.normal(size=4), cat.window)
-    meta = {"note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ("a", "b"), "empty": ()}
-    return snn.Network((enc, c1, c2, pool, tr, flat, raw, cat, readout), meta)
+    return with_meta((enc, c1, c2, pool, tr, flat, raw, cat, readout),
+                     note="ünïcode", flag=True, n=3, x=0.1, names=("a", "b"), empty=())
 
 
 def test_round_trip_hand_built(tmp_path):
@@ -157,7 +170,9 @@ def test_round_trip_hand_built(tmp_path):
     h5io.write(path, net)
     back = h5io.read(path)
     assert_same_network(net, back)
-    assert back.meta == {"note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ["a", "b"], "empty": []}
+    assert {k: plain(v) for k, v in net.meta.items()} == back.meta
+    assert {k: back.meta[k] for k in ("note", "flag", "n", "x", "names", "empty")} == {
+        "note": "ünïcode", "flag": True, "n": 3, "x": 0.1, "names": ["a", "b"], "empty": []}
     assert type(back.meta["flag"]) is bool and type(back.meta["n"]) is int
     assert h5io.content_hash(net) == h5io.content_hash(back)
 
@@ -264,13 +279,13 @@ def test_output_gets_the_usual_mode_of_a_new_file(converted, tmp_path):
     assert (tmp_path / "m.snn.h5").stat().st_mode & 0o777 == 0o640
 
 
-def test_failed_write_from_a_bad_field_leaves_nothing(converted, tmp_path):
-    """A field value HDF5 cannot store (the last layer's source) fails the write after most of it is done."""
+def test_field_of_the_wrong_type_is_refused_before_writing(converted, tmp_path):
+    """A field value of another type than declared (the last layer's source) is refused before anything is written."""
     net, _ = converted["mlp"]
     nodes = list(net.nodes)
     nodes[-1] = dataclasses.replace(nodes[-1], source=object())
     bad = snn.Network(tuple(nodes), net.meta)
-    with pytest.raises(TypeError):
+    with pytest.raises(snn.GraphError, match="source"):
         h5io.write(tmp_path / "m.snn.h5", bad)
     assert list(tmp_path.iterdir()) == []
 
@@ -537,7 +552,7 @@ def test_pads_beyond_input_and_window_are_refused(pad, ok):
     pool = snn.SpikePool("p", "in", (1, 4, 4), (2, 2), (1, 1), (0, 0, pad, 0), (1, 1), window=enc.window)
     flat = snn.Reshape("f", "p", pool.shape, (int(np.prod(pool.shape)),), window=pool.window)
     readout = snn.Readout("r", (snn.Synapses("f", flat.shape, np.ones((2, flat.shape[0]))),), np.zeros(2), flat.window)
-    net = snn.Network((enc, pool, flat, readout))
+    net = with_meta((enc, pool, flat, readout))
     if ok:
         validate.check(net)
     else:
@@ -583,3 +598,268 @@ def test_damaged_global_heap_does_not_hang():
             "try:\n    h5io.read(sys.argv[1])\nexcept ArtifactError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert "variable-length" in out.stdout, out
+
+
+# ----------------------------------------------------------------------------- spiking layers need α ≥ 0
+
+def tiny_network(alpha: float = 1.0) -> snn.Network:
+    """Encoder → one spiking neuron (ϑ = −0.5, J = 0.1) → readout; with α < 0 the static certificate
+    α·B_in + J·B_in < ϑ holds although V(T_in) = 0 ≥ ϑ: the neuron fires at once (docs/math.md §5)."""
+    enc = snn.Encoder("in", (1,), 0.0, 1.0)
+    syn = snn.Synapses("in", (1,), np.array([[0.1]]))
+    theta = np.array([-0.5])
+    cert = static_certificate([(syn.J, 1.0)], theta, np.array([alpha]), 1.0)
+    layer = snn.SpikingLayer("h", (syn,), np.array([alpha]), (1.0, 2.0), theta=theta, certified=cert,
+                             scale=np.ones(1), x_max=np.ones(1), x_n=1.0)
+    readout = snn.Readout("r", (snn.Synapses("h", (1,), np.array([[1.0]])),), np.zeros(1), (1.0, 2.0))
+    return with_meta((enc, layer, readout), zeta=1.0)
+
+
+def negative_alpha_file(tmp_path) -> Path:
+    """A valid file of ``tiny_network`` edited to α = −1, with the certificate that α gives (True)."""
+    path = tmp_path / "neg.snn.h5"
+    h5io.write(path, tiny_network())
+
+    def change(f):
+        replace_dataset(f, "nodes/001/alpha", np.array([-1.0]))
+        replace_dataset(f, "nodes/001/certified", np.array([True]))
+    return edit(path, change)
+
+
+def test_negative_alpha_is_refused_by_the_constructor():
+    with pytest.raises(snn.GraphError, match="alpha"):
+        tiny_network(alpha=-1.0)
+    assert tiny_network(alpha=0.0).nodes[1].certified.tolist() == [False]
+
+
+def test_negative_alpha_file_is_refused(tmp_path):
+    """Before: read and validation passed, the simulator put the spike at the window end (t = 3, 0 early
+    spikes) while the event-by-event reference fires at t = 0."""
+    from click.testing import CliRunner
+    from relu2snn_cli.cli import cli
+    path = negative_alpha_file(tmp_path)
+    assert "alpha" in read_error(path)
+    np.save(tmp_path / "x.npy", np.array([[0.5]]))
+    result = CliRunner().invoke(cli, ["simulate", str(path), "--data", str(tmp_path / "x.npy"),
+                                      "-o", str(tmp_path / "o.npz"), "--quiet"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "alpha" in lines[0], result.output
+    assert not (tmp_path / "o.npz").exists()
+
+
+# ----------------------------------------------------------------------------- the stored content hash
+
+def cli_error(*args) -> str:
+    """Run the command line; it must exit 2 with one line on stderr."""
+    from click.testing import CliRunner
+    from relu2snn_cli.cli import cli
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("relu2snn: error: "), \
+        (result.exit_code, result.output, result.exception)
+    return lines[0]
+
+
+def refused_everywhere(path, tmp_path) -> str:
+    """h5io.read, inspect (text and JSON) and simulate all refuse the file; simulate writes nothing."""
+    msg = read_error(path)
+    np.save(tmp_path / "x.npy", np.load(SAMPLES / "cnn" / "test.npy")[:2])
+    for args in (["inspect", path], ["inspect", path, "--json"],
+                 ["simulate", path, "--data", tmp_path / "x.npy", "-o", tmp_path / "o.npz", "--quiet"]):
+        assert path.name in cli_error(*args)
+    assert not (tmp_path / "o.npz").exists()
+    return msg
+
+
+def uncertified(f, node: str) -> int:
+    """The flat index of a neuron of ``node`` without a static certificate."""
+    return int(np.flatnonzero(~f[f"nodes/{node}/certified"][()].reshape(-1))[0])
+
+
+def set_entry(f, name, index, value):
+    arr = f[name][()]
+    arr.flat[index] = value
+    replace_dataset(f, name, arr)
+
+
+def flip_byte(path, dataset: str, index: int) -> None:
+    """Change the lowest byte of entry ``index`` of a dataset, in the file's bytes (its last mantissa bits)."""
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_offset() + 8 * index
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+# Edits that validation cannot see (a consistent file says other numbers); before format 4 each was simulated.
+EDITS = [
+    pytest.param(lambda p: edit(p, lambda f: set_entry(f, "nodes/004/theta", uncertified(f, "004"), -1.0)),
+                 id="theta-minus-1"),
+    pytest.param(lambda p: edit(p, lambda f: set_entry(f, "nodes/001/synapses/0/J", 5,
+                                                       f["nodes/001/synapses/0/J"][()].flat[5] * 1.001)),
+                 id="J-entry"),
+    pytest.param(lambda p: flip_byte(p, "nodes/008/synapses/0/J", 7), id="byte-in-readout-J"),
+    pytest.param(lambda p: edit(p, lambda f: scaled(f, "nodes/008/synapses/0/J", -1.0)), id="readout-negated"),
+    pytest.param(lambda p: edit(p, lambda f: scaled(f, "nodes/008/alpha", 2.0)), id="readout-alpha"),
+    pytest.param(lambda p: edit(p, lambda f: f.attrs.__setitem__("source_model_name", h5io._text("other.onnx"))),
+                 id="root-attribute"),
+]
+
+
+@pytest.mark.parametrize("change", EDITS)
+def test_edited_file_is_refused(cnn_copy, tmp_path, change):
+    change(cnn_copy)
+    assert "content_sha256" in refused_everywhere(cnn_copy, tmp_path)
+
+
+def test_inspect_shows_the_stored_hash(converted):
+    from click.testing import CliRunner
+    from relu2snn_cli.cli import cli
+    net, path = converted["cnn"]
+    with h5py.File(path) as f:
+        stored = f.attrs["content_sha256"].decode()
+    assert stored == h5io.content_hash(net)
+    out = CliRunner().invoke(cli, ["inspect", str(path)]).stdout
+    assert f"content_sha256       {stored}" in out.splitlines()
+
+
+def test_missing_hash_is_refused(cnn_copy):
+    edit(cnn_copy, lambda f: f.attrs.__delitem__("content_sha256"))
+    assert "content_sha256" in read_error(cnn_copy)
+
+
+def test_format_3_is_refused(cnn_copy):
+    edit(cnn_copy, lambda f: f.attrs.__setitem__("format_version", 3))
+    assert "convert the model again" in read_error(cnn_copy)
+
+
+# ----------------------------------------------------------------------------- validation even when the hash matches
+
+def rehash(path) -> Path:
+    """Store the hash of the file's current contents, as someone editing it on purpose could: what is then
+    refused is refused by validation, not by the hash."""
+    with h5py.File(path, "r+") as f:
+        tree = h5io._load(f, Path(path).stat().st_size)
+        entries = h5io._entries(tree)
+        entries.pop("@content_sha256", None)
+        f.attrs["content_sha256"] = h5io._text(h5io._digest(entries))
+    return path
+
+
+def set_attr(name, key, value):
+    return lambda f: (f[name] if name else f).attrs.__setitem__(key, value)
+
+
+def huge_alpha(f):
+    """α = 1e308 in node 001 with the certificate that α gives (no neuron certified)."""
+    replace_dataset(f, "nodes/001/alpha", np.full(f["nodes/001/alpha"].shape, 1e308))
+    replace_dataset(f, "nodes/001/certified", np.zeros(f["nodes/001/certified"].shape, bool))
+
+
+STRUCTURED = [
+    pytest.param(set_attr("nodes/007/synapses/0", "groups", 0), "groups", id="dense-groups-0"),
+    pytest.param(set_attr("nodes/007/synapses/0", "groups", 3), "groups", id="dense-groups-3"),
+    pytest.param(set_attr("nodes/007/synapses/0", "groups", 1.5), "integer", id="dense-groups-1.5"),
+    pytest.param(set_attr("nodes/001/synapses/0", "groups", 1.5), "integer", id="conv-groups-1.5"),
+    pytest.param(set_attr("nodes/001/synapses/0", "groups", 1.0), "integer", id="conv-groups-1.0"),
+    pytest.param(set_attr("nodes/001/synapses/0", "groups", np.int32(1)), "int32", id="conv-groups-int32"),
+    pytest.param(set_attr("nodes/003", "ceil_mode", 0), "bool", id="ceil_mode-int"),
+    pytest.param(set_attr("nodes/001", "x_n", np.float32(1.0)), "float32", id="x_n-float32"),
+    pytest.param(set_attr("nodes/001", "window", np.array([1.0, 2.0, 3.0])), "window: expected 2",
+                 id="window-3-values"),
+    pytest.param(huge_alpha, "1e+100", id="alpha-1e308"),
+    pytest.param(lambda f: scaled(f, "nodes/008/alpha", 1e150), "1e+100", id="readout-alpha-1e150"),
+    pytest.param(set_attr("nodes/001", "note", 1), "not part of", id="extra-attribute"),
+    pytest.param(lambda f: f["nodes/001"].create_dataset("extra", data=np.ones(2)), "not part of", id="extra-dataset"),
+    pytest.param(lambda f: f.create_group("more"), "not part of", id="extra-group"),
+    pytest.param(set_attr("", "calibration_samples", 256.0), "calibration_samples", id="root-int-as-float"),
+    pytest.param(set_attr("", "tool_version", 1), "tool_version", id="root-text-as-int"),
+    pytest.param(set_attr("", "input_layout", h5io._text("NWC")), "input_layout", id="root-layout"),
+    pytest.param(set_attr("", "source_model_sha256", h5io._text("abc")), "source_model_sha256", id="root-sha256"),
+    pytest.param(set_attr("", "input_range", np.array([-1.0, np.float64(1e200)])), "input_range",
+                 id="root-range-huge"),
+]
+
+
+@pytest.mark.parametrize("change, expect", STRUCTURED)
+def test_structured_mutation_is_refused_with_a_matching_hash(cnn_copy, tmp_path, change, expect):
+    rehash(edit(cnn_copy, change))
+    msg = refused_everywhere(cnn_copy, tmp_path)
+    assert expect in msg and "content_sha256" not in msg, msg
+
+
+def test_negative_alpha_with_a_matching_hash_is_refused(tmp_path):
+    assert "alpha" in read_error(rehash(negative_alpha_file(tmp_path)))
+
+
+def test_link_is_refused(cnn_copy):
+    edit(cnn_copy, lambda f: f["nodes/001"].__setitem__("link", h5py.SoftLink("/nodes/002")))
+    assert "link" in read_error(cnn_copy)
+
+
+@pytest.mark.parametrize("key", sorted(validate.REQUIRED_META))
+def test_deleted_root_attribute_is_refused(cnn_copy, tmp_path, key):
+    rehash(edit(cnn_copy, lambda f: f.attrs.__delitem__(key)))
+    assert f"missing attribute {key!r}" in refused_everywhere(cnn_copy, tmp_path)
+
+
+def smallest_change(value):
+    """The same value with its last bit changed (a number, an array entry, the last byte of text)."""
+    arr = np.array(value)
+    if arr.dtype.kind == "S":
+        return np.array(arr.tobytes()[:-1] + bytes([arr.tobytes()[-1] ^ 1]), dtype=arr.dtype)
+    flat = arr.reshape(-1)
+    if arr.dtype.kind == "f":
+        flat[0] = np.nextafter(flat[0], np.inf)
+    else:
+        flat[0] = not flat[0] if arr.dtype.kind == "b" else flat[0] + 1
+    return arr
+
+
+def test_every_stored_value_is_protected(converted, tmp_path):
+    """The smallest change of any attribute or dataset of a converted file (one at a time, the hash not
+    recomputed) is refused: the hash covers every node field, synapse field and root attribute."""
+    _, path = converted["mlp"]
+    with h5py.File(path) as f:
+        entries = [("/", k, None) for k in f.attrs]
+        f.visititems(lambda n, obj: entries.extend((obj.name, k, None) for k in obj.attrs)
+                     if isinstance(obj, h5py.Group) else entries.append((obj.parent.name, None, obj.name)))
+    entries = [e for e in entries if e[1] != "content_sha256"]
+    assert len(entries) > 50
+    bad = tmp_path / "bad.snn.h5"
+    for group, attr, dataset in entries:
+        shutil.copy(path, bad)
+        with h5py.File(bad, "r+") as f:
+            if attr is not None:
+                value = f[group].attrs[attr]
+                if np.size(value):
+                    f[group].attrs[attr] = smallest_change(value)
+                else:
+                    f[group].attrs[attr] = np.zeros(1, dtype=np.asarray(value).dtype)
+            else:
+                replace_dataset(f, dataset, smallest_change(f[dataset][()]))
+        with pytest.raises(ArtifactError):
+            h5io.read(bad)
+
+
+def test_dense_synapses_have_one_group_and_groups_are_integers():
+    with pytest.raises(snn.GraphError, match="groups = 1"):
+        snn.Synapses("x", (4,), np.ones((2, 4)), groups=2)
+    with pytest.raises(snn.GraphError, match="integer"):
+        snn.Synapses("x", (2, 3, 3), np.ones((2, 2, 1, 1)), 0.0, (1, 1), (0, 0, 0, 0), (1, 1), groups=1.0)
+
+
+def test_meta_cannot_set_the_reserved_attributes(converted, tmp_path):
+    net, _ = converted["mlp"]
+    for key in h5io.RESERVED:
+        with pytest.raises(ArtifactError, match=key):
+            h5io.write(tmp_path / "m.snn.h5", snn.Network(net.nodes, {**net.meta, key: "x"}))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_content_hash_sees_types_and_root_attributes(converted):
+    """1 and 1.0 are different contents; so is any root attribute."""
+    net, _ = converted["mlp"]
+    hashes = {h5io.content_hash(snn.Network(net.nodes, {**net.meta, **extra}))
+              for extra in ({}, {"n": 1}, {"n": 1.0}, {"n": True}, {"tool_version": "0.1.1"})}
+    assert len(hashes) == 5
