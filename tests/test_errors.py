@@ -520,20 +520,35 @@ def test_verify_names_every_mismatch(tmp_path, mlp_snn):
     assert "output shape" not in line  # both have 10 logits
 
 
-def _overflowing_readout(tmp_path, mlp_snn) -> Path:
-    """The MLP artifact with every readout weight 1e308: finite and valid, but the logits overflow to inf."""
+def _overflowing_readout(tmp_path, mlp_snn, monkeypatch) -> Path:
+    """The MLP artifact with every readout weight 1e308: finite, but the logits overflow to inf. Validation refuses
+    magnitudes above ``validate.MAX_MAGNITUDE``; the bound is lifted to write the file."""
     import dataclasses
-    from relu2snn_cli import snn
+    from relu2snn_cli import snn, validate
     net = h5io.read(mlp_snn)
     readout = net.nodes[-1]
     syn = dataclasses.replace(readout.synapses[0], J=np.full_like(readout.synapses[0].J, 1e308))
     path = tmp_path / "huge.snn.h5"
-    h5io.write(path, snn.Network(net.nodes[:-1] + (dataclasses.replace(readout, synapses=(syn,)),), net.meta))
+    with monkeypatch.context() as m:
+        m.setattr(validate, "MAX_MAGNITUDE", np.inf)
+        h5io.write(path, snn.Network(net.nodes[:-1] + (dataclasses.replace(readout, synapses=(syn,)),), net.meta))
     return path
 
 
-def test_simulate_refuses_infinite_logits(tmp_path, mlp_snn):
-    huge = _overflowing_readout(tmp_path, mlp_snn)
+@pytest.mark.parametrize("command", ["simulate", "verify"])
+def test_overflowing_weights_are_refused_on_read(tmp_path, mlp_snn, monkeypatch, command):
+    huge = _overflowing_readout(tmp_path, mlp_snn, monkeypatch)
+    extra = ["-o", tmp_path / "o.npz"] if command == "simulate" else ["--onnx", MLP / "model.onnx"]
+    line = one_line_error(run(command, huge, "--data", MLP / "test.npy", *extra, "--json"))
+    assert "huge.snn.h5" in line and "J holds values above 1e+100" in line
+
+
+def test_simulate_refuses_infinite_logits(tmp_path, mlp_snn, monkeypatch):
+    """With the validation bound lifted (a network built in memory is not read from a file), the simulator itself
+    refuses the infinite logits instead of writing them."""
+    from relu2snn_cli import validate
+    huge = _overflowing_readout(tmp_path, mlp_snn, monkeypatch)
+    monkeypatch.setattr(validate, "MAX_MAGNITUDE", np.inf)
     out = tmp_path / "o.npz"
     result = run("simulate", huge, "--data", MLP / "test.npy", "-o", out, "--json")
     line = one_line_error(result)
@@ -542,8 +557,10 @@ def test_simulate_refuses_infinite_logits(tmp_path, mlp_snn):
     assert result.stdout == "" and not out.exists()
 
 
-def test_verify_refuses_infinite_logits_and_prints_no_infinity(tmp_path, mlp_snn):
-    huge = _overflowing_readout(tmp_path, mlp_snn)
+def test_verify_refuses_infinite_logits_and_prints_no_infinity(tmp_path, mlp_snn, monkeypatch):
+    from relu2snn_cli import validate
+    huge = _overflowing_readout(tmp_path, mlp_snn, monkeypatch)
+    monkeypatch.setattr(validate, "MAX_MAGNITUDE", np.inf)
     result = run("verify", huge, "--onnx", MLP / "model.onnx", "--data", MLP / "test.npy", "--json")
     line = one_line_error(result)
     assert "huge.snn.h5" in line and "logits" in line and "infinite or NaN" in line
