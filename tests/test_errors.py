@@ -479,3 +479,33 @@ def test_sigterm_during_calibration_leaves_nothing(tmp_path):
     assert proc.returncode == 143, err
     assert err.strip().splitlines() == ["relu2snn: interrupted by SIGTERM"]
     assert list(out.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- malformed ONNX windows and data files
+
+def _set_attr(node, key, value):
+    kept = [a for a in node.attribute if a.name != key]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(key, value)])
+
+
+def _cnn_with(tmp_path, op, key, value, index=0) -> tuple[Path, str]:
+    """The sample CNN with attribute ``key`` of its ``index``-th ``op`` node set to ``value``; its node name."""
+    model = onnx.load(str(ROOT / "sample_models" / "cnn" / "model.onnx"))
+    node = [n for n in model.graph.node if n.op_type == op][index]
+    _set_attr(node, key, value)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, node.name
+
+
+@pytest.mark.parametrize("op, key, value", [("Conv", "strides", [0, 1]), ("Conv", "dilations", [0, 1]),
+                                            ("Conv", "dilations", [-1, 1]), ("Conv", "pads", [-1, 0, 0, 0]),
+                                            ("MaxPool", "strides", [0, 2]), ("MaxPool", "kernel_shape", [-2, 2])])
+def test_window_attribute_out_of_range(tmp_path, op, key, value):
+    """Found by fuzzing: exit 3 (ZeroDivisionError, "slice step cannot be zero") or a misleading error about a
+    later node. Now one line naming the file, the node and the attribute."""
+    path, name = _cnn_with(tmp_path, op, key, value)
+    data = calib(tmp_path, np.load(ROOT / "sample_models" / "cnn" / "calib.npy")[:8])
+    line = one_line_error(run("convert", path, "--calib", data, "-o", tmp_path / "o.snn.h5"))
+    assert "bad.onnx" in line and f"{op} node '{name}'" in line and f"{key} = {value}" in line, line

@@ -1219,3 +1219,76 @@ def test_a_pad_larger_than_the_kernel(tmp_path):
     assert imp.graph.nodes[2].terms[0].pads == (4, 4, 4, 4)
     x = rng.normal(size=(32, 2, 6, 6)).astype(np.float32)
     assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
+
+
+# ----------------------------------------------------------------------------- malformed windows, Pad before a mean
+
+def _window_model(op: str, **attrs):
+    """Conv → ReLU → ``op`` (Conv with a 3×3 weight, or a pooling) with ``attrs`` → readout, built unchecked."""
+    rng = np.random.default_rng(120)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    if op == "Conv":
+        h = b.op("Conv", [h, b.const(rnd(rng, 2, 3, 3, 3)), b.const(rnd(rng, 2))], **attrs)
+        name = b.nodes[-1].name
+        h = b.op("Relu", [h])
+    else:
+        h = b.op(op, [h], **attrs)
+        name = b.nodes[-1].name
+    h = b.op("Flatten", [h])
+    b.nodes.append(helper.make_node("Gemm", [h, b.const(rnd(rng, 3, 8)), b.const(rnd(rng, 3))], ["y"], transB=1))
+    graph = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, name
+
+
+BAD_WINDOWS = [
+    ("Conv", dict(kernel_shape=[3, 3], strides=[0, 1]), "strides = [0, 1]"),
+    ("Conv", dict(strides=[1, -2]), "strides = [1, -2]"),
+    ("Conv", dict(dilations=[0, 1]), "dilations = [0, 1]"),
+    ("Conv", dict(dilations=[-1, 1]), "dilations = [-1, 1]"),
+    ("Conv", dict(pads=[-1, 0, 0, 0]), "pads = [-1, 0, 0, 0]"),
+    ("Conv", dict(pads=[1, 1]), "pads = [1, 1]"),
+    ("Conv", dict(strides=[1, 1, 1]), "strides = [1, 1, 1]"),
+    ("Conv", dict(kernel_shape=[0, 3]), "kernel_shape = [0, 3]"),
+    ("Conv", dict(kernel_shape=[99, 99]), "does not match its weight's kernel [3, 3]"),
+    ("Conv", dict(auto_pad="SAME"), "auto_pad = 'SAME'"),
+    ("MaxPool", dict(kernel_shape=[2, 2], strides=[0, 2]), "strides = [0, 2]"),
+    ("MaxPool", dict(kernel_shape=[2, 2], dilations=[0, 1]), "dilations = [0, 1]"),
+    ("MaxPool", dict(kernel_shape=[2, 2], dilations=[-1, 1]), "dilations = [-1, 1]"),
+    ("MaxPool", dict(kernel_shape=[2, 2], pads=[0, 0, -1, 0]), "pads = [0, 0, -1, 0]"),
+    ("MaxPool", dict(kernel_shape=[0, 2]), "kernel_shape = [0, 2]"),
+    ("MaxPool", dict(kernel_shape=[-2, 2]), "kernel_shape = [-2, 2]"),
+    ("MaxPool", dict(kernel_shape=[2]), "kernel_shape = [2]"),
+    ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 0]), "strides = [2, 0]"),
+    ("AveragePool", dict(kernel_shape=[2, 2], pads=[0, -1, 0, 0]), "pads = [0, -1, 0, 0]"),
+    ("AveragePool", dict(kernel_shape=[0, 0]), "kernel_shape = [0, 0]"),
+]
+
+
+@pytest.mark.parametrize("op, attrs, expect", BAD_WINDOWS,
+                         ids=[f"{op}-{'-'.join(f'{k}{v}' for k, v in a.items())}" for op, a, _ in BAD_WINDOWS])
+def test_window_attributes_out_of_the_onnx_range_are_refused(tmp_path, op, attrs, expect):
+    """Found by fuzzing: a stride or dilation of 0 ended in ZeroDivisionError or "slice step cannot be zero",
+    negative pads or dilations in a misleading error further on. Each is refused where it is read, naming the
+    node and the attribute."""
+    model, name = _window_model(op, **attrs)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError) as info:
+        import_model(path)
+    msg = one_line(info.value)
+    assert f"{op} node '{name}'" in msg and expect in msg, msg
+
+
+def test_pad_with_negative_pads_is_refused_as_cropping(tmp_path):
+    """Negative pads (legal ONNX: they crop) have no spiking counterpart here: refused, naming the node."""
+    rng = np.random.default_rng(121)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("Pad", [h, b.int_const([0, 0, -1, 0, 0, 0, 1, 0]), b.const(0.0)])
+    name = b.nodes[-1].name
+    error, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2)])), tmp_path, UnsupportedOperatorError)
+    assert name in msg and "cropping is not supported" in msg and error.nodes == ((name, "Pad"),)

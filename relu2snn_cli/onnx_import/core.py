@@ -327,27 +327,56 @@ def tensor_nonnegative(pop: Pop) -> bool:
     return pop.relu and bool(np.all(scale >= 0) and np.all(shift >= 0))
 
 
+def int_attr(node: OnnxNode, key: str, count: int, least: int, default=None) -> tuple[int, ...]:
+    """Attribute ``key`` as ``count`` integers, each at least ``least`` (its range in the ONNX spec), or
+    ``default`` when the node does not set it; a ModelError naming the node and the attribute otherwise."""
+    value = node.attr(key)
+    values = tuple(int(v) for v in np.atleast_1d(value)) if value is not None else ()
+    if not values and default is not None:
+        return tuple(default)
+    if len(values) != count or min(values, default=least - 1) < least:
+        raise ModelError(f"{node.label}: attribute {key} = {list(values)} is invalid: ONNX requires {count} "
+                         f"integers ≥ {least} here")
+    return values
+
+
+def kernel_shape(node: OnnxNode, rank: int, weight_shape=None) -> tuple[int, ...]:
+    """The window of a Conv (its weight's spatial shape, which ``kernel_shape`` must equal if given) or of a
+    pooling (``kernel_shape``, required): ``rank`` sizes of at least 1."""
+    if weight_shape is None:
+        return int_attr(node, "kernel_shape", rank, 1)
+    kernel = tuple(int(k) for k in weight_shape)
+    if min(kernel, default=0) < 1:
+        raise ModelError(f"{node.label}: its weight has the empty kernel {kernel}")
+    given = int_attr(node, "kernel_shape", rank, 1, default=kernel)
+    if given != kernel:
+        raise ModelError(f"{node.label}: attribute kernel_shape = {list(given)} does not match its weight's "
+                         f"kernel {list(kernel)}")
+    return kernel
+
+
 def geometry(node: OnnxNode, rank: int, size, kernel, extra_pads=()) -> tuple[tuple, tuple, tuple]:
-    """strides, pads (begins, then ends, a pending Pad added) and dilations of a sliding-window node."""
-    strides = tuple(node.attr("strides") or (1,) * rank)
-    dilations = tuple(node.attr("dilations") or (1,) * rank)
-    if len(strides) != rank or len(dilations) != rank:
-        raise unsupported(node, f"strides {strides} or dilations {dilations} are not {rank}-D")
+    """strides, pads (begins, then ends, a pending Pad added) and dilations of a sliding-window node, each
+    range-checked as the ONNX spec asks (strides and dilations ≥ 1, pads ≥ 0)."""
+    strides = int_attr(node, "strides", rank, 1, default=(1,) * rank)
+    dilations = int_attr(node, "dilations", rank, 1, default=(1,) * rank)
     extra = tuple(extra_pads) or (0,) * 2 * rank
     padded = tuple(n + extra[i] + extra[i + rank] for i, n in enumerate(size))
     pads = explicit_pads(node, padded, kernel, strides, dilations)
     return strides, tuple(p + e for p, e in zip(pads, extra)), dilations
 
 
+AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+
+
 def explicit_pads(node: OnnxNode, size, kernel, strides, dilations) -> tuple[int, ...]:
-    """Explicit pads (begins, then ends) from ``pads`` or ``auto_pad`` (SAME_UPPER/SAME_LOWER/VALID)."""
+    """Explicit pads (begins, then ends) from ``pads`` (each ≥ 0) or ``auto_pad`` (SAME_UPPER/SAME_LOWER/VALID)."""
     rank = len(kernel)
     mode = node.attr("auto_pad", "NOTSET")
+    if mode not in AUTO_PADS:
+        raise ModelError(f"{node.label}: attribute auto_pad = {mode!r} is none of {', '.join(AUTO_PADS)}")
     if mode == "NOTSET":
-        pads = tuple(node.attr("pads") or (0,) * 2 * rank)
-        if len(pads) != 2 * rank:
-            raise unsupported(node, f"pads {pads} are not {rank}-D")
-        return pads
+        return int_attr(node, "pads", 2 * rank, 0, default=(0,) * 2 * rank)
     if mode == "VALID":
         return (0,) * 2 * rank
     begin, end = [], []

@@ -165,8 +165,13 @@ def convert_pad(node: OnnxNode, ctx: Context) -> None:
         raise unsupported(node, "the axes input")
     full = [int(p) for p in np.asarray(pads).reshape(-1)]
     rank = len(a.shape) + 1
-    if len(full) != 2 * rank or any(full[i] or full[i + rank] for i in (0, 1)) or min(full) < 0:
-        raise unsupported(node, f"pads {full}: only non-negative padding of the spatial axes")
+    if len(full) != 2 * rank:
+        raise ModelError(f"{node.label}: pads {full} are not 2 × {rank} values for its input of rank {rank}")
+    if min(full) < 0:
+        raise unsupported(node, f"pads {full}: negative pads crop the tensor, and cropping is not supported "
+                                "(only zero padding of the spatial axes)")
+    if any(full[i] or full[i + rank] for i in (0, 1)):
+        raise unsupported(node, f"pads {full}: only the spatial axes may be padded")
     spatial = tuple(full[2:rank]) + tuple(full[rank + 2:])
     before = a.pads or (0,) * len(spatial)
     ctx.set(node, replace(a, pads=tuple(p + q for p, q in zip(before, spatial))))

@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import ir, ops
 from ..errors import ModelError
-from .core import (Context, OnnxNode, Pooled, Pop, converter, explicit_pads, full_map, geometry, per_channel,
-                   unsupported)
+from .core import (Context, OnnxNode, Pooled, Pop, converter, explicit_pads, full_map, geometry, int_attr, kernel_shape,
+                   per_channel, unsupported)
 
 
 @converter("MaxPool")
@@ -21,9 +21,7 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
     scale = per_channel(node, np.broadcast_to(a.scale, a.shape), a.shape)
     shift = per_channel(node, np.broadcast_to(a.shift, a.shape), a.shape)
     rank = len(a.shape) - 1
-    kernel = tuple(node.attr("kernel_shape"))
-    if len(kernel) != rank:
-        raise unsupported(node, f"kernel {kernel} on an input of shape {a.shape}")
+    kernel = kernel_shape(node, rank)
     if node.attr("storage_order", 0):
         raise unsupported(node, "storage_order=1")
     strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel)
@@ -47,10 +45,8 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
         if a.pads:
             raise unsupported(node, "it reads a Pad output")
     else:
-        kernel = tuple(node.attr("kernel_shape"))
-        if len(kernel) != rank:
-            raise unsupported(node, f"kernel {kernel} on an input of shape {a.shape}")
-        own = explicit_pads(node, a.shape[1:], kernel, tuple(node.attr("strides") or (1,) * rank), (1,) * rank)
+        kernel = kernel_shape(node, rank)
+        own = explicit_pads(node, a.shape[1:], kernel, int_attr(node, "strides", rank, 1, (1,) * rank), (1,) * rank)
         if any(own) and not node.attr("count_include_pad", 0):
             raise unsupported(node, "count_include_pad=0 with padding divides by a count that varies with the "
                                     "position")
