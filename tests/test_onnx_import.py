@@ -1292,3 +1292,23 @@ def test_pad_with_negative_pads_is_refused_as_cropping(tmp_path):
     name = b.nodes[-1].name
     error, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2)])), tmp_path, UnsupportedOperatorError)
     assert name in msg and "cropping is not supported" in msg and error.nodes == ((name, "Pad"),)
+
+
+@pytest.mark.parametrize("head", ["reduce-mean-hw", "reduce-mean-h", "reduce-mean-flat", "global"])
+def test_pad_before_a_mean_counts_the_padded_positions(tmp_path, head):
+    """Found by fuzzing: Pad → ReduceMean dropped the padding (convert then failed with a forward error of 2.98).
+    The mean of the padded tensor is the sum over the real positions divided by the padded count: an average
+    pooling whose kernel is the padded extent, with the Pad's zeros as its padding."""
+    rng = np.random.default_rng(122)
+    b = GraphBuilder((2, 5, 4), opset=13)
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])]))
+    h = b.op("Pad", [h, b.int_const([0, 0, 2, 1, 0, 0, 0, 3]), b.const(0.0)])
+    if head == "global":
+        h = b.op("GlobalAveragePool", [h])
+    else:
+        axes = {"reduce-mean-hw": [2, 3], "reduce-mean-h": [2], "reduce-mean-flat": [-1, -2]}[head]
+        h = b.op("ReduceMean", [h], axes=axes, keepdims=int(head != "reduce-mean-flat"))
+    model = readout(b, rng, h)
+    imp = check(model, tmp_path)
+    x = rng.normal(size=(40, 2, 5, 4)).astype(np.float32)
+    assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9

@@ -196,7 +196,7 @@ class Context:
         if rank is not None and len(v.shape) not in rank:
             raise unsupported(node, f"its input has shape {v.shape} (batch axis omitted)")
         if v.pads and not pads:
-            raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
+            raise unsupported(node, "it reads a Pad output; only a Conv, an average pooling or a mean can absorb a Pad")
         return v
 
     def set(self, node: OnnxNode, value) -> None:
@@ -265,7 +265,7 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h))
     elif isinstance(value, Pop):
         if value.pads:
-            raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
+            raise unsupported(node, "it reads a Pad output; only a Conv, an average pooling or a mean can absorb a Pad")
         k = const_for(node, k, value.shape)
         h = const_for(node, h, value.shape)
         ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h, nonnegative=False))

@@ -41,9 +41,8 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
     a = _pooled_population(node, ctx)
     rank = len(a.shape) - 1
     if node.op_type == "GlobalAveragePool":
-        kernel, strides, pads, dilations = tuple(a.shape[1:]), (1,) * rank, (0,) * 2 * rank, (1,) * rank
-        if a.pads:
-            raise unsupported(node, "it reads a Pad output")
+        kernel, pads = mean_window(a, range(rank))
+        strides, dilations = (1,) * rank, (1,) * rank
     else:
         kernel = kernel_shape(node, rank)
         own = explicit_pads(node, a.shape[1:], kernel, int_attr(node, "strides", rank, 1, (1,) * rank), (1,) * rank)
@@ -55,6 +54,17 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
                                           != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations)):
             raise unsupported(node, "ceil_mode=1 adds windows that are cut short")
     ctx.set(node, _average(node, ctx, a, kernel, strides, pads, dilations))
+
+
+def mean_window(a: Pop, axes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Kernel and pads of the mean over the spatial ``axes`` (0 = the first spatial axis) of the population
+    zero-padded by its pending Pad: the padded extent along those axes (1 along the others), and the Pad as
+    padding. Σ over the real positions / the padded count = the mean of the padded tensor (docs/math.md §6,
+    P with 1/K per tap, K the padded extent)."""
+    rank = len(a.shape) - 1
+    pads = a.pads or (0,) * 2 * rank
+    kernel = tuple(a.shape[i + 1] + pads[i] + pads[i + rank] if i in axes else 1 for i in range(rank))
+    return kernel, tuple(pads)
 
 
 def _pooled_population(node: OnnxNode, ctx: Context) -> Pop:
@@ -91,8 +101,8 @@ def convert_reduce_mean(node: OnnxNode, ctx: Context) -> None:
     axes = sorted({int(x) % (rank + 2) for x in np.atleast_1d(axes if axes is not None else [])})
     if not axes or axes[0] < 2:
         raise unsupported(node, f"axes {axes or 'all'}: only a mean over spatial axes is an average pooling")
-    kernel = tuple(a.shape[i + 1] if i + 2 in axes else 1 for i in range(rank))
-    pooled = _average(node, ctx, a, kernel, (1,) * rank, (0,) * 2 * rank, (1,) * rank)
+    kernel, pads = mean_window(a, [i for i in range(rank) if i + 2 in axes])
+    pooled = _average(node, ctx, a, kernel, (1,) * rank, pads, (1,) * rank)
     if node.attr("keepdims", 1):
         ctx.set(node, pooled)
     else:
