@@ -509,3 +509,20 @@ def test_window_attribute_out_of_range(tmp_path, op, key, value):
     data = calib(tmp_path, np.load(ROOT / "sample_models" / "cnn" / "calib.npy")[:8])
     line = one_line_error(run("convert", path, "--calib", data, "-o", tmp_path / "o.snn.h5"))
     assert "bad.onnx" in line and f"{op} node '{name}'" in line and f"{key} = {value}" in line, line
+
+
+def test_onnxruntime_failure_at_run_time_is_one_line(tmp_path):
+    """A scalar Conv bias passes onnx.checker and the import, and onnxruntime refuses it only when it runs:
+    its own log line (written by C code to fd 2) came before ours. Run in a subprocess to see fd 2."""
+    model = onnx.load(str(ROOT / "sample_models" / "cnn" / "model.onnx"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    bias = next(t for t in model.graph.initializer if t.name == conv.input[2])
+    bias.CopyFrom(onnx.numpy_helper.from_array(np.float32(0.5), bias.name))
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    data = calib(tmp_path, np.load(ROOT / "sample_models" / "cnn" / "calib.npy")[:8])
+    proc = subprocess.run([sys.executable, "-m", "relu2snn_cli", "convert", str(path), "--calib", str(data),
+                           "-o", str(tmp_path / "o.snn.h5")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "bad.onnx" in proc.stderr and "onnxruntime cannot run the model" in proc.stderr
