@@ -526,3 +526,19 @@ def test_onnxruntime_failure_at_run_time_is_one_line(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "bad.onnx" in proc.stderr and "onnxruntime cannot run the model" in proc.stderr
+
+
+def test_sliding_windows_too_large_for_the_batch_are_refused_before_calibration(tmp_path):
+    """Found by fuzzing: Conv pads of 99 on the sample ResNet (8×8 inputs) pass the ONNX tensor check, and the
+    im2col matrices of the next convolutions over a batch of 256 took over 60 s and 12 GB. The windows of the
+    imported graph are now bounded right after the import: a 3×3 conv of 8 channels on 204², padded to 206²,
+    holds 8·206² + 8·9·204² (im2col) + 8·204² (output) values per sample."""
+    model = onnx.load(str(ROOT / "sample_models" / "resnet" / "model.onnx"))
+    _set_attr(next(n for n in model.graph.node if n.op_type == "Conv"), "pads", [99] * 4)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    line = one_line_error(run("convert", path, "--calib", ROOT / "sample_models" / "resnet" / "calib.npy",
+                              "-o", tmp_path / "o.snn.h5"))
+    per_sample = 8 * 206 ** 2 + 8 * 9 * 204 ** 2 + 8 * 204 ** 2
+    assert "bad.onnx" in line and "'/body/body.3/body/body.0/Conv'" in line and f"{per_sample} values" in line, line
+    assert f"--batch-size {(1 << 28) // per_sample} or less" in line, line

@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import GraphBuilder, run_ort, save
-from relu2snn_cli import convert, h5io, ir, simulator, verify
+from relu2snn_cli import convert, h5io, ir, ops, simulator, verify
 from relu2snn_cli.errors import ModelError, UnsupportedOperatorError
 from relu2snn_cli.onnx_import import import_model
 
@@ -1312,3 +1312,28 @@ def test_pad_before_a_mean_counts_the_padded_positions(tmp_path, head):
     imp = check(model, tmp_path)
     x = rng.normal(size=(40, 2, 5, 4)).astype(np.float32)
     assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
+
+
+def test_window_values_counts_the_buffers_of_one_sample():
+    """Padded input, output and (for a convolution) im2col matrix, as ops.windows and ops.conv allocate them."""
+    from relu2snn_cli.onnx_import.core import window_values
+    term = ir.Conv("a", np.ones((4, 3, 3, 2)), (3, 7, 6), (2, 1), (1, 0, 2, 1), (1, 2))
+    assert term.shape == (4, 4, 5)
+    im2col = ops.windows(np.zeros((1, 3, 7, 6)), (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 0.0).size
+    assert im2col == 3 * 3 * 2 * 4 * 5
+    assert window_values(term) == 3 * 10 * 7 + 4 * 4 * 5 + im2col
+    pool = ir.MaxPool("p", "a", (3, 7, 7), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), ceil_mode=True)
+    assert pool.shape == (3, 4, 4)
+    assert window_values(pool) == 3 * 8 * 8 + 3 * 4 * 4   # ceil_mode reads up to (4 − 1)·2 + 2 = 8 per axis
+
+
+def test_window_too_large_for_one_sample_is_refused_on_import(tmp_path):
+    """An average pooling with a huge kernel and padding keeps every ONNX tensor small (3×3 here), but its
+    im2col matrix would hold 3·4000²·9 values (3.2 GiB) for one sample, which the importer computes: refused first."""
+    rng = np.random.default_rng(123)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[4000, 4000], pads=[1998, 1998, 1998, 1998], count_include_pad=1)
+    name = b.nodes[-1].name
+    _, msg = import_error(readout(b, rng, h), tmp_path)
+    assert f"AveragePool node '{name}'" in msg and "values per sample" in msg and str(1 << 28) in msg, msg

@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import ir, ops
 from ..errors import ModelError
-from .core import (Context, OnnxNode, Pooled, Pop, converter, explicit_pads, full_map, geometry, int_attr, kernel_shape,
-                   per_channel, unsupported)
+from .core import (Context, OnnxNode, Pooled, Pop, check_window, converter, explicit_pads, full_map, geometry,
+                   int_attr, kernel_shape, per_channel, unsupported)
 
 
 @converter("MaxPool")
@@ -30,6 +30,7 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
                       bool(node.attr("ceil_mode", 0)), latest)
     if min(pool.shape) < 1:
         raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {pool.shape}")
+    check_window(node, pool)
     ctx.add(pool)
     ctx.set(node, Pop(pool.name, pool.shape, ops.channel_axis(scale, rank + 1), ops.channel_axis(shift, rank + 1),
                       a.nonnegative, a.relu))
@@ -84,6 +85,7 @@ def _average(node: OnnxNode, ctx: Context, a: Pop, kernel, strides, pads, dilati
                    groups=c)
     if min(term.shape) < 1:
         raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {term.shape}")
+    check_window(node, term)
     layer = ir.Affine(ctx.unique(node.name), (term,), np.zeros(c), relu=False)
     return Pooled(layer, node.outputs[0], term.shape, np.broadcast_to(ops.channel_axis(k, len(term.shape)), term.shape),
                   ir.apply_term(term, np.asarray(shift, dtype=np.float64)[None])[0])
