@@ -57,6 +57,22 @@ def load_array(spec: str):
     raise DataError(f"{path}: unknown data format {suffix!r}; use .npy, .npz or .h5:/dataset")
 
 
+def _npy_shape(path: Path) -> tuple | None:
+    """The shape a .npy header declares, read by numpy's header parser (version 3 headers are version 2
+    headers in UTF-8); None for a file without the magic string or of a version numpy does not know, which
+    np.load then refuses in its own words."""
+    with open(path, "rb") as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            return None
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)[0]
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(f)[0]
+    return None
+
+
 class NpyRows:
     """A C-ordered ``.npy`` file as an array-like whose slices are read from the file when asked for.
 
@@ -90,6 +106,9 @@ class NpyRows:
 
 def _npy(path: Path):
     """The header is parsed (and pickles refused) by np.load; C-ordered data is then read by NpyRows."""
+    shape = _npy_shape(path)
+    if shape is not None and any(d < 0 for d in shape):
+        raise DataError(f"{path}: its .npy header gives the shape {shape}, with a negative size")
     mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     if mapped.ndim == 0 or not mapped.flags.c_contiguous or mapped.dtype.itemsize == 0:
         return mapped
@@ -106,7 +125,10 @@ def _npz_member(path: Path, name: str | None) -> np.ndarray:
         key = name or keys[0]
         if key not in keys:
             raise DataError(f"{path}: no array {key!r} (it holds {keys})")
-        return archive[key]
+        value = archive[key]
+        if not isinstance(value, np.ndarray):  # numpy returns the raw bytes of a member without the .npy magic
+            raise DataError(f"{path}: member {key!r} is not a .npy array")
+        return value
 
 
 def _h5_dataset(path: Path, name: str | None):
@@ -115,6 +137,9 @@ def _h5_dataset(path: Path, name: str | None):
     if not name or name not in f or not isinstance(f[name], h5py.Dataset):
         f.close()
         raise DataError(f"{path}: name a dataset as {path}:/DATASET")
+    if f[name].shape is None:  # h5py.Empty: a dataspace without values
+        f.close()
+        raise DataError(f"{path}:{name}: the dataset has an empty dataspace (no values)")
     return f[name]
 
 

@@ -277,3 +277,51 @@ def test_h5_dataset_damaged_after_opening(tmp_path, x):
         for _ in data.batches(arr, 100, f"{path}:/x"):
             pass
     assert "x.h5:/x" in str(excinfo.value) and "cannot read samples" in str(excinfo.value)
+
+
+def _npy_bytes(array, shape=None) -> bytes:
+    """``array`` as .npy bytes, its header declaring ``shape`` instead if given (the data left as it is)."""
+    import io
+    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+              "shape": array.shape if shape is None else shape}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + np.ascontiguousarray(array).tobytes()
+
+
+@pytest.mark.parametrize("shape", [(-5, 3, 4), (5, -3, 4), (-5, -3, 4), (-1,)])
+def test_npy_header_with_a_negative_size(tmp_path, x, shape):
+    """Found by fuzzing: a header shape with a negative size ended in OverflowError from numpy's memory map."""
+    path = tmp_path / "x.npy"
+    path.write_bytes(_npy_bytes(x, shape))
+    msg = data_error(data.load_array, str(path), name=path)
+    assert "negative" in msg and str(shape) in msg, msg
+
+
+@pytest.mark.parametrize("member", [b"not a .npy file", b""])
+def test_npz_member_that_is_not_npy(tmp_path, member):
+    """Found by fuzzing: numpy returns the raw bytes of a member without the .npy magic; they reached the checks."""
+    import zipfile
+    path = tmp_path / "x.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", member)
+    for spec in (str(path), f"{path}:x"):
+        msg = data_error(data.load_array, spec, name=path)
+        assert "'x'" in msg and "not a .npy array" in msg, msg
+
+
+def test_npz_member_with_a_negative_size(tmp_path, x):
+    import zipfile
+    path = tmp_path / "x.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", _npy_bytes(x, (5, -3, 4)))
+    data_error(data.load_array, f"{path}:x", name=path)
+
+
+def test_h5_dataset_with_an_empty_dataspace(tmp_path):
+    """Found by fuzzing: h5py gives an empty dataspace the shape None, which len() then failed on."""
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=h5py.Empty("f4"))
+    msg = data_error(data.load_array, f"{path}:/x", name=f"{path}:/x")
+    assert "empty dataspace" in msg, msg

@@ -542,3 +542,31 @@ def test_sliding_windows_too_large_for_the_batch_are_refused_before_calibration(
     per_sample = 8 * 206 ** 2 + 8 * 9 * 204 ** 2 + 8 * 204 ** 2
     assert "bad.onnx" in line and "'/body/body.3/body/body.0/Conv'" in line and f"{per_sample} values" in line, line
     assert f"--batch-size {(1 << 28) // per_sample} or less" in line, line
+
+
+def _negative_npy(path):
+    np.save(path, good_calib())
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"(16, 64)", b"(-16, 64)", 1))
+
+
+def _npz_of_text(path):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", b"hello, not an array")
+
+
+def _empty_h5(path):
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=h5py.Empty("f4"))
+
+
+@pytest.mark.parametrize("name, spec, make, expect", [
+    ("c.npy", "c.npy", _negative_npy, "negative size"),
+    ("c.npz", "c.npz:x", _npz_of_text, "not a .npy array"),
+    ("c.h5", "c.h5:x", _empty_h5, "empty dataspace")], ids=["npy-negative-shape", "npz-member-not-npy", "h5-empty"])
+def test_damaged_data_file_headers(tmp_path, name, spec, make, expect):
+    """Found by fuzzing: each ended in exit 3 (OverflowError, AttributeError on bytes, TypeError on None)."""
+    make(tmp_path / name)
+    line = one_line_error(run("convert", MLP / "model.onnx", "--calib", tmp_path / spec, "-o", tmp_path / "o.snn.h5"))
+    assert name in line and expect in line, line
