@@ -130,7 +130,8 @@ def test_random_relu_stack_converts_and_verifies_exactly(stack):
 # ----------------------------------------------------------------------------- (b) damaged ONNX files
 
 MODELS = ("mlp", "cnn")
-CALIB = {name: np.load(SAMPLES / name / "calib.npy")[:8] for name in MODELS}
+WINDOW_MODELS = ("cnn", "cnn1d")  # Conv and MaxPool in 2-D; Conv, MaxPool and AveragePool in 1-D
+CALIB = {name: np.load(SAMPLES / name / "calib.npy")[:8] for name in MODELS + WINDOW_MODELS}
 
 
 def convert_cleanly(d: Path, model_bytes: bytes, name: str) -> str:
@@ -298,6 +299,44 @@ def test_onnx_protobuf_field_edits(name, data):
         convert_cleanly(d, model.SerializeToString(), name)
 
 
+# The window attributes of the ONNX spec, at and beyond their ranges: 0, negative, huge, the wrong count.
+WINDOW_OPS = ("Conv", "MaxPool", "AveragePool")
+WINDOW_NUMBERS = st.one_of(st.integers(-3, 9), st.sampled_from([0, -1, 99, 2**31 - 1, 2**40, -(2**40)]))
+AUTO_PADS = ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER", "SAME", ""]
+
+
+@st.composite
+def window_edit(draw, model: onnx.ModelProto) -> str:
+    """Set (or drop) strides, dilations, pads, kernel_shape or auto_pad of a Conv or pooling node, in place."""
+    nodes = [n for n in model.graph.node if n.op_type in WINDOW_OPS]
+    node = draw(st.sampled_from(nodes))
+    rank = len(model.graph.input[0].type.tensor_type.shape.dim) - 2
+    key = draw(st.sampled_from(["strides", "dilations", "pads", "kernel_shape", "auto_pad"]))
+    kept = [a for a in node.attribute if a.name != key]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    if key == "auto_pad":
+        value = draw(st.sampled_from(AUTO_PADS))
+    else:
+        count = draw(st.sampled_from([2 * rank if key == "pads" else rank, 1, 2, 4, 0]))
+        value = draw(st.lists(WINDOW_NUMBERS, min_size=count, max_size=count))
+    if value != [] and not draw(st.integers(0, 9)) == 0:   # one edit in ten drops the attribute
+        node.attribute.append(helper.make_attribute(key, value))
+    return f"{node.name}: {key} = {value}"
+
+
+@FUZZ
+@given(name=st.sampled_from(WINDOW_MODELS), data=st.data())
+def test_onnx_window_attribute_edits(name, data):
+    """strides, dilations, pads, kernel_shape and auto_pad of Conv and pooling nodes set to 0, negative, huge
+    values or the wrong count: convert (and verify) run, or exit 2 with one line; never exit 3, never a hang."""
+    model = onnx.load(str(SAMPLES / name / "model.onnx"))
+    for _ in range(data.draw(st.integers(1, 3))):
+        note(f"edit: {data.draw(window_edit(model))}")
+    with workdir() as d:
+        convert_cleanly(d, model.SerializeToString(), name)
+
+
 # ----------------------------------------------------------------------------- (b) damaged .snn.h5 files
 
 @pytest.fixture(scope="module")
@@ -430,3 +469,56 @@ def test_npy_byte_mutations(data):
         (d / "c.npy").write_bytes(mutated)
         check_clean(run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", d / "c.npy", "-o",
                         d / "out" / "m.snn.h5", "--quiet"), d / "out", "m.snn.h5")
+
+
+DESCRS = ["<f4", "<f8", ">f4", "|u1", "<i8", "|b1", "<c8", "|O", "<U3", "|V4", "<f2", "xx", 3]
+SHAPES = st.one_of(st.lists(st.one_of(st.integers(-3, 70), st.sampled_from([0, 64, -64, 2**31, 2**62, -(2**40)])),
+                            max_size=3).map(tuple), st.sampled_from([(8, 64), (-8, 64), (8, -64), (4, 64), 64, "x"]))
+
+
+@st.composite
+def npy_bytes(draw) -> bytes:
+    """A .npy file whose header fields (descr, fortran_order, shape, version) are drawn, its body the sample
+    data's bytes, cut or not."""
+    import io
+    header = {"descr": draw(st.sampled_from(DESCRS)), "fortran_order": draw(st.booleans()), "shape": draw(SHAPES)}
+    buf = io.BytesIO()
+    write = draw(st.sampled_from([np.lib.format.write_array_header_1_0, np.lib.format.write_array_header_2_0]))
+    write(buf, header)
+    body = CALIB["mlp"].tobytes()
+    return buf.getvalue() + body[:draw(st.sampled_from([len(body), 0, 100, len(body) // 2]))]
+
+
+@st.composite
+def data_file(draw, d: Path) -> str:
+    """A calibration file in d, a .npy, an .npz or an HDF5 file with a drawn header; its spec."""
+    kind = draw(st.sampled_from(["npy", "npz", "h5"]))
+    if kind == "npy":
+        (d / "c.npy").write_bytes(draw(npy_bytes()))
+        return str(d / "c.npy")
+    if kind == "npz":
+        import zipfile
+        member = draw(st.one_of(npy_bytes(), st.binary(max_size=40)))
+        with zipfile.ZipFile(d / "c.npz", "w") as z:
+            z.writestr(draw(st.sampled_from(["x.npy", "x", "x.npy/"])), member)
+        return str(d / "c.npz") + draw(st.sampled_from(["", ":x", ":y"]))
+    value = draw(st.one_of(
+        st.just(h5py.Empty("f4")), st.just(np.float32(1.5)),
+        st.tuples(st.one_of(st.sampled_from([(8, 64), (0, 64), (8, 63)]),
+                            st.lists(st.integers(0, 70), max_size=3).map(tuple)),
+                  st.sampled_from(["f4", "f8", "u1", "i8", "b1", "c8"]))
+        .map(lambda t: np.zeros(t[0], dtype=t[1]))))
+    with h5py.File(d / "c.h5", "w") as f:
+        f.create_dataset("x", data=value)
+    return str(d / "c.h5") + draw(st.sampled_from([":x", ":/x", "", ":/y"]))
+
+
+@FUZZ
+@given(data=st.data())
+def test_data_file_header_edits(data):
+    """convert with a calibration file whose header says anything: a run or one clean line."""
+    with workdir() as d:
+        spec = data.draw(data_file(d))
+        note(f"spec: {spec}")
+        check_clean(run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", spec, "-o", d / "out" / "m.snn.h5",
+                        "--quiet"), d / "out", "m.snn.h5")
