@@ -10,6 +10,7 @@ strings and records are refused. Labels must be integers.
 from __future__ import annotations
 
 import tokenize
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -39,12 +40,15 @@ def load_array(spec: str):
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npy":
-            return _npy(path)
-        if suffix == ".npz":
-            return _npz_member(path, name)
-        if suffix in (".h5", ".hdf5"):
-            return _h5_dataset(path, name)
+        with warnings.catch_warnings():  # numpy parses .npy headers with ast: an invalid escape in one warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", SyntaxWarning)
+            if suffix == ".npy":
+                return _npy(path)
+            if suffix == ".npz":
+                return _npz_member(path, name)
+            if suffix in (".h5", ".hdf5"):
+                return _h5_dataset(path, name)
     except ValueError as e:
         text = str(e).lower()
         if "pickle" in text or "python objects" in text:

@@ -325,3 +325,16 @@ def test_h5_dataset_with_an_empty_dataspace(tmp_path):
         f.create_dataset("x", data=h5py.Empty("f4"))
     msg = data_error(data.load_array, f"{path}:/x", name=f"{path}:/x")
     assert "empty dataspace" in msg, msg
+
+
+def test_npy_header_is_parsed_without_warnings(tmp_path, x):
+    """Found by fuzzing: numpy parses the header with ast, and an invalid escape in it warns (DeprecationWarning,
+    from Python 3.12 on a SyntaxWarning printed by default: a second line on stderr). Refused without one."""
+    import warnings
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    path.write_bytes(path.read_bytes().replace(b"'descr': '<f4'", b"'descr': '\\ 4'"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data_error(data.load_array, str(path), name=path)
+    assert not [w for w in caught if issubclass(w.category, (DeprecationWarning, SyntaxWarning))], caught
