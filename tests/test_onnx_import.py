@@ -1329,7 +1329,8 @@ def test_window_values_counts_the_buffers_of_one_sample():
 
 def test_window_too_large_for_one_sample_is_refused_on_import(tmp_path):
     """An average pooling with a huge kernel and padding keeps every ONNX tensor small (3×3 here), but its
-    im2col matrix would hold 3·4000²·9 values (3.2 GiB) for one sample, which the importer computes: refused first."""
+    im2col matrix would hold 3·4000²·9 values (3.2 GiB) for one sample, which the importer computes: refused
+    first."""
     rng = np.random.default_rng(123)
     b = GraphBuilder((2, 6, 6))
     h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])

@@ -334,7 +334,7 @@ def int_attr(node: OnnxNode, key: str, count: int, least: int, default=None) -> 
     values = tuple(int(v) for v in np.atleast_1d(value)) if value is not None else ()
     if not values and default is not None:
         return tuple(default)
-    if len(values) != count or min(values, default=least - 1) < least:
+    if len(values) != count or any(v < least for v in values):
         raise ModelError(f"{node.label}: attribute {key} = {list(values)} is invalid: ONNX requires {count} "
                          f"integers ≥ {least} here")
     return values
@@ -346,7 +346,7 @@ def kernel_shape(node: OnnxNode, rank: int, weight_shape=None) -> tuple[int, ...
     if weight_shape is None:
         return int_attr(node, "kernel_shape", rank, 1)
     kernel = tuple(int(k) for k in weight_shape)
-    if min(kernel, default=0) < 1:
+    if any(k < 1 for k in kernel):
         raise ModelError(f"{node.label}: its weight has the empty kernel {kernel}")
     given = int_attr(node, "kernel_shape", rank, 1, default=kernel)
     if given != kernel:

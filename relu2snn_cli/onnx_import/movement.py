@@ -151,7 +151,8 @@ def convert_concat(node: OnnxNode, ctx: Context) -> None:
 @converter("Pad")
 def convert_pad(node: OnnxNode, ctx: Context) -> None:
     """Constant zero padding of the spatial axes: kept pending and absorbed by the next Conv, AveragePool,
-    GlobalAveragePool or ReduceMean as extra zero padding (docs/math.md §7: padded positions are virtual inputs at the window end)."""
+    GlobalAveragePool or ReduceMean as extra zero padding (docs/math.md §7: padded positions are virtual
+    inputs at the window end)."""
     a = ctx.pop(node, 0, rank=(2, 3), pads=True)
     if node.attr("mode", "constant") != "constant":
         raise unsupported(node, f"mode={node.attr('mode')} (only constant zero padding)")
