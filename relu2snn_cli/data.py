@@ -61,9 +61,9 @@ def load_array(spec: str):
     raise DataError(f"{path}: unknown data format {suffix!r}; use .npy, .npz or .h5:/dataset")
 
 
-def _npy_shape(path: Path) -> tuple | None:
-    """The shape a .npy header declares, read by numpy's header parser (version 3 headers are version 2
-    headers in UTF-8); None for a file without the magic string or of a version numpy does not know, which
+def _npy_header(path: Path) -> tuple | None:
+    """(shape, dtype, data offset) of a .npy file, read by numpy's header parser (version 3 headers are version
+    2 headers in UTF-8); None for a file without the magic string or of a version numpy does not know, which
     np.load then refuses in its own words."""
     with open(path, "rb") as f:
         if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
@@ -71,10 +71,29 @@ def _npy_shape(path: Path) -> tuple | None:
         f.seek(0)
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(f)[0]
-        if version in ((2, 0), (3, 0)):
-            return np.lib.format.read_array_header_2_0(f)[0]
-    return None
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        return shape, dtype, f.tell()
+
+
+def _check_npy_header(path: Path) -> None:
+    """Refuse a header whose shape has a negative size, or whose data would not fit in the file (numpy's memory
+    map then fails with an OverflowError when the byte count overflows 64 bits)."""
+    header = _npy_header(path)
+    if header is None:
+        return
+    shape, dtype, offset = header
+    if any(d < 0 for d in shape):
+        raise DataError(f"{path}: its .npy header gives the shape {shape}, with a negative size")
+    size = dtype.itemsize
+    for d in shape:
+        size *= int(d)
+    if not dtype.hasobject and size > path.stat().st_size - offset:
+        raise DataError(f"{path}: its .npy header gives the shape {shape} of {dtype}, {size} bytes, but the file "
+                        f"holds {path.stat().st_size - offset}: truncated or damaged")
 
 
 class NpyRows:
@@ -110,9 +129,7 @@ class NpyRows:
 
 def _npy(path: Path):
     """The header is parsed (and pickles refused) by np.load; C-ordered data is then read by NpyRows."""
-    shape = _npy_shape(path)
-    if shape is not None and any(d < 0 for d in shape):
-        raise DataError(f"{path}: its .npy header gives the shape {shape}, with a negative size")
+    _check_npy_header(path)
     mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     if mapped.ndim == 0 or not mapped.flags.c_contiguous or mapped.dtype.itemsize == 0:
         return mapped

@@ -338,3 +338,14 @@ def test_npy_header_is_parsed_without_warnings(tmp_path, x):
         warnings.simplefilter("always")
         data_error(data.load_array, str(path), name=path)
     assert not [w for w in caught if issubclass(w.category, (DeprecationWarning, SyntaxWarning))], caught
+
+
+@pytest.mark.parametrize("shape", [(2**62, 3), (3, 2**62), (2**31, 2**31, 4), (61, 4)])
+def test_npy_header_larger_than_the_file(tmp_path, shape):
+    """Found by fuzzing: a uint8 header of shape (2**62, 3), whose byte count overflows 64 bits, ended in
+    OverflowError from numpy's memory map. The byte count is computed exactly and compared with the file."""
+    u8 = np.zeros((60, 4), np.uint8)
+    path = tmp_path / "x.npy"
+    path.write_bytes(_npy_bytes(u8, shape))
+    msg = data_error(data.load_array, str(path), name=path)
+    assert str(shape) in msg and "truncated or damaged" in msg and "holds 240" in msg, msg
