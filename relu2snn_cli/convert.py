@@ -12,7 +12,7 @@ from .calibrate import calibrate, input_stats
 from .data import load_array
 from .errors import ModelError, naming, onnxruntime_errors
 from .onnx_import import import_model as _import_model
-from .onnx_import.core import MAX_VALUES, window_values
+from .onnx_import.core import MAX_VALUES, term_window_values
 
 NEURON_MODEL = "TTFS single-spike non-leaky integrate-and-fire with ramp PSPs (Stanojevic et al. 2023)"
 MAX_BATCH_VALUES = MAX_VALUES  # values in one tensor or window buffer of one batch: 2 GiB in float64
@@ -48,15 +48,15 @@ def check_window_sizes(graph: ir.Graph, batch_size: int, model_path) -> None:
     """Refuse a graph whose sliding windows over a batch would exceed MAX_BATCH_VALUES, before calibration
     allocates them.
 
-    A convolution's im2col matrix holds C·∏k·∏out values per sample (``window_values``), far more than any
-    ONNX tensor: a padding of 99 on a small image passes ``check_tensor_sizes`` and then asks for gigabytes.
+    A convolution's im2col matrix holds C·∏k·∏out values per sample (``term_window_values``), far more than
+    any ONNX tensor: a padding of 99 on a small image passes ``check_tensor_sizes`` and then asks for gigabytes.
     """
     for node in graph.nodes:
         terms = (node,) if isinstance(node, ir.MaxPool) else getattr(node, "terms", ())
         for term in terms:
             if not isinstance(term, (ir.Conv, ir.MaxPool)):
                 continue
-            size = window_values(term)
+            size = term_window_values(term)
             if size * batch_size > MAX_BATCH_VALUES:
                 raise ModelError(f"{model_path}: node '{node.name}': its sliding windows hold {size} values per "
                                  f"sample, too many for batches of {batch_size} ({size * batch_size * 8 / 2**30:.3g} "

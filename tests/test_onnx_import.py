@@ -1316,7 +1316,7 @@ def test_pad_before_a_mean_counts_the_padded_positions(tmp_path, head):
 
 def test_window_values_counts_the_buffers_of_one_sample():
     """Padded input, output and (for a convolution) im2col matrix, as ops.windows and ops.conv allocate them."""
-    from relu2snn_cli.onnx_import.core import window_values
+    from relu2snn_cli.onnx_import.core import term_window_values as window_values
     term = ir.Conv("a", np.ones((4, 3, 3, 2)), (3, 7, 6), (2, 1), (1, 0, 2, 1), (1, 2))
     assert term.shape == (4, 4, 5)
     im2col = ops.windows(np.zeros((1, 3, 7, 6)), (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 0.0).size
@@ -1338,3 +1338,18 @@ def test_window_too_large_for_one_sample_is_refused_on_import(tmp_path):
     name = b.nodes[-1].name
     _, msg = import_error(readout(b, rng, h), tmp_path)
     assert f"AveragePool node '{name}'" in msg and "values per sample" in msg and str(1 << 28) in msg, msg
+
+
+@pytest.mark.parametrize("pads, expect", [([0, 0], "does not fit"), ([2**30, 2**30], "values per sample")])
+def test_average_pooling_kernel_of_2_31_is_refused_before_its_weight_exists(tmp_path, pads, expect):
+    """Found by fuzzing: AveragePool kernel_shape = [2**31 − 1] on a 1-D population allocated its 1/k weight
+    (16 GiB a channel) before finding that the window does not fit; padded so that it fits, the window is too
+    large for one sample."""
+    rng = np.random.default_rng(124)
+    b = GraphBuilder((2, 8))
+    h = b.op("Relu", [b.op("Conv", [b.op("Identity", ["x"]), b.const(rnd(rng, 3, 2, 3)), b.const(rnd(rng, 3))],
+                           kernel_shape=[3], pads=[1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[2**31 - 1], pads=pads, count_include_pad=1)
+    name = b.nodes[-1].name
+    _, msg = import_error(b.build(gemm(b, rng, b.op("Flatten", [h]), 3, k=27)), tmp_path)
+    assert f"AveragePool node '{name}'" in msg and expect in msg, msg

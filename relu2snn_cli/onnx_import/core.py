@@ -369,18 +369,24 @@ def geometry(node: OnnxNode, rank: int, size, kernel, extra_pads=()) -> tuple[tu
 MAX_VALUES = 1 << 28  # values in one buffer: 2 GiB in float64 (convert.MAX_BATCH_VALUES for a batch)
 
 
-def window_values(term) -> int:
-    """Values one sample's sliding windows hold at once (``ops.windows``, ``ops.conv``, ``ops.pool``) for an
-    ``ir.Conv`` term or an ``ir.MaxPool``: the padded input C·∏ᵢ max(nᵢ + pᵢ + qᵢ, (oᵢ − 1)·sᵢ + (kᵢ − 1)·dᵢ + 1),
-    the output O·∏ᵢ oᵢ and, for a convolution, its im2col matrix C·∏ᵢ kᵢ·∏ᵢ oᵢ (exact integers)."""
-    conv = isinstance(term, ir.Conv)
-    kernel = term.weight.shape[2:] if conv else term.kernel
-    channels, size, rank = term.in_shape[0], term.in_shape[1:], len(kernel)
-    out = [max(0, int(o)) for o in term.shape[1:]]
-    padded = [max(size[i] + term.pads[i] + term.pads[i + rank],
-                  (out[i] - 1) * term.strides[i] + (kernel[i] - 1) * term.dilations[i] + 1) for i in range(rank)]
-    values = channels * _product(padded) + term.shape[0] * _product(out)
-    return values + (channels * _product(kernel) * _product(out) if conv else 0)
+def window_values(in_shape, out_shape, kernel, strides, pads, dilations, im2col: bool) -> int:
+    """Values one sample's sliding windows hold at once (``ops.windows``, ``ops.conv``, ``ops.pool``): the padded
+    input C·∏ᵢ max(nᵢ + pᵢ + qᵢ, (oᵢ − 1)·sᵢ + (kᵢ − 1)·dᵢ + 1), the output O·∏ᵢ oᵢ and, for a convolution
+    (``im2col``), its im2col matrix C·∏ᵢ kᵢ·∏ᵢ oᵢ; exact integers. Shapes (C, n…) and (O, o…) without batch."""
+    channels, size, rank = in_shape[0], in_shape[1:], len(kernel)
+    out = [max(0, int(o)) for o in out_shape[1:]]
+    padded = [max(size[i] + pads[i] + pads[i + rank], (out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1)
+              for i in range(rank)]
+    values = channels * _product(padded) + out_shape[0] * _product(out)
+    return values + (channels * _product(kernel) * _product(out) if im2col else 0)
+
+
+def term_window_values(term) -> int:
+    """``window_values`` of an ``ir.Conv`` term or an ``ir.MaxPool`` node."""
+    if isinstance(term, ir.Conv):
+        return window_values(term.in_shape, term.shape, term.weight.shape[2:], term.strides, term.pads,
+                             term.dilations, True)
+    return window_values(term.in_shape, term.shape, term.kernel, term.strides, term.pads, term.dilations, False)
 
 
 def _product(values) -> int:
@@ -390,9 +396,8 @@ def _product(values) -> int:
     return result
 
 
-def check_window(node: OnnxNode, term) -> None:
-    """Refuse a window whose buffers for one sample (``window_values``) exceed MAX_VALUES, before they exist."""
-    values = window_values(term)
+def check_window(node: OnnxNode, values: int) -> None:
+    """Refuse a window whose buffers hold more than MAX_VALUES values for one sample, before they exist."""
     if values > MAX_VALUES:
         raise ModelError(f"{node.label}: its sliding windows hold {values} values per sample (padded input, "
                          f"im2col, output); relu2snn handles up to {MAX_VALUES} values per sample")

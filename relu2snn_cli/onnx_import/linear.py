@@ -9,7 +9,7 @@ from .. import ir, ops
 from ..errors import ModelError
 from .core import (Const, Context, Lin, OnnxNode, Pooled, Pop, affine, apply_affine, as_linear, check_window,
                    const_for, converter, geometry, identity_pop, kernel_shape, spiking, tensor_nonnegative,
-                   unsupported)
+                   term_window_values, unsupported)
 
 
 @converter("Gemm")
@@ -78,7 +78,7 @@ def convert_conv(node: OnnxNode, ctx: Context) -> None:
     bias = ctx.const(node, 2, "bias") if ctx.get(node, 2) is not None else np.zeros(w.shape[0])
     strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel_shape(node, rank, w.shape[2:]), a.pads)
     term = ir.Conv(a.node, w, a.shape, strides, pads, dilations, groups)
-    check_window(node, term)
+    check_window(node, term_window_values(term))
     ctx.set(node, Lin(affine(node, ctx, [(a, term)], bias)))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from .. import ir, ops
 from ..errors import ModelError
 from .core import (Context, OnnxNode, Pooled, Pop, check_window, converter, explicit_pads, full_map, geometry,
-                   int_attr, kernel_shape, per_channel, unsupported)
+                   int_attr, kernel_shape, per_channel, term_window_values, unsupported, window_values)
 
 
 @converter("MaxPool")
@@ -30,7 +30,7 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
                       bool(node.attr("ceil_mode", 0)), latest)
     if min(pool.shape) < 1:
         raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {pool.shape}")
-    check_window(node, pool)
+    check_window(node, term_window_values(pool))
     ctx.add(pool)
     ctx.set(node, Pop(pool.name, pool.shape, ops.channel_axis(scale, rank + 1), ops.channel_axis(shift, rank + 1),
                       a.nonnegative, a.relu))
@@ -81,11 +81,12 @@ def _average(node: OnnxNode, ctx: Context, a: Pop, kernel, strides, pads, dilati
     c = a.shape[0]
     scale, shift = full_map(a)
     k = per_channel(node, scale, a.shape)
+    shape = (c, *ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations))
+    if min(shape) < 1:
+        raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {shape}")
+    check_window(node, window_values(a.shape, shape, kernel, strides, pads, dilations, True))  # before the weight
     term = ir.Conv(a.node, np.full((c, 1) + kernel, 1.0 / int(np.prod(kernel))), a.shape, strides, pads, dilations,
                    groups=c)
-    if min(term.shape) < 1:
-        raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {term.shape}")
-    check_window(node, term)
     layer = ir.Affine(ctx.unique(node.name), (term,), np.zeros(c), relu=False)
     return Pooled(layer, node.outputs[0], term.shape, np.broadcast_to(ops.channel_axis(k, len(term.shape)), term.shape),
                   ir.apply_term(term, np.asarray(shift, dtype=np.float64)[None])[0])
