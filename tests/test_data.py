@@ -310,12 +310,16 @@ def test_npz_member_that_is_not_npy(tmp_path, member):
         assert "'x'" in msg and "not a .npy array" in msg, msg
 
 
-def test_npz_member_with_a_negative_size(tmp_path, x):
+@pytest.mark.parametrize("shape, expect", [((5, -3, 4), "negative size"), ((2**46,), "truncated or damaged")])
+def test_npz_member_with_a_bad_shape(tmp_path, x, shape, expect):
+    """Found by fuzzing: numpy reads an .npz member whole, allocating what its header declares (256 TiB for a
+    float32 shape (2**46,)) before reading it."""
     import zipfile
     path = tmp_path / "x.npz"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("x.npy", _npy_bytes(x, (5, -3, 4)))
-    data_error(data.load_array, f"{path}:x", name=path)
+        z.writestr("x.npy", _npy_bytes(x, shape))
+    msg = data_error(data.load_array, f"{path}:x", name=f"{path}:x")
+    assert expect in msg, msg
 
 
 def test_h5_dataset_with_an_empty_dataspace(tmp_path):
