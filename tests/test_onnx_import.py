@@ -1353,3 +1353,14 @@ def test_average_pooling_kernel_of_2_31_is_refused_before_its_weight_exists(tmp_
     name = b.nodes[-1].name
     _, msg = import_error(b.build(gemm(b, rng, b.op("Flatten", [h]), 3, k=27)), tmp_path)
     assert f"AveragePool node '{name}'" in msg and expect in msg, msg
+
+
+def test_shape_of_a_pad_output_is_the_padded_shape(tmp_path):
+    """Shape read a pending Pad's population without its padding: a Reshape to that shape then failed."""
+    rng = np.random.default_rng(125)
+    b = GraphBuilder((2, 5, 4))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    p = b.op("Pad", [h, b.int_const([0, 0, 1, 0, 0, 0, 2, 1]), b.const(0.0)])
+    h = b.op("Relu", [conv(b, rng, p, 3, kernel=(1, 1))])
+    h = b.op("Reshape", [h, b.op("Shape", [p])])
+    check(readout(b, rng, h), tmp_path)
