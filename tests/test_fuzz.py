@@ -2,8 +2,9 @@
 
 (a) random valid ReLU stacks (``strategies.relu_stacks``): convert, then verify on the
     calibration data is exact;
-(b) damaged inputs — byte mutations and protobuf field edits of the sample ONNX models,
-    byte mutations and attribute/dataset edits of a converted ``.snn.h5`` — give either a
+(b) damaged inputs — byte mutations and protobuf field edits of the sample ONNX models, their
+    Conv and pooling window attributes out of range, byte mutations and attribute/dataset edits
+    of a converted ``.snn.h5``, damaged or drawn headers of .npy, .npz and HDF5 data — give either a
     successful run or exit 2 with one line on stderr: never a traceback (exit 3 or an
     uncaught exception), never a hang (each case runs under an alarm), never a file left
     behind in the output directory.
