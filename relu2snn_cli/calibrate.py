@@ -62,8 +62,11 @@ def session(model_path: str | Path, outputs: list[str]) -> ort.InferenceSession:
     model = onnx.load(str(model_path))
     del model.graph.output[:]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in outputs)
+    # onnxruntime's errors reach us as exceptions, which the CLI reports in one line: its own log (written to
+    # fd 2 by C code, for load and run-time errors alike) is silenced, the default logger's too.
+    ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors

@@ -12,9 +12,10 @@ from .calibrate import calibrate, input_stats
 from .data import load_array
 from .errors import ModelError, naming, onnxruntime_errors
 from .onnx_import import import_model as _import_model
+from .onnx_import.core import MAX_VALUES, term_window_values
 
 NEURON_MODEL = "TTFS single-spike non-leaky integrate-and-fire with ramp PSPs (Stanojevic et al. 2023)"
-MAX_BATCH_VALUES = 1 << 28  # values in one tensor of one batch: 2 GiB in float64
+MAX_BATCH_VALUES = MAX_VALUES  # values in one tensor or window buffer of one batch: 2 GiB in float64
 
 
 def check_tensor_sizes(model_path, batch_size: int) -> None:
@@ -43,11 +44,32 @@ def check_tensor_sizes(model_path, batch_size: int) -> None:
                              f"batches of {batch_size} ({size * batch_size * 8 / 2**30:.3g} GiB); {fix}")
 
 
+def check_window_sizes(graph: ir.Graph, batch_size: int, model_path) -> None:
+    """Refuse a graph whose sliding windows over a batch would exceed MAX_BATCH_VALUES, before calibration
+    allocates them.
+
+    A convolution's im2col matrix holds C·∏k·∏out values per sample (``term_window_values``), far more than
+    any ONNX tensor: a padding of 99 on a small image passes ``check_tensor_sizes`` and then asks for gigabytes.
+    """
+    for node in graph.nodes:
+        terms = (node,) if isinstance(node, ir.MaxPool) else getattr(node, "terms", ())
+        for term in terms:
+            if not isinstance(term, (ir.Conv, ir.MaxPool)):
+                continue
+            size = term_window_values(term)
+            if size * batch_size > MAX_BATCH_VALUES:
+                raise ModelError(f"{model_path}: node '{node.name}': its sliding windows hold {size} values per "
+                                 f"sample, too many for batches of {batch_size} ({size * batch_size * 8 / 2**30:.3g} "
+                                 f"GiB); pass --batch-size {max(1, MAX_BATCH_VALUES // size)} or less")
+
+
 def import_model(model_path, batch_size: int = 256):
-    """The importer, after the size check, with errors naming the file."""
+    """The importer, between the size checks, with errors naming the file."""
     check_tensor_sizes(model_path, batch_size)
     with naming(model_path):
-        return _import_model(model_path)
+        imported = _import_model(model_path)
+    check_window_sizes(imported.graph, batch_size, model_path)
+    return imported
 
 
 def input_layout(graph) -> str:

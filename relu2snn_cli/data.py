@@ -10,6 +10,7 @@ strings and records are refused. Labels must be integers.
 from __future__ import annotations
 
 import tokenize
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -39,12 +40,15 @@ def load_array(spec: str):
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npy":
-            return _npy(path)
-        if suffix == ".npz":
-            return _npz_member(path, name)
-        if suffix in (".h5", ".hdf5"):
-            return _h5_dataset(path, name)
+        with warnings.catch_warnings():  # numpy parses .npy headers with ast: an invalid escape in one warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", SyntaxWarning)
+            if suffix == ".npy":
+                return _npy(path)
+            if suffix == ".npz":
+                return _npz_member(path, name)
+            if suffix in (".h5", ".hdf5"):
+                return _h5_dataset(path, name)
     except ValueError as e:
         text = str(e).lower()
         if "pickle" in text or "python objects" in text:
@@ -55,6 +59,41 @@ def load_array(spec: str):
         # numpy parses the .npy header with tokenize and ast: a damaged one raises their errors
         raise DataError(f"{path}: cannot read, truncated or not a {suffix} file ({' '.join(str(e).split())})") from None
     raise DataError(f"{path}: unknown data format {suffix!r}; use .npy, .npz or .h5:/dataset")
+
+
+def _npy_header(f) -> tuple | None:
+    """(shape, dtype, data offset) of the .npy file open at its start in ``f``, read by numpy's header parser
+    (version 3 headers are version 2 headers in UTF-8); None without the magic string or for a version numpy
+    does not know, which np.load then refuses in its own words."""
+    magic = f.read(len(np.lib.format.MAGIC_PREFIX) + 2)
+    if len(magic) < len(np.lib.format.MAGIC_PREFIX) + 2 or not magic.startswith(np.lib.format.MAGIC_PREFIX):
+        return None
+    version = tuple(magic[-2:])
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return None
+    return shape, dtype, f.tell()
+
+
+def _check_npy_header(where: str, f, total: int) -> None:
+    """Refuse a header (of a .npy of ``total`` bytes open in ``f``) whose shape has a negative size or whose data
+    would not fit: numpy would fail with an OverflowError when its byte count overflows 64 bits, or try to
+    allocate it whole for an .npz member."""
+    header = _npy_header(f)
+    if header is None:
+        return
+    shape, dtype, offset = header
+    if any(d < 0 for d in shape):
+        raise DataError(f"{where}: its .npy header gives the shape {shape}, with a negative size")
+    size = dtype.itemsize
+    for d in shape:
+        size *= int(d)
+    if not dtype.hasobject and size > total - offset:
+        raise DataError(f"{where}: its .npy header gives the shape {shape} of {dtype}, {size} bytes, but the file "
+                        f"holds {total - offset}: truncated or damaged")
 
 
 class NpyRows:
@@ -90,6 +129,8 @@ class NpyRows:
 
 def _npy(path: Path):
     """The header is parsed (and pickles refused) by np.load; C-ordered data is then read by NpyRows."""
+    with open(path, "rb") as f:
+        _check_npy_header(str(path), f, path.stat().st_size)
     mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     if mapped.ndim == 0 or not mapped.flags.c_contiguous or mapped.dtype.itemsize == 0:
         return mapped
@@ -106,7 +147,13 @@ def _npz_member(path: Path, name: str | None) -> np.ndarray:
         key = name or keys[0]
         if key not in keys:
             raise DataError(f"{path}: no array {key!r} (it holds {keys})")
-        return archive[key]
+        member = key if key in archive.zip.namelist() else key + ".npy"   # as NpzFile looks it up
+        with archive.zip.open(member) as f:
+            _check_npy_header(f"{path}:{key}", f, archive.zip.getinfo(member).file_size)
+        value = archive[key]
+        if not isinstance(value, np.ndarray):  # numpy returns the raw bytes of a member without the .npy magic
+            raise DataError(f"{path}: member {key!r} is not a .npy array")
+        return value
 
 
 def _h5_dataset(path: Path, name: str | None):
@@ -115,6 +162,9 @@ def _h5_dataset(path: Path, name: str | None):
     if not name or name not in f or not isinstance(f[name], h5py.Dataset):
         f.close()
         raise DataError(f"{path}: name a dataset as {path}:/DATASET")
+    if f[name].shape is None:  # h5py.Empty: a dataspace without values
+        f.close()
+        raise DataError(f"{path}:{name}: the dataset has an empty dataspace (no values)")
     return f[name]
 
 

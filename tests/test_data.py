@@ -277,3 +277,79 @@ def test_h5_dataset_damaged_after_opening(tmp_path, x):
         for _ in data.batches(arr, 100, f"{path}:/x"):
             pass
     assert "x.h5:/x" in str(excinfo.value) and "cannot read samples" in str(excinfo.value)
+
+
+def _npy_bytes(array, shape=None) -> bytes:
+    """``array`` as .npy bytes, its header declaring ``shape`` instead if given (the data left as it is)."""
+    import io
+    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+              "shape": array.shape if shape is None else shape}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + np.ascontiguousarray(array).tobytes()
+
+
+@pytest.mark.parametrize("shape", [(-5, 3, 4), (5, -3, 4), (-5, -3, 4), (-1,)])
+def test_npy_header_with_a_negative_size(tmp_path, x, shape):
+    """Found by fuzzing: a header shape with a negative size ended in OverflowError from numpy's memory map."""
+    path = tmp_path / "x.npy"
+    path.write_bytes(_npy_bytes(x, shape))
+    msg = data_error(data.load_array, str(path), name=path)
+    assert "negative" in msg and str(shape) in msg, msg
+
+
+@pytest.mark.parametrize("member", [b"not a .npy file", b""])
+def test_npz_member_that_is_not_npy(tmp_path, member):
+    """Found by fuzzing: numpy returns the raw bytes of a member without the .npy magic; they reached the checks."""
+    import zipfile
+    path = tmp_path / "x.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", member)
+    for spec in (str(path), f"{path}:x"):
+        msg = data_error(data.load_array, spec, name=path)
+        assert "'x'" in msg and "not a .npy array" in msg, msg
+
+
+@pytest.mark.parametrize("shape, expect", [((5, -3, 4), "negative size"), ((2**46,), "truncated or damaged")])
+def test_npz_member_with_a_bad_shape(tmp_path, x, shape, expect):
+    """Found by fuzzing: numpy reads an .npz member whole, allocating what its header declares (256 TiB for a
+    float32 shape (2**46,)) before reading it."""
+    import zipfile
+    path = tmp_path / "x.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", _npy_bytes(x, shape))
+    msg = data_error(data.load_array, f"{path}:x", name=f"{path}:x")
+    assert expect in msg, msg
+
+
+def test_h5_dataset_with_an_empty_dataspace(tmp_path):
+    """Found by fuzzing: h5py gives an empty dataspace the shape None, which len() then failed on."""
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=h5py.Empty("f4"))
+    msg = data_error(data.load_array, f"{path}:/x", name=f"{path}:/x")
+    assert "empty dataspace" in msg, msg
+
+
+def test_npy_header_is_parsed_without_warnings(tmp_path, x):
+    """Found by fuzzing: numpy parses the header with ast, and an invalid escape in it warns (DeprecationWarning,
+    from Python 3.12 on a SyntaxWarning printed by default: a second line on stderr). Refused without one."""
+    import warnings
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    path.write_bytes(path.read_bytes().replace(b"'descr': '<f4'", b"'descr': '\\ 4'"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data_error(data.load_array, str(path), name=path)
+    assert not [w for w in caught if issubclass(w.category, (DeprecationWarning, SyntaxWarning))], caught
+
+
+@pytest.mark.parametrize("shape", [(2**62, 3), (3, 2**62), (2**31, 2**31, 4), (61, 4)])
+def test_npy_header_larger_than_the_file(tmp_path, shape):
+    """Found by fuzzing: a uint8 header of shape (2**62, 3), whose byte count overflows 64 bits, ended in
+    OverflowError from numpy's memory map. The byte count is computed exactly and compared with the file."""
+    u8 = np.zeros((60, 4), np.uint8)
+    path = tmp_path / "x.npy"
+    path.write_bytes(_npy_bytes(u8, shape))
+    msg = data_error(data.load_array, str(path), name=path)
+    assert str(shape) in msg and "truncated or damaged" in msg and "holds 240" in msg, msg

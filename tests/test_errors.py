@@ -575,3 +575,94 @@ def test_json_output_refuses_non_json_numbers():
     for bad in (float("inf"), float("nan"), np.float64("-inf")):
         with pytest.raises(ValueError):
             _json({"x": bad})
+
+
+# ----------------------------------------------------------------------------- malformed ONNX windows and data files
+
+def _set_attr(node, key, value):
+    kept = [a for a in node.attribute if a.name != key]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(key, value)])
+
+
+def _cnn_with(tmp_path, op, key, value, index=0) -> tuple[Path, str]:
+    """The sample CNN with attribute ``key`` of its ``index``-th ``op`` node set to ``value``; its node name."""
+    model = onnx.load(str(ROOT / "sample_models" / "cnn" / "model.onnx"))
+    node = [n for n in model.graph.node if n.op_type == op][index]
+    _set_attr(node, key, value)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, node.name
+
+
+@pytest.mark.parametrize("op, key, value", [("Conv", "strides", [0, 1]), ("Conv", "dilations", [0, 1]),
+                                            ("Conv", "dilations", [-1, 1]), ("Conv", "pads", [-1, 0, 0, 0]),
+                                            ("MaxPool", "strides", [0, 2]), ("MaxPool", "kernel_shape", [-2, 2])])
+def test_window_attribute_out_of_range(tmp_path, op, key, value):
+    """Found by fuzzing: exit 3 (ZeroDivisionError, "slice step cannot be zero") or a misleading error about a
+    later node. Now one line naming the file, the node and the attribute."""
+    path, name = _cnn_with(tmp_path, op, key, value)
+    data = calib(tmp_path, np.load(ROOT / "sample_models" / "cnn" / "calib.npy")[:8])
+    line = one_line_error(run("convert", path, "--calib", data, "-o", tmp_path / "o.snn.h5"))
+    assert "bad.onnx" in line and f"{op} node '{name}'" in line and f"{key} = {value}" in line, line
+
+
+def test_onnxruntime_failure_at_run_time_is_one_line(tmp_path):
+    """A scalar Conv bias passes onnx.checker and the import, and onnxruntime refuses it only when it runs:
+    its own log line (written by C code to fd 2) came before ours. Run in a subprocess to see fd 2."""
+    model = onnx.load(str(ROOT / "sample_models" / "cnn" / "model.onnx"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    bias = next(t for t in model.graph.initializer if t.name == conv.input[2])
+    bias.CopyFrom(onnx.numpy_helper.from_array(np.float32(0.5), bias.name))
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    data = calib(tmp_path, np.load(ROOT / "sample_models" / "cnn" / "calib.npy")[:8])
+    proc = subprocess.run([sys.executable, "-m", "relu2snn_cli", "convert", str(path), "--calib", str(data),
+                           "-o", str(tmp_path / "o.snn.h5")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "bad.onnx" in proc.stderr and "onnxruntime cannot run the model" in proc.stderr
+
+
+def test_sliding_windows_too_large_for_the_batch_are_refused_before_calibration(tmp_path):
+    """Found by fuzzing: Conv pads of 99 on the sample ResNet (8×8 inputs) pass the ONNX tensor check, and the
+    im2col matrices of the next convolutions over a batch of 256 took over 60 s and 12 GB. The windows of the
+    imported graph are now bounded right after the import: a 3×3 conv of 8 channels on 204², padded to 206²,
+    holds 8·206² + 8·9·204² (im2col) + 8·204² (output) values per sample."""
+    model = onnx.load(str(ROOT / "sample_models" / "resnet" / "model.onnx"))
+    _set_attr(next(n for n in model.graph.node if n.op_type == "Conv"), "pads", [99] * 4)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    line = one_line_error(run("convert", path, "--calib", ROOT / "sample_models" / "resnet" / "calib.npy",
+                              "-o", tmp_path / "o.snn.h5"))
+    per_sample = 8 * 206 ** 2 + 8 * 9 * 204 ** 2 + 8 * 204 ** 2
+    assert "bad.onnx" in line and "'/body/body.3/body/body.0/Conv'" in line and f"{per_sample} values" in line, line
+    assert f"--batch-size {(1 << 28) // per_sample} or less" in line, line
+
+
+def _negative_npy(path):
+    np.save(path, good_calib())
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"(16, 64)", b"(-16, 64)", 1))
+
+
+def _npz_of_text(path):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", b"hello, not an array")
+
+
+def _empty_h5(path):
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=h5py.Empty("f4"))
+
+
+@pytest.mark.parametrize("name, spec, make, expect", [
+    ("c.npy", "c.npy", _negative_npy, "negative size"),
+    ("c.npz", "c.npz:x", _npz_of_text, "not a .npy array"),
+    ("c.h5", "c.h5:x", _empty_h5, "empty dataspace")], ids=["npy-negative-shape", "npz-member-not-npy", "h5-empty"])
+def test_damaged_data_file_headers(tmp_path, name, spec, make, expect):
+    """Found by fuzzing: each ended in exit 3 (OverflowError, AttributeError on bytes, TypeError on None)."""
+    make(tmp_path / name)
+    line = one_line_error(run("convert", MLP / "model.onnx", "--calib", tmp_path / spec, "-o", tmp_path / "o.snn.h5"))
+    assert name in line and expect in line, line

@@ -2,8 +2,9 @@
 
 (a) random valid ReLU stacks (``strategies.relu_stacks``): convert, then verify on the
     calibration data is exact;
-(b) damaged inputs — byte mutations and protobuf field edits of the sample ONNX models,
-    byte flips and edits and attribute/dataset edits of a converted ``.snn.h5`` — give either a
+(b) damaged inputs — byte mutations and protobuf field edits of the sample ONNX models, their
+    Conv and pooling window attributes out of range, byte flips and attribute/dataset edits
+    of a converted ``.snn.h5``, damaged or drawn headers of .npy, .npz and HDF5 data — give either a
     successful run or exit 2 with one line on stderr: never a traceback (exit 3 or an
     uncaught exception), never a hang (each case runs under an alarm), never a file left
     behind in the output directory; a damaged ``.snn.h5`` that runs gives the logits of the
@@ -134,7 +135,8 @@ def test_random_relu_stack_converts_and_verifies_exactly(stack):
 # ----------------------------------------------------------------------------- (b) damaged ONNX files
 
 MODELS = ("mlp", "cnn")
-CALIB = {name: np.load(SAMPLES / name / "calib.npy")[:8] for name in MODELS}
+WINDOW_MODELS = ("cnn", "cnn1d")  # Conv and MaxPool in 2-D; Conv, MaxPool and AveragePool in 1-D
+CALIB = {name: np.load(SAMPLES / name / "calib.npy")[:8] for name in MODELS + WINDOW_MODELS}
 
 
 def convert_cleanly(d: Path, model_bytes: bytes, name: str) -> str:
@@ -298,6 +300,44 @@ def test_onnx_protobuf_field_edits(name, data):
     model = onnx.load(str(SAMPLES / name / "model.onnx"))
     for _ in range(data.draw(st.integers(1, 3))):
         note(f"edit: {data.draw(proto_edit(model))}")
+    with workdir() as d:
+        convert_cleanly(d, model.SerializeToString(), name)
+
+
+# The window attributes of the ONNX spec, at and beyond their ranges: 0, negative, huge, the wrong count.
+WINDOW_OPS = ("Conv", "MaxPool", "AveragePool")
+WINDOW_NUMBERS = st.one_of(st.integers(-3, 9), st.sampled_from([0, -1, 99, 2**31 - 1, 2**40, -(2**40)]))
+AUTO_PADS = ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER", "SAME", ""]
+
+
+@st.composite
+def window_edit(draw, model: onnx.ModelProto) -> str:
+    """Set (or drop) strides, dilations, pads, kernel_shape or auto_pad of a Conv or pooling node, in place."""
+    nodes = [n for n in model.graph.node if n.op_type in WINDOW_OPS]
+    node = draw(st.sampled_from(nodes))
+    rank = len(model.graph.input[0].type.tensor_type.shape.dim) - 2
+    key = draw(st.sampled_from(["strides", "dilations", "pads", "kernel_shape", "auto_pad"]))
+    kept = [a for a in node.attribute if a.name != key]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    if key == "auto_pad":
+        value = draw(st.sampled_from(AUTO_PADS))
+    else:
+        count = draw(st.sampled_from([2 * rank if key == "pads" else rank, 1, 2, 4, 0]))
+        value = draw(st.lists(WINDOW_NUMBERS, min_size=count, max_size=count))
+    if value != [] and not draw(st.integers(0, 9)) == 0:   # one edit in ten drops the attribute
+        node.attribute.append(helper.make_attribute(key, value))
+    return f"{node.name}: {key} = {value}"
+
+
+@FUZZ
+@given(name=st.sampled_from(WINDOW_MODELS), data=st.data())
+def test_onnx_window_attribute_edits(name, data):
+    """strides, dilations, pads, kernel_shape and auto_pad of Conv and pooling nodes set to 0, negative, huge
+    values or the wrong count: convert (and verify) run, or exit 2 with one line; never exit 3, never a hang."""
+    model = onnx.load(str(SAMPLES / name / "model.onnx"))
+    for _ in range(data.draw(st.integers(1, 3))):
+        note(f"edit: {data.draw(window_edit(model))}")
     with workdir() as d:
         convert_cleanly(d, model.SerializeToString(), name)
 
@@ -504,3 +544,61 @@ def test_npy_byte_mutations(data):
         (d / "c.npy").write_bytes(mutated)
         check_clean(run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", d / "c.npy", "-o",
                         d / "out" / "m.snn.h5", "--quiet"), d / "out", "m.snn.h5")
+
+
+DESCRS = ["<f4", "<f8", ">f4", "|u1", "<i8", "|b1", "<c8", "|O", "<U3", "|V4", "<f2", "xx", 3]
+SHAPES = st.one_of(st.lists(st.one_of(st.integers(-3, 70), st.sampled_from([0, 64, -64, 2**31, 2**62, -(2**40)])),
+                            max_size=3).map(tuple), st.sampled_from([(8, 64), (-8, 64), (8, -64), (4, 64), 64, "x"]))
+
+
+def npy_header(fields: dict, version: int) -> bytes:
+    """A .npy header of version 1 or 2 holding the repr of ``fields`` as they are, valid or not."""
+    text = repr(fields).encode()
+    prefix = 10 if version == 1 else 12
+    text += b" " * (-(prefix + len(text) + 1) % 64) + b"\n"
+    return b"\x93NUMPY" + bytes([version, 0]) + len(text).to_bytes(2 if version == 1 else 4, "little") + text
+
+
+@st.composite
+def npy_bytes(draw) -> bytes:
+    """A .npy file whose header fields (descr, fortran_order, shape, version) are drawn, its body the sample
+    data's bytes, cut or not."""
+    fields = {"descr": draw(st.sampled_from(DESCRS)), "fortran_order": draw(st.booleans()), "shape": draw(SHAPES)}
+    body = CALIB["mlp"].tobytes()
+    return npy_header(fields, draw(st.sampled_from([1, 2]))) + body[:draw(st.sampled_from([len(body), 0, 100,
+                                                                                          len(body) // 2]))]
+
+
+@st.composite
+def data_file(draw, d: Path) -> str:
+    """A calibration file in d, a .npy, an .npz or an HDF5 file with a drawn header; its spec."""
+    kind = draw(st.sampled_from(["npy", "npz", "h5"]))
+    if kind == "npy":
+        (d / "c.npy").write_bytes(draw(npy_bytes()))
+        return str(d / "c.npy")
+    if kind == "npz":
+        import zipfile
+        member = draw(st.one_of(npy_bytes(), st.binary(max_size=40)))
+        with zipfile.ZipFile(d / "c.npz", "w") as z:
+            z.writestr(draw(st.sampled_from(["x.npy", "x", "x.npy/"])), member)
+        return str(d / "c.npz") + draw(st.sampled_from(["", ":x", ":y"]))
+    value = draw(st.one_of(
+        st.just(h5py.Empty("f4")), st.just(np.float32(1.5)),
+        st.tuples(st.one_of(st.sampled_from([(8, 64), (0, 64), (8, 63)]),
+                            st.lists(st.integers(0, 70), max_size=3).map(tuple)),
+                  st.sampled_from(["f4", "f8", "u1", "i8", "b1", "c8"]))
+        .map(lambda t: np.zeros(t[0], dtype=t[1]))))
+    with h5py.File(d / "c.h5", "w") as f:
+        f.create_dataset("x", data=value)
+    return str(d / "c.h5") + draw(st.sampled_from([":x", ":/x", "", ":/y"]))
+
+
+@FUZZ
+@given(data=st.data())
+def test_data_file_header_edits(data):
+    """convert with a calibration file whose header says anything: a run or one clean line."""
+    with workdir() as d:
+        spec = data.draw(data_file(d))
+        note(f"spec: {spec}")
+        check_clean(run("convert", SAMPLES / "mlp" / "model.onnx", "--calib", spec, "-o", d / "out" / "m.snn.h5",
+                        "--quiet"), d / "out", "m.snn.h5")

@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import GraphBuilder, run_ort, save
-from relu2snn_cli import convert, h5io, ir, simulator, verify
+from relu2snn_cli import convert, h5io, ir, ops, simulator, verify
 from relu2snn_cli.errors import ModelError, UnsupportedOperatorError
 from relu2snn_cli.onnx_import import import_model
 
@@ -1219,3 +1219,148 @@ def test_a_pad_larger_than_the_kernel(tmp_path):
     assert imp.graph.nodes[2].terms[0].pads == (4, 4, 4, 4)
     x = rng.normal(size=(32, 2, 6, 6)).astype(np.float32)
     assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
+
+
+# ----------------------------------------------------------------------------- malformed windows, Pad before a mean
+
+def _window_model(op: str, **attrs):
+    """Conv → ReLU → ``op`` (Conv with a 3×3 weight, or a pooling) with ``attrs`` → readout, built unchecked."""
+    rng = np.random.default_rng(120)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    if op == "Conv":
+        h = b.op("Conv", [h, b.const(rnd(rng, 2, 3, 3, 3)), b.const(rnd(rng, 2))], **attrs)
+        name = b.nodes[-1].name
+        h = b.op("Relu", [h])
+    else:
+        h = b.op(op, [h], **attrs)
+        name = b.nodes[-1].name
+    h = b.op("Flatten", [h])
+    b.nodes.append(helper.make_node("Gemm", [h, b.const(rnd(rng, 3, 8)), b.const(rnd(rng, 3))], ["y"], transB=1))
+    graph = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializer=b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, name
+
+
+BAD_WINDOWS = [
+    ("Conv", dict(kernel_shape=[3, 3], strides=[0, 1]), "strides = [0, 1]"),
+    ("Conv", dict(strides=[1, -2]), "strides = [1, -2]"),
+    ("Conv", dict(dilations=[0, 1]), "dilations = [0, 1]"),
+    ("Conv", dict(dilations=[-1, 1]), "dilations = [-1, 1]"),
+    ("Conv", dict(pads=[-1, 0, 0, 0]), "pads = [-1, 0, 0, 0]"),
+    ("Conv", dict(pads=[1, 1]), "pads = [1, 1]"),
+    ("Conv", dict(strides=[1, 1, 1]), "strides = [1, 1, 1]"),
+    ("Conv", dict(kernel_shape=[0, 3]), "kernel_shape = [0, 3]"),
+    ("Conv", dict(kernel_shape=[99, 99]), "does not match its weight's kernel [3, 3]"),
+    ("Conv", dict(auto_pad="SAME"), "auto_pad = 'SAME'"),
+    ("MaxPool", dict(kernel_shape=[2, 2], strides=[0, 2]), "strides = [0, 2]"),
+    ("MaxPool", dict(kernel_shape=[2, 2], dilations=[0, 1]), "dilations = [0, 1]"),
+    ("MaxPool", dict(kernel_shape=[2, 2], dilations=[-1, 1]), "dilations = [-1, 1]"),
+    ("MaxPool", dict(kernel_shape=[2, 2], pads=[0, 0, -1, 0]), "pads = [0, 0, -1, 0]"),
+    ("MaxPool", dict(kernel_shape=[0, 2]), "kernel_shape = [0, 2]"),
+    ("MaxPool", dict(kernel_shape=[-2, 2]), "kernel_shape = [-2, 2]"),
+    ("MaxPool", dict(kernel_shape=[2]), "kernel_shape = [2]"),
+    ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 0]), "strides = [2, 0]"),
+    ("AveragePool", dict(kernel_shape=[2, 2], pads=[0, -1, 0, 0]), "pads = [0, -1, 0, 0]"),
+    ("AveragePool", dict(kernel_shape=[0, 0]), "kernel_shape = [0, 0]"),
+]
+
+
+@pytest.mark.parametrize("op, attrs, expect", BAD_WINDOWS,
+                         ids=[f"{op}-{'-'.join(f'{k}{v}' for k, v in a.items())}" for op, a, _ in BAD_WINDOWS])
+def test_window_attributes_out_of_the_onnx_range_are_refused(tmp_path, op, attrs, expect):
+    """Found by fuzzing: a stride or dilation of 0 ended in ZeroDivisionError or "slice step cannot be zero",
+    negative pads or dilations in a misleading error further on. Each is refused where it is read, naming the
+    node and the attribute."""
+    model, name = _window_model(op, **attrs)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError) as info:
+        import_model(path)
+    msg = one_line(info.value)
+    assert f"{op} node '{name}'" in msg and expect in msg, msg
+
+
+def test_pad_with_negative_pads_is_refused_as_cropping(tmp_path):
+    """Negative pads (legal ONNX: they crop) have no spiking counterpart here: refused, naming the node."""
+    rng = np.random.default_rng(121)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("Pad", [h, b.int_const([0, 0, -1, 0, 0, 0, 1, 0]), b.const(0.0)])
+    name = b.nodes[-1].name
+    error, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2)])), tmp_path, UnsupportedOperatorError)
+    assert name in msg and "cropping is not supported" in msg and error.nodes == ((name, "Pad"),)
+
+
+@pytest.mark.parametrize("head", ["reduce-mean-hw", "reduce-mean-h", "reduce-mean-flat", "global"])
+def test_pad_before_a_mean_counts_the_padded_positions(tmp_path, head):
+    """Found by fuzzing: Pad → ReduceMean dropped the padding (convert then failed with a forward error of 2.98).
+    The mean of the padded tensor is the sum over the real positions divided by the padded count: an average
+    pooling whose kernel is the padded extent, with the Pad's zeros as its padding."""
+    rng = np.random.default_rng(122)
+    b = GraphBuilder((2, 5, 4), opset=13)
+    h = bn(b, rng, b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])]))
+    h = b.op("Pad", [h, b.int_const([0, 0, 2, 1, 0, 0, 0, 3]), b.const(0.0)])
+    if head == "global":
+        h = b.op("GlobalAveragePool", [h])
+    else:
+        axes = {"reduce-mean-hw": [2, 3], "reduce-mean-h": [2], "reduce-mean-flat": [-1, -2]}[head]
+        h = b.op("ReduceMean", [h], axes=axes, keepdims=int(head != "reduce-mean-flat"))
+    model = readout(b, rng, h)
+    imp = check(model, tmp_path)
+    x = rng.normal(size=(40, 2, 5, 4)).astype(np.float32)
+    assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
+
+
+def test_window_values_counts_the_buffers_of_one_sample():
+    """Padded input, output and (for a convolution) im2col matrix, as ops.windows and ops.conv allocate them."""
+    from relu2snn_cli.onnx_import.core import term_window_values as window_values
+    term = ir.Conv("a", np.ones((4, 3, 3, 2)), (3, 7, 6), (2, 1), (1, 0, 2, 1), (1, 2))
+    assert term.shape == (4, 4, 5)
+    im2col = ops.windows(np.zeros((1, 3, 7, 6)), (3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 0.0).size
+    assert im2col == 3 * 3 * 2 * 4 * 5
+    assert window_values(term) == 3 * 10 * 7 + 4 * 4 * 5 + im2col
+    pool = ir.MaxPool("p", "a", (3, 7, 7), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), ceil_mode=True)
+    assert pool.shape == (3, 4, 4)
+    assert window_values(pool) == 3 * 8 * 8 + 3 * 4 * 4   # ceil_mode reads up to (4 − 1)·2 + 2 = 8 per axis
+
+
+def test_window_too_large_for_one_sample_is_refused_on_import(tmp_path):
+    """An average pooling with a huge kernel and padding keeps every ONNX tensor small (3×3 here), but its
+    im2col matrix would hold 3·4000²·9 values (3.2 GiB) for one sample, which the importer computes: refused
+    first."""
+    rng = np.random.default_rng(123)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[4000, 4000], pads=[1998, 1998, 1998, 1998], count_include_pad=1)
+    name = b.nodes[-1].name
+    _, msg = import_error(readout(b, rng, h), tmp_path)
+    assert f"AveragePool node '{name}'" in msg and "values per sample" in msg and str(1 << 28) in msg, msg
+
+
+@pytest.mark.parametrize("pads, expect", [([0, 0], "does not fit"), ([2**30, 2**30], "values per sample")])
+def test_average_pooling_kernel_of_2_31_is_refused_before_its_weight_exists(tmp_path, pads, expect):
+    """Found by fuzzing: AveragePool kernel_shape = [2**31 − 1] on a 1-D population allocated its 1/k weight
+    (16 GiB a channel) before finding that the window does not fit; padded so that it fits, the window is too
+    large for one sample."""
+    rng = np.random.default_rng(124)
+    b = GraphBuilder((2, 8))
+    h = b.op("Relu", [b.op("Conv", [b.op("Identity", ["x"]), b.const(rnd(rng, 3, 2, 3)), b.const(rnd(rng, 3))],
+                           kernel_shape=[3], pads=[1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[2**31 - 1], pads=pads, count_include_pad=1)
+    name = b.nodes[-1].name
+    _, msg = import_error(b.build(gemm(b, rng, b.op("Flatten", [h]), 3, k=27)), tmp_path)
+    assert f"AveragePool node '{name}'" in msg and expect in msg, msg
+
+
+def test_shape_of_a_pad_output_is_the_padded_shape(tmp_path):
+    """Shape read a pending Pad's population without its padding: a Reshape to that shape then failed."""
+    rng = np.random.default_rng(125)
+    b = GraphBuilder((2, 5, 4))
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    p = b.op("Pad", [h, b.int_const([0, 0, 1, 0, 0, 0, 2, 1]), b.const(0.0)])
+    h = b.op("Relu", [conv(b, rng, p, 3, kernel=(1, 1))])
+    h = b.op("Reshape", [h, b.op("Shape", [p])])
+    check(readout(b, rng, h), tmp_path)

@@ -6,17 +6,22 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .core import Const, Context, Lin, OnnxNode, converter, unsupported
+from .core import Const, Context, Lin, OnnxNode, Pop, converter, unsupported
 
 
 @converter("Shape")
 def convert_shape(node: OnnxNode, ctx: Context) -> None:
-    """The shape of an activation as a constant, 0 standing for the batch axis (which Reshape reads as "keep")."""
+    """The shape of an activation as a constant, 0 standing for the batch axis (which Reshape reads as "keep");
+    a population with a pending Pad has the padded shape."""
     v = ctx.get(node, 0, raw=True)
     if isinstance(v, Const):
         full = np.array(v.value.shape, dtype=np.int64)
     else:
-        full = np.array([0, *(v.layer.shape if isinstance(v, Lin) else v.shape)], dtype=np.int64)
+        shape = v.layer.shape if isinstance(v, Lin) else v.shape
+        if isinstance(v, Pop) and v.pads:
+            rank = len(shape) - 1
+            shape = (shape[0], *(n + v.pads[i] + v.pads[i + rank] for i, n in enumerate(shape[1:])))
+        full = np.array([0, *shape], dtype=np.int64)
     ctx.set(node, Const(full[node.attr("start", 0):node.attr("end", len(full))]))
 
 

@@ -196,7 +196,7 @@ class Context:
         if rank is not None and len(v.shape) not in rank:
             raise unsupported(node, f"its input has shape {v.shape} (batch axis omitted)")
         if v.pads and not pads:
-            raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
+            raise unsupported(node, "it reads a Pad output; only a Conv, an average pooling or a mean can absorb a Pad")
         return v
 
     def set(self, node: OnnxNode, value) -> None:
@@ -265,7 +265,7 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h))
     elif isinstance(value, Pop):
         if value.pads:
-            raise unsupported(node, "it reads a Pad output; only a Conv or AveragePool can absorb a Pad")
+            raise unsupported(node, "it reads a Pad output; only a Conv, an average pooling or a mean can absorb a Pad")
         k = const_for(node, k, value.shape)
         h = const_for(node, h, value.shape)
         ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h, nonnegative=False))
@@ -327,27 +327,93 @@ def tensor_nonnegative(pop: Pop) -> bool:
     return pop.relu and bool(np.all(scale >= 0) and np.all(shift >= 0))
 
 
+def int_attr(node: OnnxNode, key: str, count: int, least: int, default=None) -> tuple[int, ...]:
+    """Attribute ``key`` as ``count`` integers, each at least ``least`` (its range in the ONNX spec), or
+    ``default`` when the node does not set it; a ModelError naming the node and the attribute otherwise."""
+    value = node.attr(key)
+    values = tuple(int(v) for v in np.atleast_1d(value)) if value is not None else ()
+    if not values and default is not None:
+        return tuple(default)
+    if len(values) != count or any(v < least for v in values):
+        raise ModelError(f"{node.label}: attribute {key} = {list(values)} is invalid: ONNX requires {count} "
+                         f"integers ≥ {least} here")
+    return values
+
+
+def kernel_shape(node: OnnxNode, rank: int, weight_shape=None) -> tuple[int, ...]:
+    """The window of a Conv (its weight's spatial shape, which ``kernel_shape`` must equal if given) or of a
+    pooling (``kernel_shape``, required): ``rank`` sizes of at least 1."""
+    if weight_shape is None:
+        return int_attr(node, "kernel_shape", rank, 1)
+    kernel = tuple(int(k) for k in weight_shape)
+    if any(k < 1 for k in kernel):
+        raise ModelError(f"{node.label}: its weight has the empty kernel {kernel}")
+    given = int_attr(node, "kernel_shape", rank, 1, default=kernel)
+    if given != kernel:
+        raise ModelError(f"{node.label}: attribute kernel_shape = {list(given)} does not match its weight's "
+                         f"kernel {list(kernel)}")
+    return kernel
+
+
 def geometry(node: OnnxNode, rank: int, size, kernel, extra_pads=()) -> tuple[tuple, tuple, tuple]:
-    """strides, pads (begins, then ends, a pending Pad added) and dilations of a sliding-window node."""
-    strides = tuple(node.attr("strides") or (1,) * rank)
-    dilations = tuple(node.attr("dilations") or (1,) * rank)
-    if len(strides) != rank or len(dilations) != rank:
-        raise unsupported(node, f"strides {strides} or dilations {dilations} are not {rank}-D")
+    """strides, pads (begins, then ends, a pending Pad added) and dilations of a sliding-window node, each
+    range-checked as the ONNX spec asks (strides and dilations ≥ 1, pads ≥ 0)."""
+    strides = int_attr(node, "strides", rank, 1, default=(1,) * rank)
+    dilations = int_attr(node, "dilations", rank, 1, default=(1,) * rank)
     extra = tuple(extra_pads) or (0,) * 2 * rank
     padded = tuple(n + extra[i] + extra[i + rank] for i, n in enumerate(size))
     pads = explicit_pads(node, padded, kernel, strides, dilations)
     return strides, tuple(p + e for p, e in zip(pads, extra)), dilations
 
 
+MAX_VALUES = 1 << 28  # values in one buffer: 2 GiB in float64 (convert.MAX_BATCH_VALUES for a batch)
+
+
+def window_values(in_shape, out_shape, kernel, strides, pads, dilations, im2col: bool) -> int:
+    """Values one sample's sliding windows hold at once (``ops.windows``, ``ops.conv``, ``ops.pool``): the padded
+    input C·∏ᵢ max(nᵢ + pᵢ + qᵢ, (oᵢ − 1)·sᵢ + (kᵢ − 1)·dᵢ + 1), the output O·∏ᵢ oᵢ and, for a convolution
+    (``im2col``), its im2col matrix C·∏ᵢ kᵢ·∏ᵢ oᵢ; exact integers. Shapes (C, n…) and (O, o…) without batch."""
+    channels, size, rank = in_shape[0], in_shape[1:], len(kernel)
+    out = [max(0, int(o)) for o in out_shape[1:]]
+    padded = [max(size[i] + pads[i] + pads[i + rank], (out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1)
+              for i in range(rank)]
+    values = channels * _product(padded) + out_shape[0] * _product(out)
+    return values + (channels * _product(kernel) * _product(out) if im2col else 0)
+
+
+def term_window_values(term) -> int:
+    """``window_values`` of an ``ir.Conv`` term or an ``ir.MaxPool`` node."""
+    if isinstance(term, ir.Conv):
+        return window_values(term.in_shape, term.shape, term.weight.shape[2:], term.strides, term.pads,
+                             term.dilations, True)
+    return window_values(term.in_shape, term.shape, term.kernel, term.strides, term.pads, term.dilations, False)
+
+
+def _product(values) -> int:
+    result = 1
+    for v in values:
+        result *= int(v)
+    return result
+
+
+def check_window(node: OnnxNode, values: int) -> None:
+    """Refuse a window whose buffers hold more than MAX_VALUES values for one sample, before they exist."""
+    if values > MAX_VALUES:
+        raise ModelError(f"{node.label}: its sliding windows hold {values} values per sample (padded input, "
+                         f"im2col, output); relu2snn handles up to {MAX_VALUES} values per sample")
+
+
+AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+
+
 def explicit_pads(node: OnnxNode, size, kernel, strides, dilations) -> tuple[int, ...]:
-    """Explicit pads (begins, then ends) from ``pads`` or ``auto_pad`` (SAME_UPPER/SAME_LOWER/VALID)."""
+    """Explicit pads (begins, then ends) from ``pads`` (each ≥ 0) or ``auto_pad`` (SAME_UPPER/SAME_LOWER/VALID)."""
     rank = len(kernel)
     mode = node.attr("auto_pad", "NOTSET")
+    if mode not in AUTO_PADS:
+        raise ModelError(f"{node.label}: attribute auto_pad = {mode!r} is none of {', '.join(AUTO_PADS)}")
     if mode == "NOTSET":
-        pads = tuple(node.attr("pads") or (0,) * 2 * rank)
-        if len(pads) != 2 * rank:
-            raise unsupported(node, f"pads {pads} are not {rank}-D")
-        return pads
+        return int_attr(node, "pads", 2 * rank, 0, default=(0,) * 2 * rank)
     if mode == "VALID":
         return (0,) * 2 * rank
     begin, end = [], []

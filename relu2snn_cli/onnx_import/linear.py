@@ -7,8 +7,9 @@ import numpy as np
 
 from .. import ir, ops
 from ..errors import ModelError
-from .core import (Const, Context, Lin, OnnxNode, Pooled, Pop, affine, apply_affine, as_linear, const_for,
-                   converter, geometry, identity_pop, spiking, tensor_nonnegative, unsupported)
+from .core import (Const, Context, Lin, OnnxNode, Pooled, Pop, affine, apply_affine, as_linear, check_window,
+                   const_for, converter, geometry, identity_pop, kernel_shape, spiking, tensor_nonnegative,
+                   term_window_values, unsupported)
 
 
 @converter("Gemm")
@@ -75,8 +76,9 @@ def convert_conv(node: OnnxNode, ctx: Context) -> None:
         raise ModelError(f"{node.label}: its weight of shape {w.shape} with group={groups} does not fit its "
                          f"input of shape {a.shape}")
     bias = ctx.const(node, 2, "bias") if ctx.get(node, 2) is not None else np.zeros(w.shape[0])
-    strides, pads, dilations = geometry(node, rank, a.shape[1:], w.shape[2:], a.pads)
+    strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel_shape(node, rank, w.shape[2:]), a.pads)
     term = ir.Conv(a.node, w, a.shape, strides, pads, dilations, groups)
+    check_window(node, term_window_values(term))
     ctx.set(node, Lin(affine(node, ctx, [(a, term)], bias)))
 
 

@@ -150,8 +150,9 @@ def convert_concat(node: OnnxNode, ctx: Context) -> None:
 
 @converter("Pad")
 def convert_pad(node: OnnxNode, ctx: Context) -> None:
-    """Constant zero padding of the spatial axes: kept pending and absorbed by the next Conv or AveragePool
-    as extra zero padding (docs/math.md §7: padded positions are virtual inputs at the window end)."""
+    """Constant zero padding of the spatial axes: kept pending and absorbed by the next Conv, AveragePool,
+    GlobalAveragePool or ReduceMean as extra zero padding (docs/math.md §7: padded positions are virtual
+    inputs at the window end)."""
     a = ctx.pop(node, 0, rank=(2, 3), pads=True)
     if node.attr("mode", "constant") != "constant":
         raise unsupported(node, f"mode={node.attr('mode')} (only constant zero padding)")
@@ -165,8 +166,13 @@ def convert_pad(node: OnnxNode, ctx: Context) -> None:
         raise unsupported(node, "the axes input")
     full = [int(p) for p in np.asarray(pads).reshape(-1)]
     rank = len(a.shape) + 1
-    if len(full) != 2 * rank or any(full[i] or full[i + rank] for i in (0, 1)) or min(full) < 0:
-        raise unsupported(node, f"pads {full}: only non-negative padding of the spatial axes")
+    if len(full) != 2 * rank:
+        raise ModelError(f"{node.label}: pads {full} are not 2 × {rank} values for its input of rank {rank}")
+    if min(full) < 0:
+        raise unsupported(node, f"pads {full}: negative pads crop the tensor, and cropping is not supported "
+                                "(only zero padding of the spatial axes)")
+    if any(full[i] or full[i + rank] for i in (0, 1)):
+        raise unsupported(node, f"pads {full}: only the spatial axes may be padded")
     spatial = tuple(full[2:rank]) + tuple(full[rank + 2:])
     before = a.pads or (0,) * len(spatial)
     ctx.set(node, replace(a, pads=tuple(p + q for p, q in zip(before, spatial))))

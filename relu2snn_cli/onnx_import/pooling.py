@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import ir, ops
 from ..errors import ModelError
-from .core import (Context, OnnxNode, Pooled, Pop, converter, explicit_pads, full_map, geometry, per_channel,
-                   unsupported)
+from .core import (Context, OnnxNode, Pooled, Pop, check_window, converter, explicit_pads, full_map, geometry,
+                   int_attr, kernel_shape, per_channel, term_window_values, unsupported, window_values)
 
 
 @converter("MaxPool")
@@ -21,9 +21,7 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
     scale = per_channel(node, np.broadcast_to(a.scale, a.shape), a.shape)
     shift = per_channel(node, np.broadcast_to(a.shift, a.shape), a.shape)
     rank = len(a.shape) - 1
-    kernel = tuple(node.attr("kernel_shape"))
-    if len(kernel) != rank:
-        raise unsupported(node, f"kernel {kernel} on an input of shape {a.shape}")
+    kernel = kernel_shape(node, rank)
     if node.attr("storage_order", 0):
         raise unsupported(node, "storage_order=1")
     strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel)
@@ -32,6 +30,7 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
                       bool(node.attr("ceil_mode", 0)), latest)
     if min(pool.shape) < 1:
         raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {pool.shape}")
+    check_window(node, term_window_values(pool))
     ctx.add(pool)
     ctx.set(node, Pop(pool.name, pool.shape, ops.channel_axis(scale, rank + 1), ops.channel_axis(shift, rank + 1),
                       a.nonnegative, a.relu))
@@ -43,14 +42,11 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
     a = _pooled_population(node, ctx)
     rank = len(a.shape) - 1
     if node.op_type == "GlobalAveragePool":
-        kernel, strides, pads, dilations = tuple(a.shape[1:]), (1,) * rank, (0,) * 2 * rank, (1,) * rank
-        if a.pads:
-            raise unsupported(node, "it reads a Pad output")
+        kernel, pads = mean_window(a, range(rank))
+        strides, dilations = (1,) * rank, (1,) * rank
     else:
-        kernel = tuple(node.attr("kernel_shape"))
-        if len(kernel) != rank:
-            raise unsupported(node, f"kernel {kernel} on an input of shape {a.shape}")
-        own = explicit_pads(node, a.shape[1:], kernel, tuple(node.attr("strides") or (1,) * rank), (1,) * rank)
+        kernel = kernel_shape(node, rank)
+        own = explicit_pads(node, a.shape[1:], kernel, int_attr(node, "strides", rank, 1, (1,) * rank), (1,) * rank)
         if any(own) and not node.attr("count_include_pad", 0):
             raise unsupported(node, "count_include_pad=0 with padding divides by a count that varies with the "
                                     "position")
@@ -59,6 +55,17 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
                                           != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations)):
             raise unsupported(node, "ceil_mode=1 adds windows that are cut short")
     ctx.set(node, _average(node, ctx, a, kernel, strides, pads, dilations))
+
+
+def mean_window(a: Pop, axes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Kernel and pads of the mean over the spatial ``axes`` (0 = the first spatial axis) of the population
+    zero-padded by its pending Pad: the padded extent along those axes (1 along the others), and the Pad as
+    padding. Σ over the real positions / the padded count = the mean of the padded tensor (docs/math.md §6,
+    P with 1/K per tap, K the padded extent)."""
+    rank = len(a.shape) - 1
+    pads = a.pads or (0,) * 2 * rank
+    kernel = tuple(a.shape[i + 1] + pads[i] + pads[i + rank] if i in axes else 1 for i in range(rank))
+    return kernel, tuple(pads)
 
 
 def _pooled_population(node: OnnxNode, ctx: Context) -> Pop:
@@ -74,10 +81,12 @@ def _average(node: OnnxNode, ctx: Context, a: Pop, kernel, strides, pads, dilati
     c = a.shape[0]
     scale, shift = full_map(a)
     k = per_channel(node, scale, a.shape)
+    shape = (c, *ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations))
+    if min(shape) < 1:
+        raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {shape}")
+    check_window(node, window_values(a.shape, shape, kernel, strides, pads, dilations, True))  # before the weight
     term = ir.Conv(a.node, np.full((c, 1) + kernel, 1.0 / int(np.prod(kernel))), a.shape, strides, pads, dilations,
                    groups=c)
-    if min(term.shape) < 1:
-        raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {term.shape}")
     layer = ir.Affine(ctx.unique(node.name), (term,), np.zeros(c), relu=False)
     return Pooled(layer, node.outputs[0], term.shape, np.broadcast_to(ops.channel_axis(k, len(term.shape)), term.shape),
                   ir.apply_term(term, np.asarray(shift, dtype=np.float64)[None])[0])
@@ -95,8 +104,8 @@ def convert_reduce_mean(node: OnnxNode, ctx: Context) -> None:
     axes = sorted({int(x) % (rank + 2) for x in np.atleast_1d(axes if axes is not None else [])})
     if not axes or axes[0] < 2:
         raise unsupported(node, f"axes {axes or 'all'}: only a mean over spatial axes is an average pooling")
-    kernel = tuple(a.shape[i + 1] if i + 2 in axes else 1 for i in range(rank))
-    pooled = _average(node, ctx, a, kernel, (1,) * rank, (0,) * 2 * rank, (1,) * rank)
+    kernel, pads = mean_window(a, [i for i in range(rank) if i + 2 in axes])
+    pooled = _average(node, ctx, a, kernel, (1,) * rank, pads, (1,) * rank)
     if node.attr("keepdims", 1):
         ctx.set(node, pooled)
     else:
