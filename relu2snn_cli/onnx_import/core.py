@@ -270,7 +270,7 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         h = const_for(node, h, value.shape)
         ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h, nonnegative=False))
     else:
-        raise unsupported(node, "both operands are constants (constant folding is not done)")
+        raise unsupported(node, "it has no activation operand (constant operands alone are folded before conversion)")
 
 
 def affine(node: OnnxNode, ctx: Context, parts: list[tuple[Pop, ir.Term]], bias) -> ir.Affine:
