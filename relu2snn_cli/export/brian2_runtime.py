@@ -14,6 +14,8 @@ no input fires before 0. Every spiking neuron (docs/math.md §1) is
 
 fires when v ≥ ϑ or at the window end, once (a ``fired`` flag); β is the sum of J over the
 padded taps of a convolution, virtual inputs firing at the end T of the input window. The
+switches are written clip((t − T_in)/dt, 0, 1): Euler's step then adds exactly the part of the
+ramp that falls in the step, so v equals the potential on the grid given the grid's spikes. The
 readout is the same neuron without a threshold: its v at T_out is the logit. Max pooling
 (docs/math.md §6) is a neuron that counts its input spikes: it fires on the first (earliest
 spike), or for the ``latest`` channels once every input in its window has fired.
