@@ -1,6 +1,6 @@
 """The ``relu2snn`` command line: parse, call the library, print text or ``--json``.
 
-Exit status: 0 success; 1 a failed verification or bench regression check; 2 bad usage or bad
+Exit status: 0 success; 1 a failed verification, bench regression check or crosscheck agreement; 2 bad usage or bad
 input; 3 an internal error; 130 interrupted by SIGINT (Ctrl-C); 143 terminated by SIGTERM;
 141 (silently) when the reader of stdout has gone away. An interrupted run leaves no output
 behind: outputs are written to a temporary file that is deleted on any exception, and SIGTERM
