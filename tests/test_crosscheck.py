@@ -116,11 +116,10 @@ def test_error_bounds_follow_the_layers():
     assert logit == pytest.approx(3.0 * bounds["h"], rel=1e-15)
 
 
-def test_crosscheck_cli_json_and_exit_status(converted, monkeypatch, tmp_path):
-    name, path = converted
-    if name != "mlp":
-        pytest.skip("the command line is the same for every model")
-    data = SAMPLES / name / "test.npy"
+def test_crosscheck_cli_json_and_exit_status(monkeypatch, tmp_path):
+    path = tmp_path / "mlp.snn.h5"
+    convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), path)
+    data = SAMPLES / "mlp" / "test.npy"
     result = run("crosscheck", path, "--data", data, "--simulator", "brian2", "--dt", 0.01, "--samples", 4,
                  "--json", "--quiet")
     assert result.exit_code == 0, result.output
