@@ -3,6 +3,7 @@ Brian2 script (docs/exports.md)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -137,6 +138,18 @@ def test_nir_reader_refuses_tampered_and_foreign_graphs(tmp_path):
         f["node/nodes/n2.drive/bias"][0] += 1e-3        # the readout's drive no longer gives its α
     with pytest.raises(ExportError, match="disagrees with the value kept in its metadata"):
         export_nir.read(out)
+    graph = export_nir.to_nir(net)
+    del graph.nodes["n1"].metadata["latest"]
+    with pytest.raises(ExportError, match="n1: its metadata lacks 'latest'"):
+        export_nir.from_nir(graph)
+    graph = export_nir.to_nir(net)
+    graph.nodes["n1.taps"] = nir.Scale(scale=np.ones((2, 4, 4)))
+    with pytest.raises(ExportError, match="n1.taps: a NIR Scale where relu2snn's export layout has SumPool2d"):
+        export_nir.from_nir(graph)
+    graph = export_nir.to_nir(net)
+    graph.edges.append(("input", "n2.syn0"))
+    with pytest.raises(ExportError, match="n2.syn0: expected one incoming edge"):
+        export_nir.from_nir(graph)
     foreign = nir.NIRGraph.from_list(nir.Linear(weight=np.ones((2, 3))), nir.IF(r=np.ones(2), v_threshold=np.ones(2)))
     with pytest.raises(ExportError, match="not exported by relu2snn"):
         export_nir.from_nir(foreign)
@@ -157,8 +170,8 @@ def pool_network(latest, pads) -> snn.Network:
 # ----------------------------------------------------------------------------- Brian2 script
 
 def test_brian2_script_runs_stand_alone(tmp_path):
-    """The script runs with only brian2 and numpy (a fresh interpreter in another directory, relu2snn not
-    importable) and prints the logits Brian2 computes: the same numbers as relu2snn's Brian2 run, and within
+    """The script imports only the standard library, numpy and brian2, runs in a fresh interpreter in another
+    directory, and prints the logits Brian2 computes: the same numbers as relu2snn's Brian2 run, and within
     3 % of the largest |logit| of the exact simulator at dt = 0.01 (docs/exports.md, "How close")."""
     path = tmp_path / "model.snn.h5"
     convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), path)
@@ -174,7 +187,11 @@ def test_brian2_script_runs_stand_alone(tmp_path):
     proc = subprocess.run([sys.executable, "-I", str(tmp_path / "net.py"), "--data", str(tmp_path / "x.npy")],
                           cwd=work, capture_output=True, text=True, check=True)
     printed = np.array([[float(v) for v in line.split()] for line in proc.stdout.strip().splitlines()])
-    assert "relu2snn_cli" not in (tmp_path / "net.py").read_text()
+    tree = ast.parse((tmp_path / "net.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "argparse", "base64", "io", "json", "time", "numpy", "brian2"}
     in_process = export_brian2.run(net, x, 0.01)["logits"]
     assert np.array_equal(printed, in_process)
     from relu2snn_cli.simulator import simulate

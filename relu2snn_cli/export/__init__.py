@@ -6,15 +6,23 @@ cross-check, ``relu2snn[nir]`` for ``export.nir``. The simulator and ``snn`` nev
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
-from ..errors import MissingExtra
+from ..errors import ExportError, MissingExtra
 
 
 def require(module: str, extra: str, what: str) -> None:
-    """Refuse, with the command that installs it, when the optional dependency ``module`` is missing."""
-    if importlib.util.find_spec(module) is None:
-        raise MissingExtra(f"{what} needs the optional extra: pip install 'relu2snn[{extra}]'")
+    """Import the optional dependency ``module``; refuse, with the command that installs it, when it is missing,
+    and name the error when it is installed but does not import (brian2 ≤ 2.9.0 under numpy ≥ 2.4)."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise ExportError(f"{what}: {module} is installed but does not import ({e})") from None
+        raise MissingExtra(f"{what} needs the optional extra: pip install 'relu2snn[{extra}]'") from None
+    except Exception as e:   # noqa: BLE001 - any failure inside the package's import
+        raise ExportError(f"{what}: {module} is installed but does not import ({type(e).__name__}: {e}); "
+                          f"reinstall it with pip install 'relu2snn[{extra}]'") from None
 
 
 def export_file(snn_path, fmt: str, out_path, dt: float = 0.01) -> dict:

@@ -208,6 +208,40 @@ def _check(where: str, what: str, primitive: np.ndarray, exact: np.ndarray) -> N
         raise ExportError(f"{where}: the graph's {what} disagrees with the value kept in its metadata")
 
 
+def _node(graph, key: str, *kinds: str):
+    """Node ``key`` of the graph, which must be one of the NIR primitives ``kinds``."""
+    if key not in graph.nodes:
+        raise ExportError(f"the NIR graph lacks node {key!r} of relu2snn's export layout (docs/exports.md)")
+    node = graph.nodes[key]
+    if type(node).__name__ not in kinds:
+        raise ExportError(f"{key}: a NIR {type(node).__name__} where relu2snn's export layout has {' or '.join(kinds)}")
+    return node
+
+
+def _population(names: dict, key: str, src: str) -> str:
+    if src not in names:
+        raise ExportError(f"{key}: reads {src!r}, which is not an earlier population")
+    return names[src]
+
+
+def _one(key: str, sources: list) -> str:
+    if len(sources) != 1:
+        raise ExportError(f"{key}: expected one incoming edge in relu2snn's export layout, found {len(sources)}")
+    return sources[0]
+
+
+class _Metadata:
+    """A node's or the graph's metadata; a missing key is an ExportError naming the node."""
+
+    def __init__(self, where: str, values: dict):
+        self.where, self.values = where, values
+
+    def __getitem__(self, key):
+        if key not in self.values:
+            raise ExportError(f"{self.where}: its metadata lacks {key!r} (not a relu2snn export, or damaged)")
+        return self.values[key]
+
+
 def _synapses(graph, here: str, input_names: dict) -> tuple:
     """The synapse sets feeding node ``here``'s current, in the order of their keys "<here>.syn<m>"."""
     into = {}
@@ -216,19 +250,19 @@ def _synapses(graph, here: str, input_names: dict) -> tuple:
     keys = sorted((k for k in graph.nodes if k.startswith(f"{here}.syn")), key=lambda k: int(k.rsplit("syn", 1)[1]))
     out = []
     for k in keys:
-        syn = graph.nodes[k]
-        (src,) = into[k]
+        syn = _node(graph, k, "Linear", "Conv1d", "Conv2d")
+        src = _one(k, into.get(k, []))
         if src.startswith(f"{here}.flat"):
-            (src,) = into[src]
+            src = _one(src, into.get(src, []))
         delay = 0.0
         if src.startswith(f"{here}.delay"):
-            values = np.asarray(graph.nodes[src].delay, dtype=np.float64)
+            values = np.asarray(_node(graph, src, "Delay").delay, dtype=np.float64)
             delay = float(values.flat[0])
             if np.any(values != delay):
                 raise ExportError(f"{src}: a population's spikes share one delay; this Delay holds several")
-            (src,) = into[src]
+            src = _one(src, into.get(src, []))
         J = np.asarray(syn.weight, dtype=np.float64)
-        name = input_names[src]
+        name = _population(input_names, k, src)
         if type(syn).__name__ == "Linear":
             out.append((name, J, delay, (), (), (), 1))
         else:
@@ -243,27 +277,28 @@ def _synapses(graph, here: str, input_names: dict) -> tuple:
 
 def from_nir(graph) -> snn.Network:
     """The ``snn.Network`` that ``to_nir`` exported (docs/exports.md, "Reading back")."""
-    meta = graph.metadata
-    if _text(meta.get("format", "")) != FORMAT:
+    if _text(graph.metadata.get("format", "")) != FORMAT:
         raise ExportError("this NIR graph was not exported by relu2snn (no relu2snn metadata): relu2snn reads back "
                           "only its own exports")
+    meta = _Metadata("the NIR graph", graph.metadata)
     if int(meta["format_version"]) > VERSION:
         raise ExportError(f"NIR export version {int(meta['format_version'])} is newer than this relu2snn's {VERSION}")
     count = int(meta["nodes"])
     keys = ["input"] + [f"n{k}" for k in range(1, count)]
     names, shapes, windows, out = {}, {}, {}, []
     for k, here in enumerate(keys):
-        if here not in graph.nodes:
-            raise ExportError(f"the NIR graph lacks node {here!r}")
-        prim = graph.nodes[here]
-        m = prim.metadata
+        prim = _node(graph, here, "Input", "IF", "I", "Flatten")
+        m = _Metadata(here, prim.metadata)
         name, kind, window = _text(m["name"]), _text(m["kind"]), tuple(float(v) for v in m["window"])
+        expected = {"Encoder": "Input", "SpikingLayer": "IF", "SpikePool": "IF", "Readout": "I", "Reshape": "Flatten"}
+        if expected.get(kind, type(prim).__name__) != type(prim).__name__:
+            raise ExportError(f"{here}: a NIR {type(prim).__name__} for a relu2snn {kind}")
         if kind == "Encoder":
             node = snn.Encoder(name, _ints(prim.input_type["input"]), float(m["low"]), float(m["high"]), window)
         elif kind in ("SpikingLayer", "Readout"):
             sets = _synapses(graph, here, names)
             syns = tuple(snn.Synapses(src, shapes[src], J, d, st, p, dl, g) for src, J, d, st, p, dl, g in sets)
-            drive = graph.nodes[f"{here}.drive"]
+            drive = _node(graph, f"{here}.drive", "Affine", "Conv1d", "Conv2d")
             bias = np.asarray(drive.bias, dtype=np.float64)
             t_in, b_in = snn.merge_windows([windows[s.input] for s in syns])[0]
             if kind == "SpikingLayer":
@@ -281,16 +316,15 @@ def from_nir(graph) -> snn.Network:
                 _check(name, "drive α·B_in/T_out", bias, alpha * b_in / (t_in + b_in))
                 node = snn.Readout(name, syns, alpha, window, source=_text(m["source"]))
         elif kind == "SpikePool":
-            taps = graph.nodes[f"{here}.taps"]
-            (src,) = [a for a, b in graph.edges if b == f"{here}.taps"]
+            taps = _node(graph, f"{here}.taps", "SumPool2d")
+            src = _population(names, here, _one(f"{here}.taps", [a for a, b in graph.edges if b == f"{here}.taps"]))
             pad = _ints(taps.padding)
             latest = _ints(m["latest"]) if np.size(m["latest"]) else ()
-            node = snn.SpikePool(name, names[src], shapes[names[src]], _ints(taps.kernel_size), _ints(taps.stride),
+            node = snn.SpikePool(name, src, shapes[src], _ints(taps.kernel_size), _ints(taps.stride),
                                  pad + pad, (1, 1), bool(m["ceil_mode"]), latest, window=window)
         elif kind == "Reshape":
-            (src,) = [a for a, b in graph.edges if b == here]
-            node = snn.Reshape(name, names[src], shapes[names[src]], (int(np.prod(shapes[names[src]])),),
-                               window=window)
+            src = _population(names, here, _one(here, [a for a, b in graph.edges if b == here]))
+            node = snn.Reshape(name, src, shapes[src], (int(np.prod(shapes[src])),), window=window)
         else:
             raise ExportError(f"{here}: unknown relu2snn node kind {kind!r} in the NIR metadata")
         names[here] = name
