@@ -144,6 +144,12 @@ def test_crosscheck_cli_json_and_exit_status(monkeypatch, tmp_path):
         f"relu2snn: error: agreement {report_agreement(failed)} with brian2 is below --min-agreement 0.5"]
     monkeypatch.setattr(export_brian2.brian2_runtime, "run", real)
 
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((2, 5)))
+    bad = run("crosscheck", path, "--data", wrong)
+    assert bad.exit_code == 2
+    assert bad.stderr.count("\n") == 1 and "wrong.npy" in bad.stderr and "(64,)" in bad.stderr
+
     monkeypatch.setitem(sys.modules, "brian2", None)
     missing = run("crosscheck", path, "--data", data, "--samples", 4)
     assert missing.exit_code == 2

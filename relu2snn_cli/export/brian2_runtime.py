@@ -145,7 +145,8 @@ def routes(nodes: list) -> dict:
 def build(nodes: list, arrays: dict, x: np.ndarray, dt: float):
     """A Brian2 Network of the spec for the N samples x (N, *input shape), all run side by side.
 
-    Returns (network, spike monitors per group name, readout group, offset, number of steps).
+    Sets Brian2's global ``prefs.codegen.target`` ("numpy") and ``defaultclock.dt``. Returns (network,
+    spike monitors per group name, readout group, offset, number of steps).
     """
     import brian2 as b2
 
