@@ -1,6 +1,6 @@
 """The ``relu2snn`` command line: parse, call the library, print text or ``--json``.
 
-Exit status: 0 success; 1 a failed verification or bench regression check; 2 bad usage or bad
+Exit status: 0 success; 1 a failed verification, bench regression check or crosscheck agreement; 2 bad usage or bad
 input; 3 an internal error; 130 interrupted by SIGINT (Ctrl-C); 143 terminated by SIGTERM;
 141 (silently) when the reader of stdout has gone away. An interrupted run leaves no output
 behind: outputs are written to a temporary file that is deleted on any exception, and SIGTERM
@@ -33,6 +33,8 @@ Examples:
   relu2snn simulate model.snn.h5 --data test.npy -o out.npz
   relu2snn bench model.snn.h5 --data test.npy --onnx model.onnx
   relu2snn inspect model.snn.h5
+  relu2snn export model.snn.h5 --format nir -o model.nir
+  relu2snn crosscheck model.snn.h5 --data test.npy --simulator brian2 --dt 0.01 --samples 8
 """
 
 
@@ -342,6 +344,60 @@ def inspect(snn_file, as_json):
         reads = ",".join(f"#{index[name]}" for name in r["inputs"])
         click.echo(f"{i:>3} {r['name'][:24]:<24} {r['kind']:<13} {str(tuple(r['shape'])):<14} {window:<22} {x:>10} "
                    f"{cert:>9}  {reads}".rstrip())
+
+
+@cli.command(epilog="""
+\b
+Examples:
+  relu2snn export model.snn.h5 --format brian2 -o net.py
+  python net.py --data test.npy
+  relu2snn export model.snn.h5 --format nir -o model.nir
+""")
+@click.argument("snn_file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", required=True, type=click.Choice(["brian2", "nir"]),
+              help="brian2: a stand-alone Python script; nir: a NIR graph (HDF5).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file (.py or .nir).")
+@click.option("--dt", type=click.FloatRange(0, min_open=True), default=0.01, show_default=True,
+              help="brian2: the script's default time step, in tau_c.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def export(snn_file, fmt, output, dt, force, as_json):
+    """Write SNN_FILE for another simulator: a Brian2 script that prints the logits of the samples it is given,
+    or a NIR graph that relu2snn reads back to the same network (docs/exports.md)."""
+    from .export import export_file
+    _check_output(Path(output), force, snn_file)
+    _print(export_file(snn_file, fmt, output, dt), as_json)
+
+
+@cli.command(epilog="""
+\b
+Example:
+  relu2snn crosscheck model.snn.h5 --data test.npy --simulator brian2 --dt 0.01 --samples 8 --json
+""")
+@click.argument("snn_file", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, metavar="DATA", help="Inputs (.npy, .npz[:NAME], .h5:/DATASET).")
+@click.option("--simulator", type=click.Choice(["brian2"]), default="brian2", show_default=True,
+              help="The independent simulator.")
+@click.option("--dt", type=click.FloatRange(0, min_open=True), default=0.01, show_default=True,
+              help="Its time step, in tau_c.")
+@click.option("--samples", type=click.IntRange(1), help="Only the first N samples of --data [default: all].")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Exit 1 when the share of argmax equal to relu2snn's is below this.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Samples simulated side by side in one Brian2 run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def crosscheck(snn_file, data, simulator, dt, samples, min_agreement, batch_size, as_json, quiet):
+    """Run SNN_FILE on --data in an independent simulator and in relu2snn's; report the agreement, the spike-time
+    differences per layer against their bounds, the logit difference and both run times; exit 1 when the
+    agreement is below --min-agreement."""
+    from .crosscheck import crosscheck as run_crosscheck
+    report = _run(run_crosscheck, "cross-checking", quiet, snn_path=snn_file, data_spec=data, dt=dt,
+                  samples=samples, min_agreement=min_agreement, batch_size=batch_size)
+    _print(report, as_json)
+    if not report["passed"]:
+        raise VerificationFailed(f"agreement {report['agreement']:.6g} with {simulator} is below --min-agreement "
+                                 f"{min_agreement:.6g}")
 
 
 def main() -> None:

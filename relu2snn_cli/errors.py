@@ -95,3 +95,12 @@ def onnxruntime_errors(path, batch_size: int):
             hint = (f"; the model's batch dimension is fixed: export it with a dynamic batch axis, or pass "
                     f"--batch-size with the fixed size (now {batch_size})")
         raise ModelError(f"{path}: onnxruntime cannot run the model on the data ({text}){hint}") from None
+
+
+class ExportError(Relu2SnnError):
+    """Raised when a network holds something an export format has no primitive for (docs/exports.md),
+    or an exported file cannot be read back into a network."""
+
+
+class MissingExtra(ExportError):
+    """Raised when an export or cross-check needs an optional dependency that is not installed."""
