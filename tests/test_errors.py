@@ -607,6 +607,18 @@ def test_window_attribute_out_of_range(tmp_path, op, key, value):
     assert "bad.onnx" in line and f"{op} node '{name}'" in line and f"{key} = {value}" in line, line
 
 
+def test_conv_bias_of_another_shape_is_refused(tmp_path):
+    """Found by fuzzing: a Conv whose bias input names its weight (8, 1, 3, 3) ended in exit 3 (a broadcast error)."""
+    model = onnx.load(str(ROOT / "sample_models" / "cnn" / "model.onnx"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv.input[2] = conv.input[1]
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    data = calib(tmp_path, np.load(ROOT / "sample_models" / "cnn" / "calib.npy")[:8])
+    line = one_line_error(run("convert", path, "--calib", data, "-o", tmp_path / "o.snn.h5"))
+    assert "bad.onnx" in line and f"Conv node '{conv.name}'" in line and "bias of shape (8, 1, 3, 3)" in line, line
+
+
 def test_onnxruntime_failure_at_run_time_is_one_line(tmp_path):
     """A scalar Conv bias passes onnx.checker and the import, and onnxruntime refuses it only when it runs:
     its own log line (written by C code to fd 2) came before ours. Run in a subprocess to see fd 2."""

@@ -76,6 +76,9 @@ def convert_conv(node: OnnxNode, ctx: Context) -> None:
         raise ModelError(f"{node.label}: its weight of shape {w.shape} with group={groups} does not fit its "
                          f"input of shape {a.shape}")
     bias = ctx.const(node, 2, "bias") if ctx.get(node, 2) is not None else np.zeros(w.shape[0])
+    if bias.ndim > 1 or bias.size not in (1, w.shape[0]):
+        raise ModelError(f"{node.label}: its bias of shape {bias.shape} is not one value per output channel "
+                         f"({w.shape[0]})")
     strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel_shape(node, rank, w.shape[2:]), a.pads)
     term = ir.Conv(a.node, w, a.shape, strides, pads, dilations, groups)
     check_window(node, term_window_values(term))
