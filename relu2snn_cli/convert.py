@@ -105,6 +105,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     meta = {
         "tool": "relu2snn", "tool_version": __version__, "neuron_model": NEURON_MODEL,
         "source_model_name": imported.file_name, "source_model_sha256": imported.sha256, "source_opset": imported.opset,
+        "imported_opset": imported.imported_opset,
         "source_input": graph.input_name, "source_logits": graph.output_name,
         "calibration_samples": stats.n_samples, "calibration_sha256": stats.sha256,
         "zeta": options.zeta, "s_min": options.s_min, "s_max": options.s_max,

@@ -707,15 +707,6 @@ def test_dynamic_non_batch_dimension(tmp_path):
     assert "dynamic" in msg and "'H'" in msg
 
 
-def test_opset_10_is_rejected(tmp_path):
-    rng = np.random.default_rng(38)
-    b = GraphBuilder((6,), opset=10)
-    model = b.build(gemm(b, rng, b.op("Relu", [gemm(b, rng, "x", 5)]), 3))
-    _, msg = import_error(model, tmp_path)
-    msg = msg
-    assert "opset 10" in msg and "11" in msg
-
-
 def test_division_by_an_activation(tmp_path):
     rng = np.random.default_rng(39)
     b = GraphBuilder((6,))

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import onnx
+import onnx.version_converter
 from onnx import external_data_helper, numpy_helper
 
 from .. import ir
@@ -34,7 +35,8 @@ from . import constants, linear, movement, pooling
 from .core import (CONVERTERS, SUPPORTED_DOC, Context, Lin, OnnxNode, Pooled, Pop, as_linear, identity_pop,
                    wrap_node)
 
-MIN_OPSET = 11
+MIN_OPSET = 11  # the oldest opset the converters read; older files are upgraded to it on import
+OLDEST_OPSET = 7  # the oldest opset upgraded (onnx's version converter has adapters from opset 7 on for the ops here)
 CONVERTER_MODULES = (linear, pooling, movement, constants)  # importing them fills CONVERTERS
 
 
@@ -43,9 +45,10 @@ class Imported:
     """The result of an import: the IR graph and facts about the source model."""
 
     graph: ir.Graph
-    opset: int
+    opset: int  # the file's own opset
     sha256: str
     file_name: str
+    imported_opset: int = 0  # the opset the converters read: the file's, or MIN_OPSET after an upgrade
 
 
 def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
@@ -86,6 +89,40 @@ def model_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     raise ModelError("the model imports no default-domain opset")
+
+
+def upgrade(model: onnx.ModelProto, opset: int, path) -> onnx.ModelProto:
+    """A model of opset 7–10 converted to MIN_OPSET with onnx's version converter (docs/supported-operators.md);
+    a model it cannot convert is refused naming the first node whose conversion fails."""
+    if opset < OLDEST_OPSET:
+        raise ModelError(f"{path}: opset {opset} is older than {OLDEST_OPSET}, the oldest relu2snn upgrades; "
+                         f"re-export with opset {MIN_OPSET} or newer")
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:  # the converter raises RuntimeError or its own ConvertError with a C++ assertion text
+        reason = _converter_reason(e)
+    for i, proto in enumerate(model.graph.node):
+        try:
+            onnx.version_converter.convert_version(_one_node_model(proto, opset), MIN_OPSET)
+        except Exception as e:
+            raise ModelError(f"{path}: opset {opset} cannot be upgraded to {MIN_OPSET}: {proto.op_type} node "
+                             f"'{proto.name or f'{proto.op_type}_{i}'}' does not convert ({_converter_reason(e)})"
+                             ) from None
+    raise ModelError(f"{path}: opset {opset} cannot be upgraded to {MIN_OPSET} ({reason})")
+
+
+def _one_node_model(proto: onnx.NodeProto, opset: int) -> onnx.ModelProto:
+    """A graph of the node alone, its inputs and outputs untyped, at the model's opset."""
+    untyped = onnx.TypeProto()
+    graph = onnx.helper.make_graph([proto], "node", [onnx.helper.make_value_info(n, untyped) for n in proto.input if n],
+                                   [onnx.helper.make_value_info(n, untyped) for n in proto.output if n])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+
+
+def _converter_reason(e: Exception) -> str:
+    """The converter's message without its source location and assertion: what failed, in one line."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text.split(" failed: ", 1)[-1]
 
 
 def input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...], int | None]:
@@ -140,9 +177,9 @@ def _used(nodes: list) -> tuple:
 def import_model(path: str | Path) -> Imported:
     """Read an ONNX file into the IR, folding affine maps and removing a final softmax (docs/supported-operators.md)."""
     model, sha = load_model(path)
-    opset = model_opset(model)
+    source_opset = opset = model_opset(model)
     if opset < MIN_OPSET:
-        raise ModelError(f"{path}: opset {opset} is older than {MIN_OPSET}; re-export with opset {MIN_OPSET} or newer")
+        model, opset = upgrade(model, opset, path), MIN_OPSET
     if len(model.graph.output) != 1:
         raise ModelError(f"{path}: the model has {len(model.graph.output)} outputs; relu2snn converts models with exactly one")
     in_name, in_shape, batch = input_spec(model)
@@ -178,4 +215,4 @@ def import_model(path: str | Path) -> Imported:
     else:
         raise ModelError(f"{path}: the output '{ctx.graph_output}' is not computed from a linear layer")
     graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
-    return Imported(graph, opset, sha, Path(path).name)
+    return Imported(graph, source_opset, sha, Path(path).name, opset)

@@ -1,0 +1,98 @@
+"""Old and odd ONNX files: opsets 7–10 upgraded on import, unsorted graphs, slicing and splitting as data
+movement, n-ary sums, several graph outputs, and the graphs of ../shared/realworld-onnx when present.
+
+Each model is checked twice: the float64 IR forward pass against onnxruntime (``check``: rtol 1e-4, atol
+1e-4 · max |ORT output|), and the whole pipeline (``exact``): convert with the test inputs as calibration
+data, then the simulated spiking logits agree with the float64 forward pass in every argmax, with no early
+spike, and within 1e-9 · max |logit|.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from onnx import helper
+
+from builders import GraphBuilder, save
+from relu2snn_cli import convert, h5io, ir, simulator
+from relu2snn_cli.errors import ModelError
+from relu2snn_cli.onnx_import import import_model
+from test_onnx_import import bn, check, conv, gemm, import_error, readout
+
+REALWORLD = Path(__file__).resolve().parents[1].parent / "shared" / "realworld-onnx"
+
+
+def exact(model_path, graph, tmp_path, x, **options) -> dict:
+    """Convert with x as calibration data and simulate x: agreement 1.0, no early spike, logit error
+    ≤ 1e-9 · max |logit| against the float64 forward pass; returns the artifact's meta."""
+    np.save(tmp_path / "c.npy", x)
+    convert.convert(model_path, str(tmp_path / "c.npy"), tmp_path / "m.snn.h5", **options)
+    net = h5io.read(tmp_path / "m.snn.h5")
+    result = simulator.simulate(net, x)
+    want = ir.forward(graph, x)
+    assert result.counts.early_spikes == 0
+    assert np.mean(np.argmax(result.logits, 1) == np.argmax(want, 1)) == 1.0
+    assert np.max(np.abs(result.logits - want)) <= 1e-9 * np.max(np.abs(want))
+    return net.meta
+
+
+def inputs(shape, n=24, seed=0) -> np.ndarray:
+    return (2.0 * np.random.default_rng(seed).standard_normal((n, *shape))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- opsets 7–10
+
+def _old_cnn(opset: int):
+    """A CNN in the forms of an old opset: BatchNormalization with ``spatial`` (opset < 9), Dropout, MaxPool,
+    Reshape to a constant target, Gemm with its C operand, Softmax."""
+    rng = np.random.default_rng(opset)
+    b = GraphBuilder((2, 8, 8), opset=opset)
+    h = conv(b, rng, "x", 4, pads=[1, 1, 1, 1])
+    h = bn(b, rng, h)
+    if opset < 9:
+        b.nodes[-1].attribute.extend([helper.make_attribute("spatial", 1)])
+    h = b.op("Relu", [h])
+    h = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("Dropout", [h], **({"ratio": 0.3} if opset < 12 else {}))
+    h = b.op("Reshape", [h, b.int_const([0, -1])])
+    h = b.op("Relu", [gemm(b, rng, h, 6)])
+    return b, gemm(b, rng, h, 3)
+
+
+@pytest.mark.parametrize("opset", [7, 8, 9, 10])
+def test_old_opsets_are_upgraded_on_import(tmp_path, opset):
+    b, logits = _old_cnn(opset)
+    model = b.build(logits)
+    imp = check(model, tmp_path)
+    assert (imp.opset, imp.imported_opset) == (opset, 11)
+    meta = exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 8, 8)))
+    assert (meta["source_opset"], meta["imported_opset"]) == (opset, 11)
+
+
+def test_opset_11_is_imported_as_is(tmp_path):
+    b, logits = _old_cnn(11)
+    imp = check(b.build(logits), tmp_path)
+    assert (imp.opset, imp.imported_opset) == (11, 11)
+
+
+def test_an_old_file_the_converter_cannot_upgrade_names_the_node(tmp_path):
+    """BatchNormalization with spatial = 0 (per-position statistics, opset < 9) has no newer form."""
+    b, _ = _old_cnn(8)
+    bn_node = next(n for n in b.nodes if n.op_type == "BatchNormalization")
+    for a in bn_node.attribute:
+        if a.name == "spatial":
+            a.i = 0
+    model = b.build(b.nodes[-1].output[0])
+    _, msg = import_error(model, tmp_path)
+    assert "opset 8 cannot be upgraded to 11" in msg
+    assert f"BatchNormalization node '{bn_node.name}'" in msg and "spatial" in msg
+
+
+def test_opset_older_than_7_is_refused(tmp_path):
+    b = GraphBuilder((3,), opset=6)
+    model = b.build(b.op("Relu", ["x"]))
+    _, msg = import_error(model, tmp_path)
+    assert "opset 6 is older than 7" in msg
