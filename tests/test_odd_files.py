@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from builders import GraphBuilder, save
+from builders import GraphBuilder, run_ort, save
 from relu2snn_cli import convert, h5io, ir, simulator
 from relu2snn_cli.errors import ModelError
 from relu2snn_cli.onnx_import import import_model
@@ -96,3 +96,36 @@ def test_opset_older_than_7_is_refused(tmp_path):
     model = b.build(b.op("Relu", ["x"]))
     _, msg = import_error(model, tmp_path)
     assert "opset 6 is older than 7" in msg
+
+
+# ----------------------------------------------------------------------------- unsorted graphs
+
+def test_nodes_out_of_topological_order_are_sorted(tmp_path):
+    """keras2onnx 1.5 writes nodes in no particular order; onnxruntime accepts such a file, and so does the
+    importer, which sorts them (the recorded sha256 is still the file's)."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder((2, 6, 6), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("Add", [b.op("Relu", [conv(b, rng, h, 3, pads=[1, 1, 1, 1])]), h])
+    model = readout(b, rng, b.op("Relu", [h]))
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())   # save() would run the checker, which refuses the order
+    imp = import_model(path)
+    x = inputs((2, 6, 6))
+    np.testing.assert_allclose(ir.forward(imp.graph, x), run_ort(model, x), rtol=1e-4,
+                               atol=1e-4 * np.max(np.abs(run_ort(model, x))))
+    exact(path, imp.graph, tmp_path, x)
+
+
+def test_a_graph_with_a_cycle_is_refused_by_the_checker(tmp_path):
+    b = GraphBuilder((3,), opset=13)
+    h = b.op("Relu", ["x"])
+    model = b.build(h)
+    model.graph.node[0].input[0] = "y"   # Relu reads the Identity that reads it
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        import_model(path)

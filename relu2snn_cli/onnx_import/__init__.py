@@ -75,6 +75,7 @@ def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
             digest.update((path.parent / location).read_bytes())
         if locations:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
+        sort_nodes(model.graph)
         onnx.checker.check_model(model)
         for tensor in model.graph.initializer:  # the checker does not compare dims with the stored data
             numpy_helper.to_array(tensor)
@@ -82,6 +83,29 @@ def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{path}: not a valid ONNX model ({first})") from None
     return model, digest.hexdigest()
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put the nodes in topological order if they are not (keras2onnx 1.5 writes them unsorted, and
+    onnxruntime sorts them itself): repeated passes take, in file order, every node whose inputs are known.
+    A graph that cannot be sorted (a cycle, an input nothing computes) is left as it is for the checker."""
+    known = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
+    remaining, order = list(range(len(graph.node))), []
+    while remaining:
+        rest = []
+        for i in remaining:
+            if all(name in known for name in graph.node[i].input):
+                order.append(i)
+                known.update(graph.node[i].output)
+            else:
+                rest.append(i)
+        if len(rest) == len(remaining):
+            return
+        remaining = rest
+    if order != sorted(order):
+        nodes = [onnx.NodeProto.FromString(graph.node[i].SerializeToString()) for i in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
 
 
 def model_opset(model: onnx.ModelProto) -> int:
