@@ -18,7 +18,7 @@ from onnx import helper
 
 from builders import GraphBuilder, run_ort, save
 from relu2snn_cli import convert, h5io, ir, simulator
-from relu2snn_cli.errors import ModelError
+from relu2snn_cli.errors import ModelError, UnsupportedOperatorError
 from relu2snn_cli.onnx_import import import_model
 from test_onnx_import import bn, check, conv, gemm, import_error, readout
 
@@ -129,3 +129,32 @@ def test_a_graph_with_a_cycle_is_refused_by_the_checker(tmp_path):
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelError, match="not a valid ONNX model"):
         import_model(path)
+
+
+# ----------------------------------------------------------------------------- Reshape allowzero
+
+@pytest.mark.parametrize("fixed_batch", [False, True])
+def test_reshape_with_allowzero_to_the_batch_size_from_shape(tmp_path, fixed_batch):
+    """PyTorch 2.9's dynamo export of x.view(x.size(0), -1): Reshape(allowzero = 1) to Concat(Shape(x)[0:1],
+    [-1]). At run time the target's first entry is the batch size, never zero."""
+    rng = np.random.default_rng(6)
+    b = GraphBuilder((2, 5, 5), opset=18)
+    h = b.op("Relu", [conv(b, rng, "x", 3)])
+    size = b.op("Shape", [h], start=0, end=1)
+    target = b.op("Concat", [size, b.int_const([-1])], axis=0)
+    h = b.op("Reshape", [h, target], allowzero=1)
+    model = b.build(gemm(b, rng, b.op("Relu", [gemm(b, rng, h, 5, k=27)]), 3))
+    if fixed_batch:
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 24
+    imp = check(model, tmp_path, batches=(24,) if fixed_batch else (1, 7))
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 5, 5)))
+
+
+def test_reshape_with_allowzero_and_a_zero_after_the_batch_axis_is_refused(tmp_path):
+    rng = np.random.default_rng(7)
+    b = GraphBuilder((2, 5, 5), opset=18)
+    h = b.op("Relu", [conv(b, rng, "x", 3)])
+    h = b.op("Reshape", [h, b.int_const([-1, 0, 9])], allowzero=1)
+    model = b.build(h)
+    _, msg = import_error(model, tmp_path, kind=UnsupportedOperatorError)
+    assert "allowzero=1" in msg and "Reshape node" in msg

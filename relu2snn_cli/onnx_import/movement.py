@@ -50,8 +50,10 @@ def convert_reshape(node: OnnxNode, ctx: Context) -> None:
 def _reshape_target(node: OnnxNode, ctx: Context, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape (batch axis omitted) that Reshape's target gives an input of ``shape``."""
     target = [int(t) for t in ctx.const(node, 1, "target shape")]
-    if node.attr("allowzero", 0) and 0 in target:
-        raise unsupported(node, "allowzero=1 with a zero in the target shape")
+    if node.attr("allowzero", 0) and 0 in target[1:]:
+        raise unsupported(node, "allowzero=1 with a zero in the target shape after the batch axis (an empty tensor)")
+    # with allowzero=1 a 0 first is the batch size: Shape gives 0 for the batch axis (constants.convert_shape),
+    # and a literal 0 there would ask for an empty batch, which no non-empty input reshapes to
     if target and ctx.batch is not None and target[0] == ctx.batch:
         target[0] = 0   # the model's fixed batch size: the batch axis
     n = int(np.prod(shape))
