@@ -158,3 +158,27 @@ def test_reshape_with_allowzero_and_a_zero_after_the_batch_axis_is_refused(tmp_p
     model = b.build(h)
     _, msg = import_error(model, tmp_path, kind=UnsupportedOperatorError)
     assert "allowzero=1" in msg and "Reshape node" in msg
+
+
+# ----------------------------------------------------------------------------- Sum and Mean
+
+@pytest.mark.parametrize("op", ["Sum", "Mean"])
+@pytest.mark.parametrize("form", ["relu_outputs", "linear_layers", "with_constant", "one_operand"])
+def test_sum_and_mean_of_several_activations(tmp_path, op, form):
+    """Sum (a residual sum of n terms, as Caffe2's ResNet-50 and ShuffleNet write it) and Mean, of ReLU
+    outputs (non-negative: no new ReLU) or of linear layers before their ReLU, with a constant operand."""
+    rng = np.random.default_rng(8)
+    b = GraphBuilder((3, 6, 6), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
+    branches = [conv(b, rng, h, 4, pads=[1, 1, 1, 1]) for _ in range(3)]
+    if form == "relu_outputs":
+        operands = [h] + [b.op("Relu", [x]) for x in branches]
+    elif form == "linear_layers":
+        operands = [h] + branches
+    elif form == "with_constant":
+        operands = [h, branches[0], b.const(rng.standard_normal((4, 1, 1))), b.op("Relu", [branches[1]])]
+    else:
+        operands = [branches[0]]
+    model = readout(b, rng, b.op("Relu", [b.op(op, operands)]))
+    imp = check(model, tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((3, 6, 6)))
