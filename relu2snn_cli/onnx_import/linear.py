@@ -47,6 +47,8 @@ def convert_matmul(node: OnnxNode, ctx: Context) -> None:
     (batch, K, L) is a 1×1 convolution over the sequence. An Add after it gives the bias."""
     x, y = ctx.get(node, 0, raw=True), ctx.get(node, 1, raw=True)
     if isinstance(y, Const):
+        if isinstance(x, Lin):
+            raise unsupported(node, "it is applied to a linear layer's output before a ReLU")
         b, shape = ctx.const(node, 1, "second operand"), getattr(x, "shape", None)
         if shape is None or len(shape) != 1 or b.ndim != 2 or b.shape[0] != shape[0]:
             raise unsupported(node, f"activation {shape} times a constant {b.shape}: only (batch, K)·(K, M) "
