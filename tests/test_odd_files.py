@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
@@ -193,3 +193,91 @@ def test_matmul_reading_a_linear_layer_names_the_cause(tmp_path):
     h = b.op("MatMul", [gemm(b, rng, "x", 4), b.const(rng.standard_normal((4, 3)))])
     exc, msg = import_error(b.build(h), tmp_path, kind=UnsupportedOperatorError)
     assert "MatMul node" in msg and "linear layer's output before a ReLU" in msg and "None" not in msg
+
+
+# ----------------------------------------------------------------------------- several outputs
+
+def _two_outputs(zipmap: bool = False, hidden_output: bool = False):
+    """An MLP with skl2onnx's outputs: the label (ArgMax, int64) and the probabilities (Softmax, float; or,
+    with ``zipmap``, a sequence of maps as skl2onnx writes by default). ``hidden_output``: a hidden ReLU
+    layer is a third, float, output."""
+    rng = np.random.default_rng(11)
+    b = GraphBuilder((5,), opset=13)
+    hidden = b.op("Relu", [gemm(b, rng, "x", 6)])
+    logits = gemm(b, rng, hidden, 3)
+    probabilities = b.op("Softmax", [logits], axis=1)
+    label = b.op("ArgMax", [probabilities], axis=1, keepdims=0)
+    b.nodes.append(helper.make_node("Identity", [label], ["label"], name="label_identity"))
+    if zipmap:
+        b.nodes.append(helper.make_node("ZipMap", [probabilities], ["probabilities"], name="zipmap",
+                                        domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]))
+    else:
+        b.nodes.append(helper.make_node("Identity", [probabilities], ["probabilities"], name="probabilities_identity"))
+    outputs = [helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]),
+               helper.make_value_info("probabilities", helper.make_sequence_type_proto(helper.make_map_type_proto(
+                   onnx.TensorProto.INT64, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, []))))
+               if zipmap else helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", 3])]
+    if hidden_output:
+        outputs.append(helper.make_tensor_value_info(hidden, onnx.TensorProto.FLOAT, ["N", 6]))
+    graph = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 5])],
+                              outputs, initializer=b.inits)
+    opsets = [helper.make_opsetid("", 13)] + ([helper.make_opsetid("ai.onnx.ml", 1)] if zipmap else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, logits, hidden
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+    from relu2snn_cli.cli import cli
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_label_and_probabilities_convert_the_probabilities(tmp_path):
+    """skl2onnx's two outputs without ZipMap: the only float output is converted (its Softmax removed), and
+    verify finds the same output from the artifact's source_output."""
+    model, logits, _ = _two_outputs()
+    path = save(model, tmp_path / "model.onnx")
+    imp = import_model(path)
+    assert (imp.output, imp.graph.output_name, imp.graph.removed) == ("probabilities", logits, ("Softmax",))
+    x = inputs((5,), n=40)
+    meta = exact(path, imp.graph, tmp_path, x)
+    assert (meta["source_output"], meta["source_logits"]) == ("probabilities", logits)
+    np.save(tmp_path / "x.npy", x)
+    result = _cli("verify", tmp_path / "m.snn.h5", "--onnx", path, "--data", tmp_path / "x.npy", "--json")
+    assert result.exit_code == 0, result.output
+
+
+def test_zipmap_probabilities_are_refused_with_the_option_and_the_argmax_input(tmp_path):
+    model, logits, _ = _two_outputs(zipmap=True)
+    path = save(model, tmp_path / "model.onnx")
+    with pytest.raises(ModelError) as info:
+        import_model(path)
+    msg = str(info.value)
+    assert "2 outputs, 'label' (int64), 'probabilities' (sequence_type)" in msg and "--onnx-output NAME" in msg
+    probabilities = next(n.output[0] for n in model.graph.node if n.op_type == "Softmax")
+    assert f"'{probabilities}', the tensor an ArgMax reads" in msg
+    # the tensor named: the ZipMap and ArgMax (not convertible) are left out, the Softmax removed
+    imp = import_model(path, probabilities)
+    assert (imp.output, imp.graph.output_name) == (probabilities, logits)
+    x = inputs((5,), n=40)
+    np.save(tmp_path / "x.npy", x)
+    result = _cli("convert", path, "--calib", tmp_path / "x.npy", "-o", tmp_path / "m.snn.h5",
+                  "--onnx-output", probabilities, "--quiet")
+    assert result.exit_code == 0, result.output
+    net = h5io.read(tmp_path / "m.snn.h5")
+    np.testing.assert_allclose(simulator.simulate(net, x).logits, ir.forward(imp.graph, x), rtol=0,
+                               atol=1e-9 * np.max(np.abs(ir.forward(imp.graph, x))))
+    result = _cli("verify", tmp_path / "m.snn.h5", "--onnx", path, "--data", tmp_path / "x.npy", "--json")
+    assert result.exit_code == 0, result.output
+
+
+def test_two_float_outputs_are_refused_unless_one_is_named(tmp_path):
+    model, logits, hidden = _two_outputs(hidden_output=True)
+    path = save(model, tmp_path / "model.onnx")
+    with pytest.raises(ModelError, match="2 are a float tensor computed by a linear layer; pass --onnx-output"):
+        import_model(path)
+    assert import_model(path, "probabilities").graph.output_name == logits
+    with pytest.raises(ModelError, match="--onnx-output 'nothing' is not a tensor of the model"):
+        import_model(path, "nothing")

@@ -49,6 +49,7 @@ class Imported:
     sha256: str
     file_name: str
     imported_opset: int = 0  # the opset the converters read: the file's, or MIN_OPSET after an upgrade
+    output: str = ""  # the ONNX tensor converted: the graph's output, or the one chosen among several
 
 
 def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
@@ -198,14 +199,81 @@ def _used(nodes: list) -> tuple:
     return tuple(n for n in nodes if n.name in needed)
 
 
-def import_model(path: str | Path) -> Imported:
-    """Read an ONNX file into the IR, folding affine maps and removing a final softmax (docs/supported-operators.md)."""
+def keep_output(model: onnx.ModelProto, output: str) -> None:
+    """Make ``output`` (a graph output or any tensor a node computes) the model's only output, and drop the
+    nodes it does not depend on (the ArgMax, Cast and ZipMap of a label output, say)."""
+    infos = {o.name: o for o in model.graph.output}
+    info = infos[output] if output in infos else onnx.helper.make_empty_tensor_value_info(output)
+    needed, keep = {output}, []
+    for node in reversed(model.graph.node):
+        if any(name in needed for name in node.output):
+            keep.append(onnx.NodeProto.FromString(node.SerializeToString()))
+            needed.update(node.input)
+    info = onnx.ValueInfoProto.FromString(info.SerializeToString())
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(keep))
+    del model.graph.output[:]
+    model.graph.output.append(info)
+
+
+def _describe_outputs(model: onnx.ModelProto) -> str:
+    def kind(o):
+        if o.type.HasField("tensor_type"):
+            return onnx.TensorProto.DataType.Name(o.type.tensor_type.elem_type).lower()
+        return o.type.WhichOneof("value") or "untyped"
+    return ", ".join(f"'{o.name}' ({kind(o)})" for o in model.graph.output)
+
+
+def choose_output(model: onnx.ModelProto, output: str | None, opset: int, path) -> str | None:
+    """The tensor to convert: ``output`` if given (it must exist); with one graph output, that one (None: keep
+    the graph as it is); with several, the only float output whose import succeeds (skl2onnx writes a label
+    and the probabilities), else a refusal listing the outputs and the option (docs/cli.md)."""
+    produced = {name for node in model.graph.node for name in node.output}
+    if output is not None:
+        if output not in produced and output not in {o.name for o in model.graph.output}:
+            raise ModelError(f"{path}: --onnx-output '{output}' is not a tensor of the model (its outputs: "
+                             f"{_describe_outputs(model)})")
+        return output
+    if len(model.graph.output) == 1:
+        return None
+    input_spec(model)   # its refusals first: they hold for every output
+    floats = [o.name for o in model.graph.output if o.type.HasField("tensor_type")
+              and o.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)]
+    viable = []
+    for name in floats:
+        trial = onnx.ModelProto.FromString(model.SerializeToString())
+        keep_output(trial, name)
+        try:
+            _graph(trial, opset, path)
+        except ModelError:
+            continue
+        viable.append(name)
+    if len(viable) == 1:
+        return viable[0]
+    argmax = [node.input[0] for node in model.graph.node if node.op_type == "ArgMax" and node.input[0] in produced]
+    hint = f" (e.g. '{argmax[0]}', the tensor an ArgMax reads)" if argmax else ""
+    found = "none is" if not viable else f"{len(viable)} are"
+    raise ModelError(f"{path}: the model has {len(model.graph.output)} outputs, {_describe_outputs(model)}, and "
+                     f"{found} a float tensor computed by a linear layer; pass --onnx-output NAME to choose the "
+                     f"tensor to convert{hint}")
+
+
+def import_model(path: str | Path, output: str | None = None) -> Imported:
+    """Read an ONNX file into the IR, folding affine maps and removing a final softmax (docs/supported-operators.md).
+    ``output`` names the tensor to convert when the model has several outputs (``choose_output``)."""
     model, sha = load_model(path)
     source_opset = opset = model_opset(model)
     if opset < MIN_OPSET:
         model, opset = upgrade(model, opset, path), MIN_OPSET
-    if len(model.graph.output) != 1:
-        raise ModelError(f"{path}: the model has {len(model.graph.output)} outputs; relu2snn converts models with exactly one")
+    chosen = choose_output(model, output, opset, path)
+    if chosen is not None:
+        keep_output(model, chosen)
+    return Imported(_graph(model, opset, path), source_opset, sha, Path(path).name, opset,
+                    model.graph.output[0].name)
+
+
+def _graph(model: onnx.ModelProto, opset: int, path) -> ir.Graph:
+    """The IR graph of a model of one output, at an opset the converters read."""
     in_name, in_shape, batch = input_spec(model)
     nodes = [wrap_node(p, p.name or f"{p.op_type}_{i}", opset) for i, p in enumerate(model.graph.node)]
     constant = constants.constant_tensors(model.graph)
@@ -239,4 +307,4 @@ def import_model(path: str | Path) -> Imported:
     else:
         raise ModelError(f"{path}: the output '{ctx.graph_output}' is not computed from a linear layer")
     graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
-    return Imported(graph, source_opset, sha, Path(path).name, opset)
+    return graph
