@@ -281,3 +281,113 @@ def test_two_float_outputs_are_refused_unless_one_is_named(tmp_path):
     assert import_model(path, "probabilities").graph.output_name == logits
     with pytest.raises(ModelError, match="--onnx-output 'nothing' is not a tensor of the model"):
         import_model(path, "nothing")
+
+
+# ----------------------------------------------------------------------------- Slice, Split, Gather
+
+def _slice(b, x, starts, ends, axes=None, steps=None, opset=13):
+    if opset < 10:
+        return b.op("Slice", [x], starts=starts, ends=ends, **({"axes": axes} if axes is not None else {}))
+    inputs = [x, b.int_const(starts), b.int_const(ends)]
+    if axes is not None:
+        inputs.append(b.int_const(axes))
+    if steps is not None:
+        inputs.append(b.int_const(steps))
+    return b.op("Slice", inputs)
+
+
+SLICES = {
+    "channels": dict(starts=[1], ends=[3], axes=[1]),
+    "negative_axis_and_step": dict(starts=[-1], ends=[-(2**62)], axes=[-1], steps=[-2]),
+    "two_axes_with_steps": dict(starts=[0, 4], ends=[4, 0], axes=[1, 2], steps=[2, -1]),
+    "clamped_ends": dict(starts=[1, 0], ends=[2**62, 3], axes=[2, 3]),
+    "whole_batch_and_channels": dict(starts=[0, 2], ends=[2**63 - 1, 4], axes=[0, 1]),
+}
+
+
+@pytest.mark.parametrize("case", SLICES)
+def test_slice_of_an_image_population(tmp_path, case):
+    rng = np.random.default_rng(12)
+    b = GraphBuilder((2, 6, 6), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
+    h = _slice(b, h, **SLICES[case])
+    h = b.op("Relu", [conv(b, rng, h, 3, kernel=(2, 2))])
+    imp = check(readout(b, rng, h), tmp_path)
+    assert any(isinstance(n, ir.Take) for n in imp.graph.nodes)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 6, 6)))
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_slice_of_a_vector_in_both_opset_forms(tmp_path, opset):
+    """Slice with attributes (opset < 10, upgraded on import) and with inputs, of an MLP's hidden layer under
+    a pending BatchNorm map, and of the network input."""
+    rng = np.random.default_rng(13)
+    b = GraphBuilder((8,), opset=opset)
+    x = _slice(b, "x", [1], [7], [1], opset=opset)
+    h = b.op("Relu", [gemm(b, rng, x, 10)])
+    h = b.op("BatchNormalization", [h, b.const(rng.uniform(-1.5, 1.5, 10)), b.const(rng.standard_normal(10)),
+                                    b.const(rng.standard_normal(10)), b.const(rng.uniform(0.5, 2, 10))])
+    h = _slice(b, h, [2], [9], [1], opset=opset)
+    model = b.build(gemm(b, rng, b.op("Relu", [gemm(b, rng, h, 5)]), 3))
+    imp = check(model, tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((8,)))
+
+
+def _split(b, x, n_out, opset, sizes=None, axis=1, num_outputs=False):
+    if num_outputs:
+        return b.op("Split", [x], n_out=n_out, axis=axis, num_outputs=n_out)
+    if sizes is None:
+        return b.op("Split", [x], n_out=n_out, axis=axis)
+    if opset < 13:
+        return b.op("Split", [x], n_out=n_out, axis=axis, split=sizes)
+    return b.op("Split", [x, b.int_const(sizes)], n_out=n_out, axis=axis)
+
+
+@pytest.mark.parametrize("opset,form", [(9, "sizes"), (11, "sizes"), (13, "sizes"), (13, "equal"),
+                                        (18, "num_outputs")])
+def test_split_shufflenet_block(tmp_path, opset, form):
+    """ShuffleNetV2's unit: split the channels in two (5 channels into 3 + 2 with num_outputs), one part through
+    a branch, concatenate, shuffle the channels (Reshape–Transpose–Reshape)."""
+    rng = np.random.default_rng(14)
+    b = GraphBuilder((3, 6, 6), opset=opset)
+    h = b.op("Relu", [conv(b, rng, "x", 5 if form == "num_outputs" else 6, pads=[1, 1, 1, 1])])
+    sizes = {"sizes": [2, 4], "equal": None, "num_outputs": None}[form]
+    first = _split(b, h, 2, opset, sizes, num_outputs=form == "num_outputs")
+    second = first[:-1] + "1"
+    branch = b.op("Relu", [conv(b, rng, second, 3 if form != "sizes" else 4, kernel=(1, 1))])
+    h = b.op("Concat", [first, branch], axis=1)   # 6 channels in every form
+    h = b.op("Reshape", [h, b.int_const([0, 2, 3, 6, 6])])
+    h = b.op("Transpose", [h], perm=[0, 2, 1, 3, 4])
+    h = b.op("Reshape", [h, b.int_const([0, 6, 6, 6])])
+    h = b.op("Relu", [conv(b, rng, h, 4)])
+    imp = check(readout(b, rng, h), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((3, 6, 6)))
+
+
+GATHERS = {
+    "scalar_spatial": (2, np.int64(-2)),
+    "channels_repeated_negative": (1, np.array([3, -1, 0, 0])),
+    "matrix_of_rows": (2, np.array([[0, 4], [2, 2]])),
+}
+
+
+@pytest.mark.parametrize("case", GATHERS)
+def test_gather_with_constant_indices(tmp_path, case):
+    axis, indices = GATHERS[case]
+    rng = np.random.default_rng(15)
+    b = GraphBuilder((2, 5, 5), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
+    h = b.op("Gather", [h, b.int_const(indices)], axis=axis)
+    h = b.op("Relu", [b.op("Mul", [h, b.const(1.5)])])
+    imp = check(readout(b, rng, h), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 5, 5)))
+
+
+@pytest.mark.parametrize("op", ["Slice", "Gather"])
+def test_selecting_along_the_batch_axis_is_refused(tmp_path, op):
+    rng = np.random.default_rng(16)
+    b = GraphBuilder((6,), opset=13)
+    h = b.op("Relu", [gemm(b, rng, "x", 4)])
+    h = _slice(b, h, [0], [1], [0]) if op == "Slice" else b.op("Gather", [h, b.int_const([0])], axis=0)
+    _, msg = import_error(b.build(h), tmp_path, kind=UnsupportedOperatorError)
+    assert f"{op} node" in msg and "batch axis" in msg
