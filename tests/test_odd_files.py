@@ -18,6 +18,7 @@ from onnx import helper
 
 from builders import GraphBuilder, run_ort, save
 from relu2snn_cli import convert, h5io, ir, simulator
+from relu2snn_cli.calibrate import run_model, session
 from relu2snn_cli.errors import ModelError, UnsupportedOperatorError
 from relu2snn_cli.onnx_import import import_model
 from test_onnx_import import bn, check, conv, gemm, import_error, readout
@@ -391,3 +392,38 @@ def test_selecting_along_the_batch_axis_is_refused(tmp_path, op):
     h = _slice(b, h, [0], [1], [0]) if op == "Slice" else b.op("Gather", [h, b.int_const([0])], axis=0)
     _, msg = import_error(b.build(h), tmp_path, kind=UnsupportedOperatorError)
     assert f"{op} node" in msg and "batch axis" in msg
+
+
+# ----------------------------------------------------------------------------- ../shared/realworld-onnx
+
+def _realworld_script():
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "realworld_onnx.py"
+    spec = importlib.util.spec_from_file_location("realworld_onnx", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not REALWORLD.is_dir(), reason="../shared/realworld-onnx is absent")
+@pytest.mark.parametrize("name", ["light_squeezenet"])
+def test_realworld_opset_9_graphs_import_like_onnxruntime(tmp_path, name):
+    """onnx-caffe2's SqueezeNet (Fire modules, Dropout) at opset 9, with seeded random weights: upgraded on
+    import, the float64 forward pass equals onnxruntime's on two samples (rtol 1e-4, atol 1e-4 · max |output|
+    as ``check``). ResNet-50 (``Sum`` residuals) takes 20 s: benchmarks/realworld_onnx.py runs it."""
+    path = _realworld_script().materialize(REALWORLD / f"{name}.onnx", tmp_path / f"{name}.onnx")
+    imp = import_model(path)
+    assert (imp.opset, imp.imported_opset, imp.graph.removed) == (9, 11, ("Softmax",))
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    want = run_model(session(path, [imp.graph.output_name]), x)[0]   # the file fixes batch 1: one at a time
+    got = ir.forward(imp.graph, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.max(np.abs(want)))
+
+
+@pytest.mark.skipif(not REALWORLD.is_dir(), reason="../shared/realworld-onnx is absent")
+def test_realworld_squeezenet_converts_exactly(tmp_path):
+    path = _realworld_script().materialize(REALWORLD / "light_squeezenet.onnx", tmp_path / "squeezenet.onnx")
+    imp = import_model(path)
+    x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    meta = exact(path, imp.graph, tmp_path, x, batch_size=2)
+    assert (meta["source_opset"], meta["imported_opset"]) == (9, 11)
