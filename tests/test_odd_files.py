@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
 
 from builders import GraphBuilder, run_ort, save
@@ -427,3 +429,64 @@ def test_realworld_squeezenet_converts_exactly(tmp_path):
     x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
     meta = exact(path, imp.graph, tmp_path, x, batch_size=2)
     assert (meta["source_opset"], meta["imported_opset"]) == (9, 11)
+
+
+# ----------------------------------------------------------------------------- property: selections in random nets
+
+@st.composite
+def selection_nets(draw):
+    """(model, input shape, seed): conv → ReLU, then a Slice (random start, end, step, possibly negative),
+    a Split (random sizes, one part or both read) or a Gather (random indices, repeats, negative) along a
+    random non-batch axis, optionally a BatchNorm map before it, then conv → ReLU (or a residual sum with
+    the other part) and a readout."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    shape = (draw(st.integers(1, 2)), draw(st.integers(3, 6)), draw(st.integers(3, 6)))
+    b = GraphBuilder(shape, opset=13)
+    c = draw(st.integers(2, 4))
+    h = b.op("Relu", [conv(b, rng, "x", c, pads=[1, 1, 1, 1])])
+    if draw(st.booleans()):
+        h = bn(b, rng, h)
+    axis = draw(st.integers(1, 3))
+    n = (c, *shape[1:])[axis - 1]
+    op = draw(st.sampled_from(["Slice", "Split", "Gather"]))
+    if op == "Slice":
+        step = draw(st.sampled_from([1, 2, -1, -2]))
+        start, end = draw(st.integers(-n - 1, n + 1)), draw(st.integers(-n - 1, n + 1))
+        if not len(range(n)[slice(start, end, step)]):
+            start, end = (0, n) if step > 0 else (n - 1, -n - 1)
+        h = _slice(b, h, [start], [end], [axis], [step])
+    elif op == "Split":
+        first = draw(st.integers(1, n - 1)) if n > 1 else 1
+        sizes = [first, n - first] if n > 1 else [1]
+        h = _split(b, h, len(sizes), 13, sizes, axis=axis)
+        if len(sizes) == 2 and draw(st.booleans()):
+            h = h[:-1] + "1"
+    else:
+        indices = draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=4))
+        h = b.op("Gather", [h, b.int_const(indices)], axis=axis)
+    h = b.op("Relu", [conv(b, rng, h, 3, kernel=(1, 1))])
+    return readout(b, rng, h), shape, seed
+
+
+@settings(max_examples=20, deadline=None)
+@given(net=selection_nets())
+def test_selections_are_exact_and_match_the_event_reference(tmp_path_factory, net):
+    """The pipeline is exact against the float64 forward pass (``exact``), and with calibration on small inputs
+    and a run on large ones (early spikes provoked) the simulator equals the event-by-event reference."""
+    import reference
+    model, shape, seed = net
+    tmp = tmp_path_factory.mktemp("sel")
+    path = save(model, tmp / "model.onnx")
+    graph = import_model(path).graph
+    x = inputs(shape, n=16, seed=seed % 1000)
+    exact(path, graph, tmp, x)
+    np.save(tmp / "small.npy", 0.2 * x)
+    convert.convert(path, str(tmp / "small.npy"), tmp / "early.snn.h5", input_range=(-6, 6))
+    net_early = h5io.read(tmp / "early.snn.h5")
+    big = 2.0 * x[:3].astype(np.float64)
+    result = simulator.simulate(net_early, big, keep_times=True)
+    logits, times = reference.run(net_early, big)
+    for name, t in times.items():
+        np.testing.assert_allclose(result.times[name], t, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(result.logits, logits, rtol=1e-9, atol=1e-9 * max(1.0, np.max(np.abs(logits))))
