@@ -490,3 +490,39 @@ def test_selections_are_exact_and_match_the_event_reference(tmp_path_factory, ne
     for name, t in times.items():
         np.testing.assert_allclose(result.times[name], t, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(result.logits, logits, rtol=1e-9, atol=1e-9 * max(1.0, np.max(np.abs(logits))))
+
+
+# ----------------------------------------------------------------------------- AveragePool, count_include_pad = 0
+
+AVERAGE_POOLS = {
+    "padded_3x3": dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+    "padded_strided": dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1]),
+    "ceil_mode_cut_windows": dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+    "same_upper": dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+}
+
+
+@pytest.mark.parametrize("after_pad", [False, True])
+@pytest.mark.parametrize("case", AVERAGE_POOLS)
+def test_average_pool_without_padding_in_the_count(tmp_path, case, after_pad):
+    """Inception-v2's pooling: each window divided by how many of its positions lie in the tensor (a Pad's
+    zeros do; the pooling's own padding and ceil_mode's cut windows do not). Through a ReLU (the identity on
+    it) and a BatchNorm map, read by a dense layer: exact."""
+    rng = np.random.default_rng(17)
+    b = GraphBuilder((2, 5, 5), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    if after_pad:
+        h = b.op("Pad", [h, b.int_const([0, 0, 1, 0, 0, 0, 0, 1])])
+    h = b.op("AveragePool", [h], count_include_pad=0, **AVERAGE_POOLS[case])
+    imp = check(readout(b, rng, bn(b, rng, b.op("Relu", [h]))), tmp_path)   # the BN map joins the divisors
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 5, 5)))
+
+
+def test_average_pool_without_padding_in_the_count_read_by_a_conv_is_refused(tmp_path):
+    rng = np.random.default_rng(18)
+    b = GraphBuilder((2, 5, 5), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)
+    _, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(1, 1))])), tmp_path,
+                          kind=UnsupportedOperatorError)
+    assert "Conv node" in msg and "different scales at different positions" in msg

@@ -895,17 +895,6 @@ def test_average_pooling(tmp_path, case):
         assert pool.relu and pool.terms[0].groups == 3
 
 
-def test_average_pooling_with_count_include_pad_0_and_padding_is_refused(tmp_path):
-    rng = np.random.default_rng(62)
-    b = GraphBuilder((2, 6, 5))
-    h = b.op("Relu", [conv(b, rng, "x", 3)])
-    h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    name = b.nodes[-1].name
-    error, msg = import_error(readout(b, rng, h), tmp_path, UnsupportedOperatorError)
-    assert name in msg and "count_include_pad" in msg
-    assert error.nodes == ((name, "AveragePool"),)
-
-
 @pytest.mark.parametrize("opset", [11, 13, 18])
 def test_pad_is_absorbed_by_the_next_conv(tmp_path, opset):
     """Zero Pad (asymmetric) of a population with a pending BatchNorm, then a padded conv: one conv whose pads are
