@@ -525,4 +525,4 @@ def test_average_pool_without_padding_in_the_count_read_by_a_conv_is_refused(tmp
     h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)
     _, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(1, 1))])), tmp_path,
                           kind=UnsupportedOperatorError)
-    assert "Conv node" in msg and "different scales at different positions" in msg
+    assert "Conv node" in msg and "different scales at different positions" in msg and "count_include_pad=0" in msg
