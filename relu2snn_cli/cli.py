@@ -212,18 +212,22 @@ Example:
 @click.option("--s-min", type=float, default=-10.0, show_default=True, help="Smallest allowed incoming weight sum.")
 @click.option("--input-range", type=(float, float), metavar="P Q",
               help="Input range coded in the input window [default: calibration min/max widened by zeta/2 each side].")
+@click.option("--onnx-output", metavar="NAME",
+              help="The ONNX tensor to convert, for a model with several outputs [default: the only float output "
+                   "computed by a linear layer].")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def convert(model, calib, output, zeta, s_max, s_min, input_range, batch_size, force, as_json, quiet):
+def convert(model, calib, output, zeta, s_max, s_min, input_range, onnx_output, batch_size, force, as_json, quiet):
     """Convert MODEL (ONNX) into a spiking network (.snn.h5), calibrating activation bounds on --calib."""
     from .convert import convert as run_convert
     from .mapping import MappingOptions
     out = Path(output) if output else Path(model).with_suffix(".snn.h5")
     _check_output(out, force, model, calib)
     report = _run(run_convert, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
-                  options=MappingOptions(zeta, s_min, s_max), input_range=input_range, batch_size=batch_size)
+                  options=MappingOptions(zeta, s_min, s_max), input_range=input_range, batch_size=batch_size,
+                  output=onnx_output)
     _print(report, as_json)
 
 
@@ -242,17 +246,19 @@ Example:
               help="Exit 1 when the largest |SNN logit − float64 ReLU logit| exceeds this times the largest |logit|.")
 @click.option("--max-early-spikes", type=click.IntRange(0), default=0, show_default=True,
               help="Exit 1 when more neurons than this fire before all their inputs are in.")
+@click.option("--onnx-output", metavar="NAME",
+              help="The ONNX tensor converted [default: the one the artifact records as source_output].")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def verify(snn_file, onnx_file, data, labels, min_agreement, max_logit_error, max_early_spikes, batch_size, as_json,
-           quiet):
+def verify(snn_file, onnx_file, data, labels, min_agreement, max_logit_error, max_early_spikes, onnx_output,
+           batch_size, as_json, quiet):
     """Check SNN_FILE against onnxruntime and the float64 ReLU forward pass on --data; exit 1 when an exactness
     check fails (the report's failures)."""
     from .verify import verify as run_verify
     report = _run(run_verify, "verifying", quiet, snn_path=snn_file, onnx_path=onnx_file, data_spec=data,
                   labels_spec=labels, min_agreement=min_agreement, max_logit_error=max_logit_error,
-                  max_early_spikes=max_early_spikes, batch_size=batch_size)
+                  max_early_spikes=max_early_spikes, batch_size=batch_size, output=onnx_output)
     _print(report, as_json)
     early_failed = report["early_spikes"] > max_early_spikes   # then a failure gives the hints below
     if not as_json and report["early_spikes"] and not early_failed:

@@ -63,11 +63,12 @@ def check_window_sizes(graph: ir.Graph, batch_size: int, model_path) -> None:
                                  f"GiB); pass --batch-size {max(1, MAX_BATCH_VALUES // size)} or less")
 
 
-def import_model(model_path, batch_size: int = 256):
-    """The importer, between the size checks, with errors naming the file."""
+def import_model(model_path, batch_size: int = 256, output: str | None = None):
+    """The importer, between the size checks, with errors naming the file; ``output`` chooses among several
+    graph outputs (``onnx_import.choose_output``)."""
     check_tensor_sizes(model_path, batch_size)
     with naming(model_path):
-        imported = _import_model(model_path)
+        imported = _import_model(model_path, output)
     check_window_sizes(imported.graph, batch_size, model_path)
     return imported
 
@@ -82,11 +83,13 @@ def input_layout(graph) -> str:
 
 
 def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptions = mapping.MappingOptions(),
-            input_range: tuple[float, float] | None = None, batch_size: int = 256, progress=None) -> dict:
-    """Convert a ReLU network and write its spiking version; the report says what was done and measured."""
+            input_range: tuple[float, float] | None = None, batch_size: int = 256, progress=None,
+            output: str | None = None) -> dict:
+    """Convert a ReLU network and write its spiking version; the report says what was done and measured.
+    ``output`` names the ONNX tensor to convert when the model has several outputs."""
     seconds = {}
     clock = time.perf_counter()
-    imported = import_model(model_path, batch_size)
+    imported = import_model(model_path, batch_size, output)
     graph = imported.graph
     seconds["import"] = time.perf_counter() - clock
 
@@ -105,7 +108,8 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     meta = {
         "tool": "relu2snn", "tool_version": __version__, "neuron_model": NEURON_MODEL,
         "source_model_name": imported.file_name, "source_model_sha256": imported.sha256, "source_opset": imported.opset,
-        "source_input": graph.input_name, "source_logits": graph.output_name,
+        "imported_opset": imported.imported_opset,
+        "source_input": graph.input_name, "source_output": imported.output, "source_logits": graph.output_name,
         "calibration_samples": stats.n_samples, "calibration_sha256": stats.sha256,
         "zeta": options.zeta, "s_min": options.s_min, "s_max": options.s_max,
         "input_range": (low, high), "input_shape": tuple(graph.input.shape), "input_layout": layout,

@@ -170,6 +170,11 @@ class MaxPool:
         return (self.in_shape[0], *ops.out_spatial(self.in_shape[1:], self.kernel, self.strides, self.pads,
                                                    self.dilations, self.ceil_mode))
 
+    def move(self, xs: list[np.ndarray]) -> np.ndarray:
+        """The maximum of each window (the minimum for the ``latest`` channels), over a batch."""
+        geometry = (self.kernel, self.strides, self.pads, self.dilations, self.ceil_mode)
+        return ops.pool_channels(xs[0], self.latest, ops.max_pool, ops.min_pool, *geometry)
+
 
 @dataclass(frozen=True)
 class Reshape:
@@ -187,6 +192,9 @@ class Reshape:
     @property
     def inputs(self) -> tuple[str, ...]:
         return (self.input,)
+
+    def move(self, xs: list[np.ndarray]) -> np.ndarray:
+        return ops.reshape(xs[0], self.shape)
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,9 @@ class Transpose:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.in_shape[p] for p in self.perm)
 
+    def move(self, xs: list[np.ndarray]) -> np.ndarray:
+        return ops.transpose(xs[0], self.perm)
+
 
 @dataclass(frozen=True)
 class Concat:
@@ -230,8 +241,42 @@ class Concat:
         first = self.in_shapes[0]
         return first[:self.axis] + (sum(s[self.axis] for s in self.in_shapes),) + first[self.axis + 1:]
 
+    def move(self, xs: list[np.ndarray]) -> np.ndarray:
+        return ops.concat(xs, self.axis)
 
-Node = Input | Affine | MaxPool | Reshape | Transpose | Concat
+
+@dataclass(frozen=True)
+class Take:
+    """y = the neurons of x at ``indices`` along (non-batch) ``axis``, in that order: Slice, Split and Gather
+    with constant indices (docs/supported-operators.md)."""
+
+    name: str
+    input: str
+    in_shape: tuple[int, ...]
+    axis: int
+    indices: tuple[int, ...]
+
+    def __post_init__(self):
+        if not 0 <= self.axis < len(self.in_shape):
+            raise GraphError(f"{self.name}: axis {self.axis} is not an axis of {self.in_shape}")
+        if not self.indices or any(not 0 <= i < self.in_shape[self.axis] for i in self.indices):
+            raise GraphError(f"{self.name}: indices {self.indices} are not positions 0..{self.in_shape[self.axis] - 1}"
+                             f" of axis {self.axis} of {self.in_shape}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.in_shape[:self.axis] + (len(self.indices),) + self.in_shape[self.axis + 1:]
+
+    def move(self, xs: list[np.ndarray]) -> np.ndarray:
+        return ops.take(xs[0], self.indices, self.axis)
+
+
+Node = Input | Affine | MaxPool | Reshape | Transpose | Concat | Take
+MOVEMENT = (MaxPool, Reshape, Transpose, Concat, Take)  # nodes whose ``move`` places neurons without computing
 
 
 @dataclass(frozen=True)
@@ -328,7 +373,8 @@ def fold_term_input(term: Term, scale, shift) -> tuple[Term, np.ndarray]:
     per_channel = scale.reshape(scale.shape[0], -1)[:, :1]
     if not np.all(scale.reshape(scale.shape[0], -1) == per_channel):
         raise GraphError(f"the neurons of {term.input} have different scales at different positions of a channel "
-                         "(e.g. populations with their own scales concatenated along a spatial axis), which one "
+                         "(populations with their own scales concatenated along a spatial axis, or an AveragePool "
+                         "with count_include_pad=0 dividing by a count that varies with the position), which one "
                          "convolution kernel cannot carry")
     c = term.weight.shape[1]
     k = per_channel[:, 0].reshape(term.groups, 1, c)   # the scale of each group's input channels
@@ -407,20 +453,13 @@ def apply_linear(layer: Affine, xs: list[np.ndarray]) -> np.ndarray:
 
 
 def apply(node, xs: list[np.ndarray]) -> np.ndarray:
-    """One node of the ReLU network on a batch, float64; ``xs`` are its inputs' outputs in order."""
+    """One node of the ReLU network on a batch, float64; ``xs`` are its inputs' outputs in order. A node that
+    moves neurons (pooling, reshaping, …) does so with its own ``move``."""
     if isinstance(node, Affine):
         y = apply_linear(node, xs)
         return np.maximum(y, 0.0) if node.relu else y
-    x = xs[0]
-    if isinstance(node, MaxPool):
-        geometry = (node.kernel, node.strides, node.pads, node.dilations, node.ceil_mode)
-        return ops.pool_channels(x, node.latest, ops.max_pool, ops.min_pool, *geometry)
-    if isinstance(node, Reshape):
-        return x.reshape((len(x),) + tuple(node.shape))
-    if isinstance(node, Transpose):
-        return np.ascontiguousarray(x.transpose((0,) + tuple(p + 1 for p in node.perm)))
-    if isinstance(node, Concat):
-        return np.concatenate(xs, axis=node.axis + 1)
+    if isinstance(node, MOVEMENT):
+        return node.move(xs)
     raise GraphError(f"no forward rule for {type(node).__name__}")
 
 

@@ -184,17 +184,12 @@ class Scaled:
 
 
 def move_codes(node, codes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """The code map (scale, shift) of a node that moves neurons, from its inputs' maps (full-shape arrays)."""
-    if isinstance(node, ir.MaxPool):   # one positive scale per channel (checked on import)
-        return tuple(np.broadcast_to(ops.channel_axis(m.reshape(m.shape[0], -1)[:, 0], len(node.shape)), node.shape)
-                     for m in codes[0])
-    if isinstance(node, ir.Reshape):
-        return tuple(m.reshape(node.shape) for m in codes[0])
-    if isinstance(node, ir.Transpose):
-        return tuple(m.transpose(node.perm) for m in codes[0])
-    if isinstance(node, ir.Concat):
-        return tuple(np.concatenate([c[i] for c in codes], axis=node.axis) for i in (0, 1))
-    raise GraphError(f"no spiking mapping for {type(node).__name__}")
+    """The code map (scale, shift) of a node that moves neurons, from its inputs' maps (full-shape arrays):
+    the maps moved as the neurons are (``node.move``). A max-pooling's maps are one number per channel
+    (checked on import), which the pooling keeps."""
+    if not isinstance(node, ir.MOVEMENT):
+        raise GraphError(f"no spiking mapping for {type(node).__name__}")
+    return tuple(node.move([c[i][None] for c in codes])[0] for i in (0, 1))
 
 
 def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: MappingOptions = MappingOptions()) -> Scaled:
@@ -275,12 +270,10 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
         elif isinstance(node, ir.Affine):
             out = snn.Readout(node.name, _synapses(node, [t.weight for t in node.terms], delays),
                               readout_drive(node.bias, b_in), (t_in, b_in), source=node.source)
-        elif isinstance(node, ir.MaxPool):
-            out = snn.SpikePool(**_fields(node), window=(t_in, b_in))
-        elif isinstance(node, (ir.Reshape, ir.Transpose)):
-            out = snn.KINDS[type(node).__name__](**_fields(node), window=(t_in, b_in))
-        elif isinstance(node, ir.Concat):
-            out = snn.Concat(**_fields(node), window=(t_in, b_in), delays=delays)
+        elif type(node) in snn.SPIKING_MOVEMENT:
+            kind = snn.SPIKING_MOVEMENT[type(node)]
+            extra = {"delays": delays} if kind is snn.Concat else {}
+            out = kind(**_fields(node), window=(t_in, b_in), **extra)
         else:
             raise GraphError(f"no spiking mapping for {type(node).__name__}")
         nodes.append(out)

@@ -130,6 +130,26 @@ def min_pool(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool = 
     return pool(x, kernel, strides, pads, dilations, np.inf, np.minimum, ceil_mode)
 
 
+def reshape(x: np.ndarray, shape) -> np.ndarray:
+    """(N, *in_shape) → (N, *shape) in C order."""
+    return x.reshape((len(x),) + tuple(shape))
+
+
+def transpose(x: np.ndarray, perm) -> np.ndarray:
+    """The non-batch axes permuted: y.shape[1 + i] = x.shape[1 + perm[i]]."""
+    return np.ascontiguousarray(x.transpose((0,) + tuple(p + 1 for p in perm)))
+
+
+def concat(xs: list[np.ndarray], axis: int) -> np.ndarray:
+    """Batches side by side along non-batch ``axis``."""
+    return np.concatenate(xs, axis=axis + 1)
+
+
+def take(x: np.ndarray, indices, axis: int) -> np.ndarray:
+    """The positions ``indices`` of non-batch ``axis``, in that order (a slice, a split part, a gather)."""
+    return np.ascontiguousarray(np.take(x, list(indices), axis=axis + 1))
+
+
 def pool_channels(x: np.ndarray, latest, pool_max, pool_min, *geometry) -> np.ndarray:
     """``pool_max`` on every channel except those listed in ``latest``, which get ``pool_min``."""
     y = pool_max(x, *geometry)

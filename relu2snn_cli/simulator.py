@@ -291,19 +291,11 @@ def read_out(readout: snn.Readout, t_in: list[np.ndarray]) -> np.ndarray:
 
 
 def move(node, t_in: list[np.ndarray]) -> np.ndarray:
-    """Spike times of a node that moves neurons: pooling (earliest spike, or latest for the ``latest``
-    channels), reshaping, transposing, concatenating (delayed to the common window)."""
-    t = t_in[0]
-    if isinstance(node, snn.SpikePool):
-        geometry = (node.kernel, node.strides, node.pads, node.dilations, node.ceil_mode)
-        return ops.pool_channels(t, node.latest, ops.min_pool, ops.max_pool, *geometry)
-    if isinstance(node, snn.Reshape):
-        return t.reshape((len(t),) + tuple(node.shape))
-    if isinstance(node, snn.Transpose):
-        return np.ascontiguousarray(t.transpose((0,) + tuple(p + 1 for p in node.perm)))
-    if isinstance(node, snn.Concat):
-        return np.concatenate([t_k + d for t_k, d in zip(t_in, node.delays)], axis=node.axis + 1)
-    raise TypeError(f"no simulation rule for {type(node).__name__}")
+    """Spike times of a node that moves neurons (pooling, reshaping, transposing, concatenating, taking):
+    the node's own ``move`` (snn.py)."""
+    if not isinstance(node, tuple(snn.SPIKING_MOVEMENT.values())):
+        raise TypeError(f"no simulation rule for {type(node).__name__}")
+    return node.move(t_in)
 
 
 @dataclass

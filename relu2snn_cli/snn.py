@@ -241,6 +241,11 @@ class SpikePool(ir.MaxPool):
         if any(not 0 <= c < self.in_shape[0] for c in self.latest):
             raise GraphError(f"{self.name}: latest-spike channels {self.latest} outside 0..{self.in_shape[0] - 1}")
 
+    def move(self, ts: list[np.ndarray]) -> np.ndarray:
+        """Spike times: the earliest of each window (the latest for the ``latest`` channels)."""
+        geometry = (self.kernel, self.strides, self.pads, self.dilations, self.ceil_mode)
+        return ops.pool_channels(ts[0], self.latest, ops.min_pool, ops.max_pool, *geometry)
+
 
 @dataclass(frozen=True)
 class Reshape(ir.Reshape):
@@ -269,8 +274,22 @@ class Concat(ir.Concat):
         if len(self.delays) != len(self.inputs):
             raise GraphError(f"{self.name}: {len(self.delays)} delays for {len(self.inputs)} inputs")
 
+    def move(self, ts: list[np.ndarray]) -> np.ndarray:
+        """Spike times side by side, each input's delayed by its delay."""
+        return super().move([t + d for t, d in zip(ts, self.delays)])
 
-KINDS = {cls.__name__: cls for cls in (Encoder, SpikingLayer, Readout, SpikePool, Reshape, Transpose, Concat)}
+
+@dataclass(frozen=True)
+class Take(ir.Take):
+    """The spike times at ``indices`` along (non-batch) ``axis`` (no new neurons, same ``window``)."""
+
+    window: tuple[float, float] = field(kw_only=True)
+
+
+# the spiking node of each IR node that moves neurons: its fields plus a window (and a Concat's delays)
+SPIKING_MOVEMENT = {ir.MaxPool: SpikePool, ir.Reshape: Reshape, ir.Transpose: Transpose, ir.Concat: Concat,
+                    ir.Take: Take}
+KINDS = {cls.__name__: cls for cls in (Encoder, SpikingLayer, Readout, *SPIKING_MOVEMENT.values())}
 
 
 def _in_shapes(node) -> tuple:

@@ -75,11 +75,12 @@ def _finite(values: np.ndarray, path, what: str, data_spec: str) -> np.ndarray:
 
 
 def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, min_agreement: float = 1.0,
-           max_logit_error: float = 1e-9, max_early_spikes: int = 0, batch_size: int = 256, progress=None) -> dict:
+           max_logit_error: float = 1e-9, max_early_spikes: int = 0, batch_size: int = 256, progress=None,
+           output: str | None = None) -> dict:
     """Run all three on the data; the report's ``failures`` lists the failed checks, ``passed`` is true when none
-    failed."""
+    failed. ``output`` is the ONNX tensor converted, by default the artifact's ``source_output``."""
     net = h5io.read(snn_path)
-    imported = import_model(onnx_path, batch_size)
+    imported = import_model(onnx_path, batch_size, output if output is not None else net.meta.get("source_output"))
     check_source(snn_path, onnx_path, net, imported)
     graph = imported.graph
     data = load_array(data_spec)

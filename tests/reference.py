@@ -112,6 +112,17 @@ def pool(node: snn.SpikePool, t_in: np.ndarray) -> np.ndarray:
     return out
 
 
+def take(node: snn.Take, t_in: np.ndarray) -> np.ndarray:
+    """Each output position reads the input position whose coordinate along ``axis`` is ``indices`` of its own."""
+    out = np.empty((len(t_in),) + tuple(node.shape))
+    for s in range(len(t_in)):
+        for pos in np.ndindex(*node.shape):
+            src = list(pos)
+            src[node.axis] = node.indices[pos[node.axis]]
+            out[(s, *pos)] = t_in[(s, *src)]
+    return out
+
+
 def run(net: snn.Network, x: np.ndarray, counts: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Logits and every population's spike times for inputs x; with ``counts``, each spiking layer's
     (threshold spikes, forced spikes) as ``fire_layer`` counts them."""
@@ -131,6 +142,8 @@ def run(net: snn.Network, x: np.ndarray, counts: dict | None = None) -> tuple[np
             times[node.name] = np.stack([t.transpose(node.perm) for t in t_ins[0]])
         elif isinstance(node, snn.Concat):
             times[node.name] = np.concatenate([t + d for t, d in zip(t_ins, node.delays)], axis=node.axis + 1)
+        elif isinstance(node, snn.Take):
+            times[node.name] = take(node, t_ins[0])
         else:
             logits = read_out(node, t_ins)
     return logits, times

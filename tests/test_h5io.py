@@ -138,7 +138,7 @@ def with_meta(nodes, **extra) -> snn.Network:
 
 def hand_built(rng) -> snn.Network:
     """Every node kind: a layer reading two populations (grouped conv with a delay, 1×1 conv), pooling with a
-    latest-spike channel, transpose, reshape, and a concatenation of populations from different windows."""
+    latest-spike channel, transpose, a take of positions (one repeated), reshape, and a concatenation of populations from different windows."""
     enc = snn.Encoder("in", (2, 5, 5), -1.0, 2.0)
     syn1 = snn.Synapses("in", (2, 5, 5), 0.05 * rng.normal(size=(3, 2, 3, 3)), 0.0, (2, 1), (1, 0, 1, 2), (1, 2))
     theta1 = rng.normal(size=(3, 3, 3)) + 4
@@ -153,11 +153,12 @@ def hand_built(rng) -> snn.Network:
                           scale=np.ones(4), x_max=rng.random(4), x_n=1.0, source="add")
     pool = snn.SpikePool("p", "c2", c2.shape, (2, 2), (2, 2), (0, 0, 1, 1), (1, 1), True, (1,), window=c2.window)
     tr = snn.Transpose("t", "p", pool.shape, (1, 2, 0), window=pool.window)
-    flat = snn.Reshape("f", "t", tr.shape, (16,), window=tr.window)
+    take = snn.Take("k", "t", tr.shape, 2, (3, 0, 0), window=tr.window)
+    flat = snn.Reshape("f", "k", take.shape, (12,), window=take.window)
     raw = snn.Reshape("e", "in", enc.shape, (50,), window=enc.window)
-    cat = snn.Concat("cat", ("f", "e"), ((16,), (50,)), 0, window=(3.5, 1.5), delays=(0.0, 4.0))
-    readout = snn.Readout("r", (snn.Synapses("cat", (66,), rng.normal(size=(4, 66))),), rng.normal(size=4), cat.window)
-    return with_meta((enc, c1, c2, pool, tr, flat, raw, cat, readout),
+    cat = snn.Concat("cat", ("f", "e"), ((12,), (50,)), 0, window=(3.5, 1.5), delays=(0.0, 4.0))
+    readout = snn.Readout("r", (snn.Synapses("cat", (62,), rng.normal(size=(4, 62))),), rng.normal(size=4), cat.window)
+    return with_meta((enc, c1, c2, pool, tr, take, flat, raw, cat, readout),
                      note="ünïcode", flag=True, n=3, x=0.1, names=("a", "b"), empty=())
 
 

@@ -707,15 +707,6 @@ def test_dynamic_non_batch_dimension(tmp_path):
     assert "dynamic" in msg and "'H'" in msg
 
 
-def test_opset_10_is_rejected(tmp_path):
-    rng = np.random.default_rng(38)
-    b = GraphBuilder((6,), opset=10)
-    model = b.build(gemm(b, rng, b.op("Relu", [gemm(b, rng, "x", 5)]), 3))
-    _, msg = import_error(model, tmp_path)
-    msg = msg
-    assert "opset 10" in msg and "11" in msg
-
-
 def test_division_by_an_activation(tmp_path):
     rng = np.random.default_rng(39)
     b = GraphBuilder((6,))
@@ -902,17 +893,6 @@ def test_average_pooling(tmp_path, case):
     else:   # a spiking layer with fixed depthwise weights (for "read-twice", besides the fold into the Gemm)
         pool = [n for n in imp.graph.nodes[2:] if isinstance(n, ir.Affine) and isinstance(n.terms[0], ir.Conv)][0]
         assert pool.relu and pool.terms[0].groups == 3
-
-
-def test_average_pooling_with_count_include_pad_0_and_padding_is_refused(tmp_path):
-    rng = np.random.default_rng(62)
-    b = GraphBuilder((2, 6, 5))
-    h = b.op("Relu", [conv(b, rng, "x", 3)])
-    h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    name = b.nodes[-1].name
-    error, msg = import_error(readout(b, rng, h), tmp_path, UnsupportedOperatorError)
-    assert name in msg and "count_include_pad" in msg
-    assert error.nodes == ((name, "AveragePool"),)
 
 
 @pytest.mark.parametrize("opset", [11, 13, 18])

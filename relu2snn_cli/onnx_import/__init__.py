@@ -26,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import onnx
+import onnx.version_converter
 from onnx import external_data_helper, numpy_helper
 
 from .. import ir
@@ -34,7 +35,8 @@ from . import constants, linear, movement, pooling
 from .core import (CONVERTERS, SUPPORTED_DOC, Context, Lin, OnnxNode, Pooled, Pop, as_linear, identity_pop,
                    wrap_node)
 
-MIN_OPSET = 11
+MIN_OPSET = 11  # the oldest opset the converters read; older files are upgraded to it on import
+OLDEST_OPSET = 7  # the oldest opset upgraded (onnx's version converter has adapters from opset 7 on for the ops here)
 CONVERTER_MODULES = (linear, pooling, movement, constants)  # importing them fills CONVERTERS
 
 
@@ -43,9 +45,11 @@ class Imported:
     """The result of an import: the IR graph and facts about the source model."""
 
     graph: ir.Graph
-    opset: int
+    opset: int  # the file's own opset
     sha256: str
     file_name: str
+    imported_opset: int = 0  # the opset the converters read: the file's, or MIN_OPSET after an upgrade
+    output: str = ""  # the ONNX tensor converted: the graph's output, or the one chosen among several
 
 
 def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
@@ -72,6 +76,7 @@ def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
             digest.update((path.parent / location).read_bytes())
         if locations:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
+        sort_nodes(model.graph)
         onnx.checker.check_model(model)
         for tensor in model.graph.initializer:  # the checker does not compare dims with the stored data
             numpy_helper.to_array(tensor)
@@ -81,11 +86,68 @@ def load_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
     return model, digest.hexdigest()
 
 
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put the nodes in topological order if they are not (keras2onnx 1.5 writes them unsorted, and
+    onnxruntime sorts them itself): repeated passes take, in file order, every node whose inputs are known.
+    A graph that cannot be sorted (a cycle, an input nothing computes) is left as it is for the checker."""
+    known = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
+    remaining, order = list(range(len(graph.node))), []
+    while remaining:
+        rest = []
+        for i in remaining:
+            if all(name in known for name in graph.node[i].input):
+                order.append(i)
+                known.update(graph.node[i].output)
+            else:
+                rest.append(i)
+        if len(rest) == len(remaining):
+            return
+        remaining = rest
+    if order != sorted(order):
+        nodes = [onnx.NodeProto.FromString(graph.node[i].SerializeToString()) for i in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
 def model_opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     raise ModelError("the model imports no default-domain opset")
+
+
+def upgrade(model: onnx.ModelProto, opset: int, path) -> onnx.ModelProto:
+    """A model of opset 7–10 converted to MIN_OPSET with onnx's version converter (docs/supported-operators.md);
+    a model it cannot convert is refused naming the first node whose conversion fails."""
+    if opset < OLDEST_OPSET:
+        raise ModelError(f"{path}: opset {opset} is older than {OLDEST_OPSET}, the oldest relu2snn upgrades; "
+                         f"re-export with opset {MIN_OPSET} or newer")
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:  # the converter raises RuntimeError or its own ConvertError with a C++ assertion text
+        reason = _converter_reason(e)
+    for i, proto in enumerate(model.graph.node):
+        try:
+            onnx.version_converter.convert_version(_one_node_model(proto, opset), MIN_OPSET)
+        except Exception as e:
+            raise ModelError(f"{path}: opset {opset} cannot be upgraded to {MIN_OPSET}: {proto.op_type} node "
+                             f"'{proto.name or f'{proto.op_type}_{i}'}' does not convert ({_converter_reason(e)})"
+                             ) from None
+    raise ModelError(f"{path}: opset {opset} cannot be upgraded to {MIN_OPSET} ({reason})")
+
+
+def _one_node_model(proto: onnx.NodeProto, opset: int) -> onnx.ModelProto:
+    """A graph of the node alone, its inputs and outputs untyped, at the model's opset."""
+    untyped = onnx.TypeProto()
+    graph = onnx.helper.make_graph([proto], "node", [onnx.helper.make_value_info(n, untyped) for n in proto.input if n],
+                                   [onnx.helper.make_value_info(n, untyped) for n in proto.output if n])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+
+
+def _converter_reason(e: Exception) -> str:
+    """The converter's message without its source location and assertion: what failed, in one line."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text.split(" failed: ", 1)[-1]
 
 
 def input_spec(model: onnx.ModelProto) -> tuple[str, tuple[int, ...], int | None]:
@@ -137,14 +199,81 @@ def _used(nodes: list) -> tuple:
     return tuple(n for n in nodes if n.name in needed)
 
 
-def import_model(path: str | Path) -> Imported:
-    """Read an ONNX file into the IR, folding affine maps and removing a final softmax (docs/supported-operators.md)."""
+def keep_output(model: onnx.ModelProto, output: str) -> None:
+    """Make ``output`` (a graph output or any tensor a node computes) the model's only output, and drop the
+    nodes it does not depend on (the ArgMax, Cast and ZipMap of a label output, say)."""
+    infos = {o.name: o for o in model.graph.output}
+    info = infos[output] if output in infos else onnx.helper.make_empty_tensor_value_info(output)
+    needed, keep = {output}, []
+    for node in reversed(model.graph.node):
+        if any(name in needed for name in node.output):
+            keep.append(onnx.NodeProto.FromString(node.SerializeToString()))
+            needed.update(node.input)
+    info = onnx.ValueInfoProto.FromString(info.SerializeToString())
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(keep))
+    del model.graph.output[:]
+    model.graph.output.append(info)
+
+
+def _describe_outputs(model: onnx.ModelProto) -> str:
+    def kind(o):
+        if o.type.HasField("tensor_type"):
+            return onnx.TensorProto.DataType.Name(o.type.tensor_type.elem_type).lower()
+        return o.type.WhichOneof("value") or "untyped"
+    return ", ".join(f"'{o.name}' ({kind(o)})" for o in model.graph.output)
+
+
+def choose_output(model: onnx.ModelProto, output: str | None, opset: int, path) -> str | None:
+    """The tensor to convert: ``output`` if given (it must exist); with one graph output, that one (None: keep
+    the graph as it is); with several, the only float output whose import succeeds (skl2onnx writes a label
+    and the probabilities), else a refusal listing the outputs and the option (docs/cli.md)."""
+    produced = {name for node in model.graph.node for name in node.output}
+    if output is not None:
+        if output not in produced and output not in {o.name for o in model.graph.output}:
+            raise ModelError(f"{path}: --onnx-output '{output}' is not a tensor of the model (its outputs: "
+                             f"{_describe_outputs(model)})")
+        return output
+    if len(model.graph.output) == 1:
+        return None
+    input_spec(model)   # its refusals first: they hold for every output
+    floats = [o.name for o in model.graph.output if o.type.HasField("tensor_type")
+              and o.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)]
+    viable = []
+    for name in floats:
+        trial = onnx.ModelProto.FromString(model.SerializeToString())
+        keep_output(trial, name)
+        try:
+            _graph(trial, opset, path)
+        except ModelError:
+            continue
+        viable.append(name)
+    if len(viable) == 1:
+        return viable[0]
+    argmax = [node.input[0] for node in model.graph.node if node.op_type == "ArgMax" and node.input[0] in produced]
+    hint = f" (e.g. '{argmax[0]}', the tensor an ArgMax reads)" if argmax else ""
+    found = "none is" if not viable else f"{len(viable)} are"
+    raise ModelError(f"{path}: the model has {len(model.graph.output)} outputs, {_describe_outputs(model)}, and "
+                     f"{found} a float tensor computed by a linear layer; pass --onnx-output NAME to choose the "
+                     f"tensor to convert{hint}")
+
+
+def import_model(path: str | Path, output: str | None = None) -> Imported:
+    """Read an ONNX file into the IR, folding affine maps and removing a final softmax (docs/supported-operators.md).
+    ``output`` names the tensor to convert when the model has several outputs (``choose_output``)."""
     model, sha = load_model(path)
-    opset = model_opset(model)
+    source_opset = opset = model_opset(model)
     if opset < MIN_OPSET:
-        raise ModelError(f"{path}: opset {opset} is older than {MIN_OPSET}; re-export with opset {MIN_OPSET} or newer")
-    if len(model.graph.output) != 1:
-        raise ModelError(f"{path}: the model has {len(model.graph.output)} outputs; relu2snn converts models with exactly one")
+        model, opset = upgrade(model, opset, path), MIN_OPSET
+    chosen = choose_output(model, output, opset, path)
+    if chosen is not None:
+        keep_output(model, chosen)
+    return Imported(_graph(model, opset, path), source_opset, sha, Path(path).name, opset,
+                    model.graph.output[0].name)
+
+
+def _graph(model: onnx.ModelProto, opset: int, path) -> ir.Graph:
+    """The IR graph of a model of one output, at an opset the converters read."""
     in_name, in_shape, batch = input_spec(model)
     nodes = [wrap_node(p, p.name or f"{p.op_type}_{i}", opset) for i, p in enumerate(model.graph.node)]
     constant = constants.constant_tensors(model.graph)
@@ -178,4 +307,4 @@ def import_model(path: str | Path) -> Imported:
     else:
         raise ModelError(f"{path}: the output '{ctx.graph_output}' is not computed from a linear layer")
     graph = ir.Graph(_used(ctx.nodes), input_name=in_name, output_name=ctx.logits_tensor, removed=tuple(ctx.removed))
-    return Imported(graph, opset, sha, Path(path).name)
+    return graph

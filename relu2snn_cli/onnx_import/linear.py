@@ -47,6 +47,8 @@ def convert_matmul(node: OnnxNode, ctx: Context) -> None:
     (batch, K, L) is a 1×1 convolution over the sequence. An Add after it gives the bias."""
     x, y = ctx.get(node, 0, raw=True), ctx.get(node, 1, raw=True)
     if isinstance(y, Const):
+        if isinstance(x, Lin):
+            raise unsupported(node, "it is applied to a linear layer's output before a ReLU")
         b, shape = ctx.const(node, 1, "second operand"), getattr(x, "shape", None)
         if shape is None or len(shape) != 1 or b.ndim != 2 or b.shape[0] != shape[0]:
             raise unsupported(node, f"activation {shape} times a constant {b.shape}: only (batch, K)·(K, M) "
@@ -156,5 +158,29 @@ def _sum_of_activations(node: OnnxNode, ctx: Context, x, y) -> None:
     layer = ir.Affine(ctx.unique(node.name), first.terms + second.terms, total, relu=False)
     if node.op_type == "Add" and all(isinstance(v, Pop) and tensor_nonnegative(v) for v in (x, y)):
         ctx.set(node, spiking(node, ctx, layer))   # a sum of non-negative tensors: its ReLU is the identity
+    else:
+        ctx.set(node, Lin(layer))
+
+
+@converter("Sum", "Mean")
+def convert_sum(node: OnnxNode, ctx: Context) -> None:
+    """Sum and Mean of n tensors (Caffe2-era residual blocks): one affine layer with the terms of every
+    activation operand, constant operands in its bias; a Mean scales it by 1/n. Like a residual Add, a sum
+    of non-negative tensors is a spiking layer whose ReLU is the identity."""
+    values = [ctx.get(node, i, raw=True) for i in range(len(node.inputs))]
+    layers = [as_linear(node, ctx, v) for v in values if not isinstance(v, Const)]
+    if len({layer.shape for layer in layers}) != 1:
+        raise unsupported(node, f"its operands have shapes {[layer.shape for layer in layers]} (no broadcasting "
+                                "between activations)")
+    shape = layers[0].shape
+    consts = [const_for(node, v.value, shape) for v in values if isinstance(v, Const)]
+    bias = sum(ir.full_bias(layer) for layer in layers) + sum(consts, np.zeros(shape))
+    layer = ir.Affine(ctx.unique(node.name), sum((layer.terms for layer in layers), ()), ir.compact_bias(bias),
+                      relu=False)
+    if node.op_type == "Mean":
+        layer = ir.scale_outputs(layer, np.full(shape[0], 1.0 / len(values)))
+    if all(isinstance(v, Pop) and tensor_nonnegative(v) for v in values if not isinstance(v, Const)) and all(
+            np.all(c >= 0) for c in consts):
+        ctx.set(node, spiking(node, ctx, layer))
     else:
         ctx.set(node, Lin(layer))

@@ -50,8 +50,10 @@ def convert_reshape(node: OnnxNode, ctx: Context) -> None:
 def _reshape_target(node: OnnxNode, ctx: Context, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape (batch axis omitted) that Reshape's target gives an input of ``shape``."""
     target = [int(t) for t in ctx.const(node, 1, "target shape")]
-    if node.attr("allowzero", 0) and 0 in target:
-        raise unsupported(node, "allowzero=1 with a zero in the target shape")
+    if node.attr("allowzero", 0) and 0 in target[1:]:
+        raise unsupported(node, "allowzero=1 with a zero in the target shape after the batch axis (an empty tensor)")
+    # with allowzero=1 a 0 first is the batch size: Shape gives 0 for the batch axis (constants.convert_shape),
+    # and a literal 0 there would ask for an empty batch, which no non-empty input reshapes to
     if target and ctx.batch is not None and target[0] == ctx.batch:
         target[0] = 0   # the model's fixed batch size: the batch axis
     n = int(np.prod(shape))
@@ -194,3 +196,104 @@ def convert_softmax(node: OnnxNode, ctx: Context) -> None:
     ctx.removed.append(node.op_type)
     ctx.logits_tensor = node.inputs[0]
     ctx.set(node, ctx.get(node, 0, raw=True))
+
+
+def _take(node: OnnxNode, ctx: Context, a: Pop, axis: int, indices, name: str) -> Pop:
+    """The population's neurons at ``indices`` along non-batch ``axis`` (a Take node; none if they are all of
+    them in order), its pending map taken with them."""
+    indices = tuple(int(i) for i in indices)
+    if indices == tuple(range(a.shape[axis])):
+        return a
+    if not indices:
+        raise unsupported(node, f"it takes no position of axis {axis + 1} (an empty tensor)")
+    out = ir.Take(ctx.unique(name), a.node, a.shape, axis, indices)
+    ctx.add(out)
+    scale, shift = full_map(a)
+    return replace(a, node=out.name, shape=out.shape, scale=np.take(scale, indices, axis=axis),
+                   shift=np.take(shift, indices, axis=axis))
+
+
+def _data_axis(node: OnnxNode, axis: int, rank: int) -> int:
+    """A non-batch axis of a tensor of ``rank`` non-batch axes (ONNX ``axis``, negative from the end), 0-based
+    without the batch axis."""
+    if not -(rank + 1) <= axis <= rank:
+        raise ModelError(f"{node.label}: axis {axis} is not an axis of a tensor of rank {rank + 1}")
+    axis %= rank + 1
+    if axis == 0:
+        raise unsupported(node, "it selects along the batch axis")
+    return axis - 1
+
+
+@converter("Slice")
+def convert_slice(node: OnnxNode, ctx: Context) -> None:
+    """Slice (starts, ends, axes, steps as constant inputs; attributes before opset 10): along each non-batch
+    axis the positions range(n)[start:end:step], which are ONNX's clamping rules; the neurons are taken, their
+    spikes unchanged. The batch axis may only be sliced whole."""
+    a = ctx.pop(node, 0)
+    if node.attr("starts") is not None:
+        starts, ends, axes, steps = node.attr("starts"), node.attr("ends"), node.attr("axes"), None
+    else:
+        starts, ends = ctx.const(node, 1, "starts"), ctx.const(node, 2, "ends")
+        axes = ctx.const(node, 3, "axes") if ctx.get(node, 3) is not None else None
+        steps = ctx.const(node, 4, "steps") if ctx.get(node, 4) is not None else None
+    starts, ends = [int(v) for v in np.atleast_1d(starts)], [int(v) for v in np.atleast_1d(ends)]
+    axes = [int(v) for v in np.atleast_1d(axes)] if axes is not None else list(range(len(starts)))
+    steps = [int(v) for v in np.atleast_1d(steps)] if steps is not None else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
+        raise ModelError(f"{node.label}: starts {starts}, ends {ends}, axes {axes} and steps {steps} must be of "
+                         "one length, with no step 0")
+    rank = len(a.shape)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if axis % (rank + 1) == 0 and -(rank + 1) <= axis <= rank:
+            if step == 1 and start in (0, -(2**63)) and end >= 2**31 - 1:
+                continue   # the whole batch
+            raise unsupported(node, f"it slices the batch axis ({start}:{end}:{step})")
+        axis = _data_axis(node, axis, rank)
+        a = _take(node, ctx, a, axis, range(a.shape[axis])[slice(start, end, step)], node.name)
+    ctx.set(node, a)
+
+
+@converter("Split")
+def convert_split(node: OnnxNode, ctx: Context) -> None:
+    """Split along a non-batch axis into parts of the sizes ``split`` gives (an attribute before opset 13, an
+    input from 13), or ``num_outputs`` parts (opset 18: the last one smaller), or equal parts: each output
+    takes its range of positions."""
+    a = ctx.pop(node, 0)
+    axis = _data_axis(node, int(node.attr("axis", 0)), len(a.shape))
+    n, parts = a.shape[axis], len(node.outputs)
+    sizes = node.attr("split")
+    if sizes is None and ctx.get(node, 1) is not None:
+        sizes = ctx.const(node, 1, "split")
+    if sizes is not None:
+        sizes = [int(s) for s in np.atleast_1d(sizes)]
+    elif node.attr("num_outputs") is not None:
+        each = -(-n // parts)
+        sizes = [min(each, n - k * each) for k in range(parts)]
+    elif n % parts == 0:
+        sizes = [n // parts] * parts
+    else:
+        raise ModelError(f"{node.label}: axis {axis + 1} of size {n} does not split into {parts} equal parts")
+    if len(sizes) != parts or sum(sizes) != n or min(sizes) < 0:
+        raise ModelError(f"{node.label}: sizes {sizes} do not split axis {axis + 1} of size {n} into {parts} parts")
+    start = 0
+    for k, (size, output) in enumerate(zip(sizes, node.outputs)):
+        if output:
+            ctx.values[output] = _take(node, ctx, a, axis, range(start, start + size), f"{node.name}_{k}")
+        start += size
+
+
+@converter("Gather")
+def convert_gather(node: OnnxNode, ctx: Context) -> None:
+    """Gather with constant indices along a non-batch axis: the neurons at those positions (negative ones
+    from the end), then reshaped to the indices' shape in place of the axis (a scalar index drops it)."""
+    a = ctx.pop(node, 0)
+    axis = _data_axis(node, int(node.attr("axis", 0)), len(a.shape))
+    indices = np.asarray(ctx.const(node, 1, "indices"))
+    n = a.shape[axis]
+    if indices.dtype.kind not in "iu" or np.any(indices < -n) or np.any(indices >= n):
+        raise ModelError(f"{node.label}: indices {indices.tolist()} are not positions of axis {axis + 1} of size {n}")
+    taken = _take(node, ctx, a, axis, (indices.reshape(-1) % n).tolist(), node.name)
+    shape = a.shape[:axis] + indices.shape + a.shape[axis + 1:]
+    if not shape:
+        raise unsupported(node, "it leaves one number per sample (a population needs an axis)")
+    ctx.set(node, taken if shape == taken.shape else reshaped(ctx, taken, shape, f"{node.name}/reshape"))

@@ -46,15 +46,47 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
         strides, dilations = (1,) * rank, (1,) * rank
     else:
         kernel = kernel_shape(node, rank)
-        own = explicit_pads(node, a.shape[1:], kernel, int_attr(node, "strides", rank, 1, (1,) * rank), (1,) * rank)
-        if any(own) and not node.attr("count_include_pad", 0):
-            raise unsupported(node, "count_include_pad=0 with padding divides by a count that varies with the "
-                                    "position")
         strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel, a.pads)
-        if node.attr("ceil_mode", 0) and (ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations, True)
-                                          != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations)):
+        cut = ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations, bool(node.attr("ceil_mode", 0)))
+        if not node.attr("count_include_pad", 0):
+            ctx.set(node, _average_of_real_positions(node, ctx, a, kernel, strides, pads, dilations, cut))
+            return
+        if cut != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations):
             raise unsupported(node, "ceil_mode=1 adds windows that are cut short")
     ctx.set(node, _average(node, ctx, a, kernel, strides, pads, dilations))
+
+
+def real_counts(size, kernel, strides, own_pads, dilations, out) -> np.ndarray:
+    """How many positions of each window lie in the tensor of spatial ``size`` (a pending Pad's zeros are in
+    it) rather than in the pooling's own padding ``own_pads``: the pooling of ones with unit taps, over
+    ``out`` windows (ceil_mode's last windows included). The divisor of count_include_pad = 0."""
+    rank = len(kernel)
+    extra = [max(0, (o - 1) * s + (k - 1) * d + 1 - (n + p + q)) for o, s, k, d, n, p, q in
+             zip(out, strides, kernel, dilations, size, own_pads[:rank], own_pads[rank:])]
+    ones = np.ones((1, 1, *size))
+    pads = tuple(own_pads[:rank]) + tuple(q + e for q, e in zip(own_pads[rank:], extra))
+    return ops.conv(ones, np.ones((1, 1, *kernel)), strides, pads, dilations)[0, 0]
+
+
+def _average_of_real_positions(node: OnnxNode, ctx: Context, a: Pop, kernel, strides, pads, dilations,
+                               out) -> Pooled:
+    """AveragePool with count_include_pad = 0 (and ceil_mode's cut windows): Σ over the window's real positions
+    divided by their count n(p), = (K/n(p))·(P·a) with P the pooling by 1/K per tap over the same windows
+    (extra zero padding at the end for cut windows). The factor K/n(p) > 0 varies with the position: it joins
+    the pending map, which a dense reader absorbs (docs/math.md §6)."""
+    rank = len(kernel)
+    before = a.pads or (0,) * 2 * rank
+    own = tuple(p - q for p, q in zip(pads, before))
+    size = tuple(n + before[i] + before[i + rank] for i, n in enumerate(a.shape[1:]))
+    counts = real_counts(size, kernel, strides, own, dilations, out)
+    if np.any(counts < 1):
+        raise ModelError(f"{node.label}: a window lies wholly in the padding (count_include_pad = 0 divides by 0)")
+    extra = [max(0, (o - 1) * s + (k - 1) * d + 1 - (n + p + q)) for o, s, k, d, n, p, q in
+             zip(out, strides, kernel, dilations, a.shape[1:], pads[:rank], pads[rank:])]
+    pooled = _average(node, ctx, a, kernel, strides, tuple(pads[:rank]) + tuple(q + e for q, e in
+                                                                                  zip(pads[rank:], extra)), dilations)
+    ratio = int(np.prod(kernel)) / counts
+    return replace(pooled, scale=pooled.scale * ratio, shift=pooled.shift * ratio)
 
 
 def mean_window(a: Pop, axes) -> tuple[tuple[int, ...], tuple[int, ...]]:
