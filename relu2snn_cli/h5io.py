@@ -36,11 +36,13 @@ from . import snn, validate
 from .errors import ArtifactError, GraphError
 
 FORMAT = "relu2snn.ttfs"
-FORMAT_VERSION = 4  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv;
+FORMAT_VERSION = 5  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv;
 # 3: text as fixed-length UTF-8. Variable-length strings live in HDF5's global heap, and libhdf5 can
 # loop without end inside C code (no signal stops it) on a damaged heap, so the reader refuses them.
 # 4: the root attribute content_sha256 (``content_hash``) over everything else the file holds; the reader
 # refuses a file it does not match, and any value not stored exactly as the writer stores it.
+# 5: the text field ``origin`` of spiking layers and the readout: the ONNX node a population comes from and
+# which term of it (e.g. "Clip 'c' of Conv 'conv1': relu(z − 6)"), for ``inspect``.
 RESERVED = ("format", "format_version", "content_sha256")  # the root attributes that are not the network's meta
 NAME = re.compile(r"[A-Za-z0-9_]+")  # the names of the groups and datasets relu2snn writes
 MAX_DEPTH = 5  # members nest no deeper than /nodes/000/synapses/0/J

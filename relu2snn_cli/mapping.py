@@ -271,10 +271,12 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
             alpha = np.ones(node.shape[0])
             certified = static_certificate([(j, window[t.input][1]) for j, t in zip(J, node.terms)], theta, alpha, b_in)
             out = snn.SpikingLayer(node.name, _synapses(node, J, delays), alpha, (t_in + b_in, b_out),
-                                   theta=theta, certified=certified, scale=c, x_max=xm, x_n=x_n, source=node.source)
+                                   theta=theta, certified=certified, scale=c, x_max=xm, x_n=x_n, source=node.source,
+                                   origin=node.origin)
         elif isinstance(node, ir.Affine):
             out = snn.Readout(node.name, _synapses(node, [t.weight for t in node.terms], delays),
-                              readout_drive(node.bias, b_in), (t_in, b_in), source=node.source)
+                              readout_drive(node.bias, b_in), (t_in, b_in), source=node.source,
+                              origin=node.origin)
         elif isinstance(node, ir.MaxPool):
             out = snn.SpikePool(**_fields(node), window=(t_in, b_in))
         elif isinstance(node, (ir.Reshape, ir.Transpose)):

@@ -30,12 +30,12 @@ from onnx import external_data_helper, numpy_helper
 
 from .. import ir
 from ..errors import ModelError, UnsupportedOperatorError
-from . import constants, linear, movement, pooling
-from .core import (CONVERTERS, SUPPORTED_DOC, Context, Lin, OnnxNode, Pooled, Pop, as_linear, identity_pop,
-                   wrap_node)
+from . import activations, constants, linear, movement, pooling
+from .core import (CONVERTERS, SUPPORTED_DOC, Context, Lin, OnnxNode, Pooled, Pop, Sum, as_linear, convert,
+                   identity_pop, wrap_node)
 
 MIN_OPSET = 11
-CONVERTER_MODULES = (linear, pooling, movement, constants)  # importing them fills CONVERTERS
+CONVERTER_MODULES = (linear, pooling, movement, constants, activations)  # importing them fills CONVERTERS
 
 
 @dataclass(frozen=True)
@@ -158,21 +158,26 @@ def import_model(path: str | Path) -> Imported:
             f"{path}: {len(missing)} node(s) without an exact spiking mapping: {listing} "
             f"(supported: {SUPPORTED_DOC})", missing)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name), batch)
+    readers: dict[str, list[OnnxNode]] = {}
+    for i, node in enumerate(nodes):
+        for name in set(node.inputs) if i not in folded else ():
+            readers.setdefault(name, []).append(node)
+    ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name), batch,
+                  {k: tuple(v) for k, v in readers.items()})
     ctx.add(ir.Input(in_name, in_shape))
     ctx.values[in_name] = identity_pop(in_name, in_shape, relu=False)
     for i, (node, proto) in enumerate(zip(nodes, model.graph.node)):
         if i in folded:
             constants.fold(proto, node, ctx, opset)
         else:
-            CONVERTERS[node.op_type](node, ctx)
+            convert(node, ctx)
     out = ctx.values.get(ctx.graph_output)
     if isinstance(out, Pooled):
         out = ctx.materialize(ctx.graph_output, out)
     readout = OnnxNode("readout", "Identity", (ctx.graph_output,), (ctx.logits_tensor,), MappingProxyType({}))
     if isinstance(out, Lin):
         ctx.add(replace(out.layer, source=ctx.logits_tensor))
-    elif isinstance(out, Pop) and out.node != in_name:
+    elif isinstance(out, Sum) or isinstance(out, Pop) and out.node != in_name:
         # a ReLU (or pooling) at the output: read the population through its pending affine map
         ctx.add(replace(as_linear(readout, ctx, out), source=ctx.logits_tensor))
     else:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import ModelError
-from .core import Context, Lin, OnnxNode, Pooled, Pop, as_linear, converter, full_map, reshaped, unsupported
+from .core import Context, Lin, OnnxNode, Pooled, Pop, Sum, as_linear, converter, full_map, reshaped, unsupported
 
 
 def _reshape(node: OnnxNode, ctx: Context, a, shape: tuple[int, ...]) -> None:
@@ -21,7 +21,7 @@ def _reshape(node: OnnxNode, ctx: Context, a, shape: tuple[int, ...]) -> None:
         ctx.set(node, reshaped(ctx, a, shape, node.name))
 
 
-@converter("Flatten")
+@converter("Flatten", part_wise=True)
 def convert_flatten(node: OnnxNode, ctx: Context) -> None:
     """Flatten with axis 1: (batch, C, H, W) → (batch, C·H·W)."""
     if node.attr("axis", 1) != 1:
@@ -39,7 +39,7 @@ def _flat_or_pop(node: OnnxNode, ctx: Context, shape=None):
     return ctx.pop(node, 0)
 
 
-@converter("Reshape")
+@converter("Reshape", part_wise=True)
 def convert_reshape(node: OnnxNode, ctx: Context) -> None:
     """Reshape to a constant (or constant-folded) target that keeps the batch axis first (0 or −1 there)."""
     v = ctx.get(node, 0, raw=True)
@@ -85,7 +85,7 @@ def _n_axes(node: OnnxNode, ctx: Context) -> int:
     return len(np.atleast_1d(axes if axes is not None else ctx.const(node, 1, "axes")))
 
 
-@converter("Squeeze", "Unsqueeze")
+@converter("Squeeze", "Unsqueeze", part_wise=True)
 def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
     """Remove or insert axes of size 1 (never the batch axis): a reshape."""
     shape = [-1, *ctx.pop(node, 0).shape]  # the batch axis first
@@ -104,7 +104,7 @@ def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
         _reshape(node, ctx, ctx.pop(node, 0), tuple(shape[1:]))
 
 
-@converter("Transpose")
+@converter("Transpose", part_wise=True)
 def convert_transpose(node: OnnxNode, ctx: Context) -> None:
     """A permutation of the non-batch axes (e.g. NHWC ↔ NCHW): neurons change places, spikes do not."""
     a = ctx.pop(node, 0)
@@ -131,7 +131,7 @@ def convert_concat(node: OnnxNode, ctx: Context) -> None:
     axis = int(node.attr("axis")) % (rank + 1)
     if axis == 0:
         raise unsupported(node, "it concatenates along the batch axis")
-    if any(isinstance(v, Lin) for v in values):
+    if any(isinstance(v, (Lin, Sum)) for v in values):
         if axis != 1:
             raise unsupported(node, "it concatenates linear layers along a spatial axis")
         layers = [as_linear(node, ctx, v) for v in values]
@@ -148,7 +148,7 @@ def convert_concat(node: OnnxNode, ctx: Context) -> None:
                       all(p.nonnegative for p in pops), all(p.relu for p in pops)))
 
 
-@converter("Pad")
+@converter("Pad", part_wise=True)
 def convert_pad(node: OnnxNode, ctx: Context) -> None:
     """Constant zero padding of the spatial axes: kept pending and absorbed by the next Conv, AveragePool,
     GlobalAveragePool or ReduceMean as extra zero padding (docs/math.md §7: padded positions are virtual

@@ -9,15 +9,30 @@ import numpy as np
 
 from .. import ir, ops
 from ..errors import ModelError
-from .core import (Context, OnnxNode, Pooled, Pop, check_window, converter, explicit_pads, full_map, geometry,
-                   int_attr, kernel_shape, per_channel, term_window_values, unsupported, window_values)
+from .core import (Context, Lin, OnnxNode, Pooled, Pop, Sum, check_window, converter, explicit_pads, full_map, geometry,
+                   int_attr, kernel_shape, origin_of, per_channel, term_window_values, unsupported, window_values)
 
 
 @converter("MaxPool")
 def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
     """1-D or 2-D max-pooling of a population: the earliest spike; the latest for channels whose pending
     scale is negative (max(k·a + h) = k·min(a) + h)."""
-    a = ctx.pop(node, 0, rank=(2, 3))
+    value = ctx.populations(node, 0) if isinstance(ctx.get(node, 0, raw=True), Lin) else ctx.get(node, 0)
+    if isinstance(value, Sum):
+        parts = ctx.parts(node, 0, rank=(2, 3))
+        earliest = pool_directions(node, value, parts)
+        ctx.set(node, Sum(tuple(_maxpool(node, ctx, p, ~e) for p, e in zip(parts, earliest)), value.kinks))
+        return
+    a = ctx.pop(node, 0, rank=(2, 3)) if value is ctx.values[node.inputs[0]] else value
+    if len(a.shape) not in (2, 3):
+        raise unsupported(node, f"its input has shape {a.shape} (batch axis omitted)")
+    scale = per_channel(node, np.broadcast_to(a.scale, a.shape), a.shape)
+    ctx.set(node, _maxpool(node, ctx, a, scale < 0))
+
+
+def _maxpool(node: OnnxNode, ctx: Context, a: Pop, latest: np.ndarray) -> Pop:
+    """The population max-pooled, the channels where ``latest`` is true taking the latest spike; its pending
+    map (one number per channel) carried over."""
     scale = per_channel(node, np.broadcast_to(a.scale, a.shape), a.shape)
     shift = per_channel(node, np.broadcast_to(a.shift, a.shape), a.shape)
     rank = len(a.shape) - 1
@@ -25,18 +40,45 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
     if node.attr("storage_order", 0):
         raise unsupported(node, "storage_order=1")
     strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel)
-    latest = tuple(int(c) for c in np.flatnonzero(scale < 0))
     pool = ir.MaxPool(ctx.unique(node.name), a.node, a.shape, kernel, strides, pads, dilations,
-                      bool(node.attr("ceil_mode", 0)), latest)
+                      bool(node.attr("ceil_mode", 0)), tuple(int(c) for c in np.flatnonzero(latest)))
     if min(pool.shape) < 1:
         raise ModelError(f"{node.label}: the window does not fit the input {a.shape}: output shape {pool.shape}")
     check_window(node, term_window_values(pool))
     ctx.add(pool)
-    ctx.set(node, Pop(pool.name, pool.shape, ops.channel_axis(scale, rank + 1), ops.channel_axis(shift, rank + 1),
-                      a.nonnegative, a.relu))
+    return Pop(pool.name, pool.shape, ops.channel_axis(scale, rank + 1), ops.channel_axis(shift, rank + 1),
+               a.nonnegative, a.relu)
 
 
-@converter("AveragePool", "GlobalAveragePool")
+def pool_directions(node: OnnxNode, value: Sum, parts) -> list[np.ndarray]:
+    """Per part, the channels that pool the earliest spike (docs/math.md §8, pooling).
+
+    The parts are f(u) = γ + Σ_k d_k·relu(g_k·u + t_k) of one pre-activation u (``value.kinks``). Where f is
+    non-decreasing, max_i f(u_i) = f(max_i u_i) and relu(g·max u + t) is the maximum of the part's
+    activations when g > 0, their minimum when g < 0; where f is non-increasing, f(min_i u_i) and the roles
+    swap. So part k pools its earliest spike where g_k·(direction of f) > 0. f is monotone in a channel when
+    its slope Σ_k d_k·g_k·[g_k·u + t_k > 0] has one sign on every piece between the breakpoints −t_k/g_k."""
+    if value.kinks is None:
+        raise unsupported(node, "it max-pools a sum of populations that are not one piecewise-linear function "
+                                "of one pre-activation (max(a + b) is not max(a) + max(b))")
+    c = value.shape[0]
+    g = np.stack([per_channel(node, gk, value.shape) for gk, _ in value.kinks])          # (K, C)
+    t = np.stack([per_channel(node, tk, value.shape) for _, tk in value.kinks])
+    d = np.stack([per_channel(node, np.broadcast_to(p.scale, p.shape), p.shape) for p in parts])
+    breaks = np.sort(-t / g, axis=0)                                                       # (K, C)
+    probes = np.concatenate([breaks[:1] - 1.0, (breaks[1:] + breaks[:-1]) / 2, breaks[-1:] + 1.0])
+    active = (g[None] * probes[:, None] + t[None]) > 0                                      # (P, K, C)
+    slope = np.sum(d[None] * g[None] * active, axis=1)                                      # (P, C)
+    rising, falling = np.all(slope >= 0, axis=0), np.all(slope <= 0, axis=0)
+    if not np.all(rising | falling):
+        bad = int(np.flatnonzero(~(rising | falling))[0])
+        raise unsupported(node, f"it max-pools a piecewise-linear function that is not monotone (channel {bad} "
+                                "of its input rises and falls, as Abs does)")
+    direction = np.where(rising, 1.0, -1.0)
+    return [g[k] * direction > 0 for k in range(len(parts))] if c else []
+
+
+@converter("AveragePool", "GlobalAveragePool", part_wise=True)
 def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
     """Average pooling: a 1/k-weighted depthwise convolution P of the ReLU population, pending (``Pooled``)."""
     a = _pooled_population(node, ctx)
@@ -87,12 +129,12 @@ def _average(node: OnnxNode, ctx: Context, a: Pop, kernel, strides, pads, dilati
     check_window(node, window_values(a.shape, shape, kernel, strides, pads, dilations, True))  # before the weight
     term = ir.Conv(a.node, np.full((c, 1) + kernel, 1.0 / int(np.prod(kernel))), a.shape, strides, pads, dilations,
                    groups=c)
-    layer = ir.Affine(ctx.unique(node.name), (term,), np.zeros(c), relu=False)
+    layer = ir.Affine(ctx.unique(node.name), (term,), np.zeros(c), relu=False, origin=f"{origin_of(node)}: average pooling")
     return Pooled(layer, node.outputs[0], term.shape, np.broadcast_to(ops.channel_axis(k, len(term.shape)), term.shape),
                   ir.apply_term(term, np.asarray(shift, dtype=np.float64)[None])[0])
 
 
-@converter("ReduceMean")
+@converter("ReduceMean", part_wise=True)
 def convert_reduce_mean(node: OnnxNode, ctx: Context) -> None:
     """A mean over spatial axes (how the dynamo exporter writes AdaptiveAvgPool(1) and x.mean(dim=(2, 3))):
     average pooling with the whole extent of those axes as kernel; without keepdims, a reshape after it."""

@@ -1,0 +1,333 @@
+"""Piecewise-linear activations and linear values anywhere (docs/math.md §8): every op and pattern against
+onnxruntime, and through the whole pipeline against the float64 forward pass.
+
+Each test builds a small network with ``GraphBuilder``, imports it and compares ``ir.forward`` with
+onnxruntime (rtol 1e-4, atol 1e-4 · max |ORT output|, float32 there), then converts it with its test inputs
+as calibration data and verifies: agreement 1.0, no early spike, and a logit error of at most 1e-9 of the
+largest |logit| against the float64 forward pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builders import GraphBuilder
+from relu2snn_cli import convert, h5io, ir, onnx_import, snn, verify
+from relu2snn_cli.errors import UnsupportedOperatorError
+from test_onnx_import import check, conv, gemm, import_error, ir_kinds, readout, rnd
+
+
+def pipeline(model, tmp_path, seed=0, n=48):
+    """Import (checked against onnxruntime), convert with n random inputs as calibration data, verify on them."""
+    imp = check(model, tmp_path, seed=seed)
+    path = tmp_path / "model.onnx"
+    x = (2.0 * np.random.default_rng(seed + 1).standard_normal((n, *imp.graph.input.shape))).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    convert.convert(path, str(tmp_path / "x.npy"), tmp_path / "m.snn.h5")
+    report = verify.verify(tmp_path / "m.snn.h5", path, str(tmp_path / "x.npy"))
+    assert report["agreement"] == 1.0
+    assert report["early_spikes"] == 0
+    assert report["max_abs_logit_error_ref"] <= 1e-9 * report["max_abs_logit"]
+    return imp, report
+
+
+def neurons(graph) -> int:
+    return sum(int(np.prod(n.shape)) for n in graph.nodes if isinstance(n, ir.Affine) and n.relu)
+
+
+def relus(graph) -> int:
+    return sum(1 for n in graph.nodes if isinstance(n, ir.Affine) and n.relu)
+
+
+def cnn_with(act, opset=17, pool=True, channels=3, seed=0):
+    """x (2, 6, 6) → Conv → act → [MaxPool 2] → Conv → act → Flatten → Gemm; ``act(b, tensor)`` adds the
+    activation's nodes and returns its output."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder((2, 6, 6), opset=opset)
+    h = act(b, conv(b, rng, "x", channels, pads=[1, 1, 1, 1]))
+    if pool:
+        h = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    h = act(b, conv(b, rng, h, channels, pads=[1, 1, 1, 1]))
+    return readout(b, rng, h)
+
+
+# ----------------------------------------------------------------------------- activations
+
+def clip11(lo, hi):
+    def act(b, h):
+        return b.op("Clip", [h, b.const(lo) if lo is not None else "", b.const(hi) if hi is not None else ""])
+    return act
+
+
+CLIPS = {"relu6": (0.0, 6.0), "hardtanh": (-1.0, 1.0), "narrow": (-0.3, 0.4), "min-only": (-0.5, None),
+         "max-only": (None, 0.7), "none": (None, None)}
+
+
+@pytest.mark.parametrize("bounds", CLIPS.values(), ids=CLIPS.keys())
+def test_clip_with_inputs(tmp_path, bounds):
+    pipeline(cnn_with(clip11(*bounds)), tmp_path)
+
+
+@pytest.mark.parametrize("bounds", CLIPS.values(), ids=CLIPS.keys())
+def test_clip_with_attributes_before_opset_11(tmp_path, monkeypatch, bounds):
+    """Clip-6 carries min and max as attributes (absent: no bound)."""
+    monkeypatch.setattr(onnx_import, "MIN_OPSET", 6, raising=False)
+    lo, hi = bounds
+    attrs = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
+    pipeline(cnn_with(lambda b, h: b.op("Clip", [h], **attrs), opset=10), tmp_path)
+
+
+def test_relu6_is_two_populations_and_inspect_names_the_terms(tmp_path):
+    imp, _ = pipeline(cnn_with(clip11(0.0, 6.0)), tmp_path)
+    assert relus(imp.graph) == 4
+    net = h5io.read(tmp_path / "m.snn.h5")
+    origins = [n.origin for n in net.nodes if isinstance(n, snn.SpikingLayer)]
+    assert any(o.endswith(": relu(z)") and o.startswith("Clip") for o in origins), origins
+    assert any(o.endswith(": relu(z − 6)") and o.startswith("Clip") for o in origins), origins
+    assert all("Conv" in o for o in origins)
+
+
+def test_relu6_spelled_min_of_max(tmp_path):
+    """Min(Max(x, 0), 6), as some exporters write ReLU6."""
+    def act(b, h):
+        return b.op("Min", [b.op("Max", [h, b.const(0.0)]), b.const(6.0)])
+    pipeline(cnn_with(act), tmp_path)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.01, 0.0, 1.5])
+def test_leaky_relu(tmp_path, alpha):
+    imp, _ = pipeline(cnn_with(lambda b, h: b.op("LeakyRelu", [h], alpha=alpha)), tmp_path)
+    if alpha == 0.0:   # relu(z) alone: a plain ReLU network
+        assert relus(imp.graph) == 2
+
+
+def test_leaky_relu_with_negative_slope_before_maxpool_is_refused(tmp_path):
+    """alpha < 0: f falls then rises, and a max pooling of it is not f of a pooling."""
+    _, msg = import_error(cnn_with(lambda b, h: b.op("LeakyRelu", [h], alpha=-0.5)), tmp_path,
+                          UnsupportedOperatorError)
+    assert "MaxPool" in msg and "monotone" in msg
+
+
+PRELU_SLOPES = {"scalar": (1,), "per-channel": (3, 1, 1), "with-batch-axis": (1, 3, 1, 1)}
+
+
+def test_prelu_per_feature_in_an_mlp(tmp_path):
+    rng = np.random.default_rng(4)
+    b = GraphBuilder((6,))
+    h = b.op("PRelu", [gemm(b, rng, "x", 5), b.const(rng.uniform(-0.5, 0.5, 5))])
+    h = b.op("PRelu", [gemm(b, rng, h, 4), b.const(rng.uniform(-0.5, 0.5, (1, 4)))])
+    pipeline(b.build(gemm(b, rng, h, 3)), tmp_path)
+
+
+def test_prelu_slope_map_read_by_a_conv_is_refused(tmp_path):
+    """A slope that varies within a channel scales relu(−z) per position, which no convolution kernel carries."""
+    slopes = np.random.default_rng(5).uniform(0.1, 0.3, (3, 6, 6))
+    _, msg = import_error(cnn_with(lambda b, h: b.op("PRelu", [h, b.const(slopes)]), pool=False), tmp_path,
+                          UnsupportedOperatorError)
+    assert "Conv node" in msg and "different scales" in msg
+
+
+@pytest.mark.parametrize("shape", PRELU_SLOPES.values(), ids=PRELU_SLOPES.keys())
+def test_prelu(tmp_path, shape):
+    """Slopes of either sign; a slope map that varies within a channel without pooling (pooling needs f
+    monotone, which a negative slope breaks, and one f per channel)."""
+    rng = np.random.default_rng(5)
+    slopes = rng.uniform(0.0, 0.6, shape)
+    pipeline(cnn_with(lambda b, h: b.op("PRelu", [h, b.const(slopes)])), tmp_path)
+    pipeline(cnn_with(lambda b, h: b.op("PRelu", [h, b.const(slopes - 0.7)]), pool=False), tmp_path)
+
+
+def test_abs_without_pooling(tmp_path):
+    pipeline(cnn_with(lambda b, h: b.op("Abs", [h]), pool=False), tmp_path)
+
+
+def test_abs_before_maxpool_is_refused_naming_op_and_node(tmp_path):
+    _, msg = import_error(cnn_with(lambda b, h: b.op("Abs", [h])), tmp_path, UnsupportedOperatorError)
+    assert msg.startswith("MaxPool node 'MaxPool_") and "monotone" in msg
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.2, 0.5), (-0.3, 0.1), (1.0 / 6.0, 0.5)])
+def test_hard_sigmoid(tmp_path, alpha, beta):
+    pipeline(cnn_with(lambda b, h: b.op("HardSigmoid", [h], alpha=alpha, beta=beta)), tmp_path)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_min_with_a_constant_map(tmp_path, op):
+    rng = np.random.default_rng(6)
+    state = {"n": 0}
+
+    def act(b, h):
+        state["n"] += 1
+        c = rng.uniform(-0.5, 0.5, (3, 1, 1))   # one per channel: pooling stays per channel
+        return b.op(op, [h, b.const(c)])
+    pipeline(cnn_with(act), tmp_path)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_maxout_of_two_and_three_branches(tmp_path, op):
+    """Elementwise Max/Min of linear branches (maxout), of a ReLU branch and a linear one, and of three."""
+    rng = np.random.default_rng(7)
+    b = GraphBuilder((2, 5, 5))
+    x1, x2 = conv(b, rng, "x", 3, pads=[1, 1, 1, 1]), conv(b, rng, "x", 3, pads=[1, 1, 1, 1])
+    m = b.op(op, [x1, x2])
+    r = b.op("Relu", [conv(b, rng, m, 3, pads=[1, 1, 1, 1])])
+    m2 = b.op(op, [r, conv(b, rng, m, 3, pads=[1, 1, 1, 1]), conv(b, rng, r, 3, pads=[1, 1, 1, 1])])
+    pipeline(readout(b, rng, m2), tmp_path)
+
+
+def test_maxout_then_maxpool_is_refused(tmp_path):
+    rng = np.random.default_rng(8)
+    b = GraphBuilder((2, 4, 4))
+    m = b.op("Max", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1]), conv(b, rng, "x", 2, pads=[1, 1, 1, 1])])
+    model = readout(b, rng, b.op("MaxPool", [m], kernel_shape=[2, 2]))
+    _, msg = import_error(model, tmp_path, UnsupportedOperatorError)
+    assert "MaxPool" in msg and "max(a + b)" in msg
+
+
+def test_neg_and_mean(tmp_path):
+    rng = np.random.default_rng(9)
+    b = GraphBuilder((2, 5, 5))
+    r1 = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    r2 = b.op("LeakyRelu", [conv(b, rng, r1, 3, pads=[1, 1, 1, 1])], alpha=0.2)
+    m = b.op("Mean", [r1, b.op("Neg", [r2]), conv(b, rng, r1, 3, pads=[1, 1, 1, 1])])
+    pipeline(readout(b, rng, b.op("Relu", [m])), tmp_path)
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "HardSwish"])
+def test_non_piecewise_linear_ops_are_refused_in_one_line(tmp_path, op):
+    rng = np.random.default_rng(10)
+    b = GraphBuilder((6,))
+    model = b.build(gemm(b, rng, b.op(op, [gemm(b, rng, "x", 5)]), 3))
+    _, msg = import_error(model, tmp_path, UnsupportedOperatorError)
+    assert op in msg and f"{op}_" in msg
+
+
+def test_product_of_two_activations_is_refused(tmp_path):
+    rng = np.random.default_rng(11)
+    b = GraphBuilder((6,))
+    h = gemm(b, rng, "x", 5)
+    model = b.build(gemm(b, rng, b.op("Mul", [h, b.op("HardSigmoid", [h])]), 3))
+    _, msg = import_error(model, tmp_path, UnsupportedOperatorError)
+    assert "Mul node" in msg and "two activations" in msg
+
+
+# ----------------------------------------------------------------------------- linear values
+
+def test_conv_maxpool_relu_commutes_and_keeps_one_population(tmp_path):
+    """LeNet's Conv → MaxPool → Relu: ReLU then MaxPool, one population, as many neurons as the ReLU-first net."""
+    rng = np.random.default_rng(12)
+    b = GraphBuilder((1, 8, 8))
+    h = b.op("Relu", [b.op("MaxPool", [conv(b, rng, "x", 4)], kernel_shape=[2, 2], strides=[2, 2])])
+    imp, _ = pipeline(readout(b, rng, h), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "MaxPool", "Flatten", "Dense"]
+
+
+def test_transpose_between_conv_and_relu(tmp_path):
+    """tf2onnx's NHWC: Conv → Transpose → Relu: the ReLU is applied first, no extra population."""
+    rng = np.random.default_rng(13)
+    b = GraphBuilder((2, 5, 5))
+    h = b.op("Relu", [b.op("Transpose", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])], perm=[0, 2, 3, 1])])
+    imp, _ = pipeline(readout(b, rng, h), tmp_path)
+    assert relus(imp.graph) == 1
+
+
+@pytest.mark.parametrize("pool", ["MaxPool", "AveragePool"])
+def test_pooling_a_linear_layer_read_by_a_conv(tmp_path, pool):
+    """Conv → pool → Conv with no ReLU between: z = relu(z) − relu(−z), each pooled (max: the latest spike
+    for relu(−z); average: each pooling a layer of its own, as an average pooling read by a Conv is)."""
+    rng = np.random.default_rng(14)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op(pool, [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("Relu", [conv(b, rng, h, 3, pads=[1, 1, 1, 1])])
+    imp, _ = pipeline(readout(b, rng, h), tmp_path)
+    assert relus(imp.graph) == (3 if pool == "MaxPool" else 5)
+    pools = [n for n in imp.graph.nodes if isinstance(n, ir.MaxPool)]
+    assert pool == "AveragePool" or sorted(p.latest for p in pools) == [(), (0, 1, 2)]
+
+
+def test_dense_after_dense_is_composed(tmp_path):
+    """Gemm → Gemm without activation: W2·W1, no population between."""
+    rng = np.random.default_rng(15)
+    b = GraphBuilder((6,))
+    h = b.op("Relu", [gemm(b, rng, gemm(b, rng, gemm(b, rng, "x", 7), 5), 4)])
+    imp, _ = pipeline(b.build(gemm(b, rng, gemm(b, rng, h, 5), 3)), tmp_path)
+    assert ir_kinds(imp.graph) == ["Input", "Dense+relu", "Dense"]
+
+
+def test_matmul_reading_a_linear_layer(tmp_path):
+    """Formerly refused as "activation None times a constant": now linear∘linear."""
+    rng = np.random.default_rng(16)
+    b = GraphBuilder((6,))
+    h = b.op("MatMul", [b.op("MatMul", [b.op("Relu", [gemm(b, rng, "x", 5)]), b.const(rnd(rng, 5, 4))]),
+                        b.const(rnd(rng, 4, 10))])
+    imp, _ = pipeline(b.build(gemm(b, rng, b.op("Relu", [h]), 3)), tmp_path)
+    assert relus(imp.graph) == 2
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_after_conv_is_composed(tmp_path, stride):
+    """A 1×1 conv without padding after a conv (a separable conv's depthwise then pointwise): one layer."""
+    rng = np.random.default_rng(17)
+    b = GraphBuilder((4, 7, 7))
+    h = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
+    dw = b.op("Conv", [h, b.const(rnd(rng, 4, 1, 3, 3)), b.const(rnd(rng, 4))], kernel_shape=[3, 3], group=4,
+              pads=[1, 0, 1, 2])
+    h = b.op("Relu", [conv(b, rng, dw, 5, kernel=(1, 1), strides=[stride, stride])])
+    imp, _ = pipeline(readout(b, rng, h), tmp_path)
+    assert relus(imp.graph) == 2
+
+
+def test_pre_activation_residual_stream(tmp_path):
+    """x₁ = x₀ + conv(relu(x₀)), x₂ = x₁ + conv(relu(x₁)): sums of linear layers read by ReLUs and by the next
+    sum, never a ReLU of their own; a 3×3 conv reads the stream through ± populations."""
+    rng = np.random.default_rng(18)
+    b = GraphBuilder((2, 5, 5))
+    s = conv(b, rng, "x", 3, pads=[1, 1, 1, 1])
+    for _ in range(2):
+        s = b.op("Add", [s, conv(b, rng, b.op("Relu", [s]), 3, pads=[1, 1, 1, 1])])
+    h = b.op("Relu", [conv(b, rng, s, 3, pads=[1, 1, 1, 1])])
+    pipeline(readout(b, rng, h), tmp_path)
+
+
+def test_linear_value_through_reshape_transpose_and_flatten(tmp_path):
+    rng = np.random.default_rng(19)
+    b = GraphBuilder((2, 4, 4))
+    h = b.op("Transpose", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])], perm=[0, 1, 3, 2])
+    h = b.op("Reshape", [h, b.int_const([0, 3, 16])])
+    h = b.op("Relu", [b.op("Conv", [h, b.const(rnd(rng, 2, 3, 3)), b.const(rnd(rng, 2))], kernel_shape=[3])])
+    pipeline(readout(b, rng, h), tmp_path)
+
+
+def test_concat_of_a_clip_and_a_relu_read_by_a_conv(tmp_path):
+    rng = np.random.default_rng(20)
+    b = GraphBuilder((2, 5, 5))
+    r = b.op("Relu", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1])])
+    c = clip11(0.0, 1.0)(b, conv(b, rng, "x", 2, pads=[1, 1, 1, 1]))
+    h = b.op("Relu", [conv(b, rng, b.op("Concat", [r, c], axis=1), 3, pads=[1, 1, 1, 1])])
+    pipeline(readout(b, rng, h), tmp_path)
+
+
+def test_linear_value_at_the_output_through_a_clip(tmp_path):
+    rng = np.random.default_rng(21)
+    b = GraphBuilder((6,))
+    pipeline(b.build(clip11(-1.0, 1.0)(b, gemm(b, rng, b.op("Relu", [gemm(b, rng, "x", 5)]), 3))), tmp_path)
+
+
+# ----------------------------------------------------------------------------- only where needed
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+PLAIN_RELU = {"cnn": (4, 1824), "cnn1d": (4, 1536), "concat": (5, 2304), "concat_dense": (4, 80),
+              "dwsep": (5, 5120), "mlp": (2, 96), "nhwc": (3, 800), "resnet": (7, 3072)}
+
+
+@pytest.mark.parametrize("name", PLAIN_RELU)
+def test_plain_relu_samples_keep_their_neurons(name):
+    """A plain ReLU network gets no split and no extra term: the layer and neuron counts of the importer
+    before piecewise-linear support (their artifacts differ only in the ``origin`` text and the format version)."""
+    graph = onnx_import.import_model(SAMPLES / name / "model.onnx").graph
+    layers = [n for n in graph.nodes if isinstance(n, ir.Affine) and n.relu]
+    assert (len(layers), neurons(graph)) == PLAIN_RELU[name]
+    assert all(n.origin.startswith(("Relu '", "AveragePool '")) for n in layers)
