@@ -331,3 +331,17 @@ def test_plain_relu_samples_keep_their_neurons(name):
     layers = [n for n in graph.nodes if isinstance(n, ir.Affine) and n.relu]
     assert (len(layers), neurons(graph)) == PLAIN_RELU[name]
     assert all(n.origin.startswith(("Relu '", "AveragePool '")) for n in layers)
+
+
+# ----------------------------------------------------------------------------- trained samples
+
+@pytest.mark.parametrize("name", ["mobilenet", "leaky"])
+def test_piecewise_linear_samples_verify_exactly(tmp_path, name):
+    """The trained MobileNetV2-style ReLU6 network (linear bottlenecks, residual sums of linear layers) and the
+    LeakyReLU CNN with max pooling, on their held-out test set."""
+    d = SAMPLES / name
+    convert.convert(d / "model.onnx", str(d / "calib.npy"), tmp_path / "m.snn.h5")
+    report = verify.verify(tmp_path / "m.snn.h5", d / "model.onnx", str(d / "test.npy"), str(d / "labels.npy"))
+    assert report["passed"] and report["agreement"] == 1.0 and report["early_spikes"] == 0
+    assert report["accuracy_snn"] == report["accuracy_ann"] >= 0.93
+    assert report["max_abs_logit_error_ref"] <= 1e-9 * report["max_abs_logit"]

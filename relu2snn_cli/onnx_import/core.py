@@ -483,9 +483,11 @@ def origin_of(node: OnnxNode) -> str:
     return f"{node.op_type} '{node.name}'"
 
 
-def of(node: OnnxNode, layer: ir.Affine) -> str:
-    """The node applied to the linear layer z it reads: "Relu 'r1' of Conv 'c1'"."""
-    return f"{origin_of(node)} of {layer.origin}" if layer.origin and layer.origin != origin_of(node) else origin_of(node)
+def of(node: OnnxNode, layer: ir.Affine, joint: str = "of") -> str:
+    """The node applied to the linear layer z it reads: "Relu 'r1' of Conv 'c1'" (a composition: "∘")."""
+    if not layer.origin or layer.origin == origin_of(node):
+        return origin_of(node)
+    return f"{origin_of(node)} {joint} {layer.origin}"
 
 
 def _number(x: float) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from .. import ir, ops
 from ..errors import ModelError
 from .core import (Const, Context, Lin, OnnxNode, Pooled, Pop, Sum, affine, apply_affine, as_linear, check_window,
-                   const_for, converter, geometry, identity_pop, kernel_shape, origin_of, parts_of, spiking, spread,
+                   const_for, converter, geometry, identity_pop, kernel_shape, of, origin_of, parts_of, spiking, spread,
                    tensor_nonnegative, term_window_values, unsupported)
 
 
@@ -37,7 +37,7 @@ def _dense(node: OnnxNode, ctx: Context, w: np.ndarray, bias, given: tuple[int, 
     if isinstance(v, Lin) and all(isinstance(t, ir.Dense) for t in v.layer.terms):
         terms = tuple(replace(t, weight=w @ t.weight) for t in v.layer.terms)
         layer = ir.Affine(ctx.unique(node.name), terms, bias + w @ ir.full_bias(v.layer), relu=False,
-                          origin=f"{origin_of(node)} ∘ {v.layer.origin}")
+                          origin=of(node, v.layer, "∘"))
         ctx.set(node, Lin(layer))
         return
     pairs, total = [], np.asarray(bias, dtype=np.float64)
@@ -124,7 +124,7 @@ def _conv(node: OnnxNode, ctx: Context, i: int, w, bias, strides, pads, dilation
         total = np.einsum("om,m...->o...", m, bias_map) + ops.channel_axis(np.asarray(bias, dtype=np.float64),
                                                                            bias_map.ndim)
         ctx.set(node, Lin(ir.Affine(ctx.unique(node.name), tuple(terms), ir.compact_bias(total), relu=False,
-                                    origin=f"{origin_of(node)} ∘ {v.layer.origin}")))
+                                    origin=of(node, v.layer, "∘"))))
         return
     parts = ctx.parts(node, i, rank=(2, 3), pads=True)
     if len({p.pads for p in parts}) != 1:
@@ -203,7 +203,7 @@ def _sum_of_activations(node: OnnxNode, ctx: Context, x, y) -> None:
     if node.op_type == "Sub":
         second = ir.scale_outputs(second, -np.ones(second.shape[0]))
     total = ir.compact_bias(ir.full_bias(first) + ir.full_bias(second))
-    layer = ir.Affine(ctx.unique(node.name), first.terms + second.terms, total, relu=False)
+    layer = ir.Affine(ctx.unique(node.name), first.terms + second.terms, total, relu=False, origin=origin_of(node))
     if node.op_type == "Add" and all(isinstance(v, Pop) and tensor_nonnegative(v) for v in (x, y)):
         ctx.set(node, spiking(node, ctx, layer))   # a sum of non-negative tensors: its ReLU is the identity
     else:
