@@ -13,11 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from builders import GraphBuilder
-from relu2snn_cli import convert, h5io, ir, onnx_import, snn, verify
+import reference
+from builders import GraphBuilder, run_ort, save
+from relu2snn_cli import convert, h5io, ir, onnx_import, simulator, snn, verify
 from relu2snn_cli.errors import UnsupportedOperatorError
-from test_onnx_import import check, conv, gemm, import_error, ir_kinds, readout, rnd
+from test_onnx_import import assert_close, check, conv, gemm, import_error, ir_kinds, readout, rnd
+from test_simulator import assert_counts_match, close
 
 
 def pipeline(model, tmp_path, seed=0, n=48):
@@ -345,3 +349,114 @@ def test_piecewise_linear_samples_verify_exactly(tmp_path, name):
     assert report["passed"] and report["agreement"] == 1.0 and report["early_spikes"] == 0
     assert report["accuracy_snn"] == report["accuracy_ann"] >= 0.93
     assert report["max_abs_logit_error_ref"] <= 1e-9 * report["max_abs_logit"]
+
+
+# ----------------------------------------------------------------------------- random piecewise-linear DAGs
+
+MONOTONE = ("relu", "clip", "leaky", "hardsigmoid", "min", "none")   # may be max-pooled
+
+
+@st.composite
+def pwl_dags(draw):
+    """(model, input shape, seed): a random network of convolutions or dense layers, each followed by a
+    random piecewise-linear activation — Relu, Clip (random breakpoints), LeakyRelu and PRelu (random slopes,
+    negative ones too where nothing pools them), HardSigmoid (either sign), Abs, Min with a constant, the
+    elementwise Max of two branches, or none (a linear chain) — with max pooling after a monotone one, and a
+    linear readout."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    image = draw(st.booleans())
+    shape = (draw(st.integers(1, 2)), draw(st.integers(4, 6)), draw(st.integers(4, 6))) if image \
+        else (draw(st.integers(2, 6)),)
+    b = GraphBuilder(shape)
+    h, cur = "x", shape
+
+    def linear(h, cur, out):
+        if image:
+            k = draw(st.sampled_from([1, 3]))
+            w = rng.normal(0, 1.2 / np.sqrt(cur[0] * k * k), (out, cur[0], k, k))
+            return b.op("Conv", [h, b.const(w), b.const(rng.normal(0, 0.3, out))], kernel_shape=[k, k],
+                        pads=[k // 2] * 4)
+        w = rng.normal(0, 1.2 / np.sqrt(cur[0]), (out, cur[0]))
+        return b.op("Gemm", [h, b.const(w), b.const(rng.normal(0, 0.3, out))], transB=1)
+
+    for _ in range(draw(st.integers(1, 3))):
+        out, prev = draw(st.integers(1, 3)), cur
+        z = linear(h, prev, out)
+        cur = (out,) + tuple(cur[1:])
+        pool = image and min(cur[1:]) >= 2 and draw(st.booleans())
+        act = draw(st.sampled_from(MONOTONE if pool else MONOTONE + ("prelu", "abs", "max")))
+        if act == "relu":
+            h = b.op("Relu", [z])
+        elif act == "clip":
+            lo = draw(st.floats(-1.0, 0.5))
+            h = b.op("Clip", [z, b.const(lo), b.const(lo + draw(st.floats(0.1, 2.0)))])
+        elif act == "leaky":
+            h = b.op("LeakyRelu", [z], alpha=draw(st.floats(0.0, 1.0)))
+        elif act == "prelu":
+            slope = rng.uniform(-1.0, 1.0, (out, 1, 1) if image else (out,))
+            h = b.op("PRelu", [z, b.const(slope)])
+        elif act == "hardsigmoid":
+            h = b.op("HardSigmoid", [z], alpha=draw(st.sampled_from([-0.7, 0.3, 1.0])), beta=draw(st.floats(-0.5, 1.0)))
+        elif act == "abs":
+            h = b.op("Abs", [z])
+        elif act == "min":
+            h = b.op("Min", [z, b.const(rng.uniform(-0.5, 1.0, (out, 1, 1) if image else (out,)))])
+        elif act == "max":   # maxout of two branches, or of a branch and a ReLU population
+            other = linear(h, prev, out)
+            h = b.op("Max", [z, b.op("Relu", [other]) if draw(st.booleans()) else other])
+        else:
+            h = z
+        if pool:
+            h = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+            cur = (cur[0], cur[1] // 2, cur[2] // 2)
+    if image:
+        h, cur = b.op("Flatten", [h]), (int(np.prod(cur)),)
+    n_out = draw(st.integers(1, 3))
+    h = b.op("Gemm", [h, b.const(rng.normal(0, 1, (n_out, cur[0]))), b.const(rng.normal(0, 0.3, n_out))], transB=1)
+    return b.build(h), shape, seed
+
+
+@settings(max_examples=20, deadline=None)
+@given(dag=pwl_dags())
+def test_random_piecewise_linear_dags_are_exact(tmp_path_factory, dag):
+    """onnxruntime = the IR forward pass; calibrated on the inputs it runs on, the spiking network equals
+    the float64 forward pass within 1e-9 of the largest logit, without early spikes."""
+    model, shape, seed = dag
+    tmp = tmp_path_factory.mktemp("pwl")
+    path = save_model(model, tmp)
+    graph = onnx_import.import_model(path).graph
+    x = (2.0 * np.random.default_rng(seed).standard_normal((24, *shape))).astype(np.float32)
+    assert_close(ir.forward(graph, x), run_ort(model, x))
+    np.save(tmp / "x.npy", x)
+    convert.convert(path, str(tmp / "x.npy"), tmp / "m.snn.h5")
+    result = simulator.simulate(h5io.read(tmp / "m.snn.h5"), x)
+    want = ir.forward(graph, x)
+    assert result.counts.early_spikes == 0
+    assert np.max(np.abs(result.logits - want)) <= 1e-9 * max(np.max(np.abs(want)), 1e-12)
+
+
+@settings(max_examples=12, deadline=None)
+@given(dag=pwl_dags())
+def test_random_piecewise_linear_dags_match_the_reference_with_early_spikes(tmp_path_factory, dag):
+    """Calibrated on small inputs and run on large ones, so activations overrun their windows and neurons fire
+    early: the simulator equals the event-by-event reference, spike by spike."""
+    model, shape, seed = dag
+    tmp = tmp_path_factory.mktemp("pwl")
+    path = save_model(model, tmp)
+    rng = np.random.default_rng(seed)
+    np.save(tmp / "c.npy", (0.2 * rng.normal(size=(32,) + shape)).astype(np.float32))
+    convert.convert(path, str(tmp / "c.npy"), tmp / "m.snn.h5", input_range=(-6, 6))
+    net = h5io.read(tmp / "m.snn.h5")
+    x = 2.0 * rng.normal(size=(3,) + shape)
+    result = simulator.simulate(net, x, batch_size=2, keep_times=True)
+    counts = {}
+    logits, times = reference.run(net, x, counts)
+    for name, t in times.items():
+        assert close(result.times[name], t), name
+    assert close(result.logits, logits)
+    assert_counts_match(net, result, counts)
+
+
+def save_model(model, directory) -> Path:
+    return Path(save(model, directory / "m.onnx"))
