@@ -94,6 +94,18 @@ def test_relu6_is_two_populations_and_inspect_names_the_terms(tmp_path):
     assert all("Conv" in o for o in origins)
 
 
+def test_inspect_shows_the_onnx_node_and_term_of_each_population(tmp_path):
+    from click.testing import CliRunner
+    from relu2snn_cli.cli import cli
+    pipeline(cnn_with(clip11(0.0, 6.0)), tmp_path)
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.snn.h5")])
+    assert result.exit_code == 0
+    rows = [line for line in result.output.splitlines() if "SpikingLayer" in line]
+    assert len(rows) == 4
+    assert sum(line.endswith(": relu(z − 6)") for line in rows) == 2
+    assert all("Clip 'Clip_" in line and "of Conv 'Conv_" in line for line in rows)
+
+
 def test_relu6_spelled_min_of_max(tmp_path):
     """Min(Max(x, 0), 6), as some exporters write ReLU6."""
     def act(b, h):
