@@ -326,6 +326,44 @@ def test_concat_of_a_clip_and_a_relu_read_by_a_conv(tmp_path):
     pipeline(readout(b, rng, h), tmp_path)
 
 
+def test_concat_of_a_relu6_and_a_relu_read_by_a_3x3_conv_adds_no_population(tmp_path):
+    """Concatenated part by part (the ReLU branch padded with a zero-scaled part): the Conv reads the
+    populations as they are, 2 + 1 + 1 layers before it."""
+    rng = np.random.default_rng(22)
+    b = GraphBuilder((2, 5, 5))
+    r = b.op("Relu", [conv(b, rng, "x", 2, pads=[1, 1, 1, 1])])
+    c = clip11(0.0, 1.0)(b, conv(b, rng, "x", 2, pads=[1, 1, 1, 1]))
+    h = b.op("Relu", [conv(b, rng, b.op("Concat", [c, r], axis=1), 3, pads=[1, 1, 1, 1])])
+    imp, _ = pipeline(readout(b, rng, h), tmp_path)
+    assert relus(imp.graph) == 4
+
+
+@pytest.mark.parametrize("axis", [2, 3])
+def test_spatial_concat_of_linear_layers_before_a_conv(tmp_path, axis):
+    """Two convolutions without activation side by side along a spatial axis, then a Conv: each split in two,
+    the relu(z) parts and the relu(−z) parts concatenated, one scale per channel in each."""
+    rng = np.random.default_rng(23)
+    b = GraphBuilder((2, 4, 4))
+    h = b.op("Concat", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1]), conv(b, rng, "x", 3, pads=[1, 1, 1, 1])], axis=axis)
+    h = b.op("Relu", [conv(b, rng, h, 2, pads=[1, 1, 1, 1])])
+    imp, _ = pipeline(readout(b, rng, h), tmp_path)
+    assert relus(imp.graph) == 5
+
+
+def test_relu_populations_concatenated_spatially_then_convolved(tmp_path):
+    """Two ReLU layers with their own code scales c side by side along the height, then a Conv: the layers of
+    a spatial concatenation share the smaller c per channel (mapping.spatial_groups)."""
+    rng = np.random.default_rng(24)
+    b = GraphBuilder((2, 4, 4))
+    big = b.op("Conv", ["x", b.const(3.0 * rnd(rng, 3, 2, 3, 3) + 0.5), b.const(rnd(rng, 3))], kernel_shape=[3, 3],
+               pads=[1, 1, 1, 1])   # incoming sums above s_max: scaled down
+    h = b.op("Concat", [b.op("Relu", [big]), b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])], axis=2)
+    imp, _ = pipeline(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, pads=[1, 1, 1, 1])])), tmp_path)
+    net = h5io.read(tmp_path / "m.snn.h5")
+    first, second = [n for n in net.nodes if isinstance(n, snn.SpikingLayer)][:2]
+    assert np.any(first.scale < 1) and np.array_equal(first.scale, second.scale)
+
+
 def test_linear_value_at_the_output_through_a_clip(tmp_path):
     rng = np.random.default_rng(21)
     b = GraphBuilder((6,))

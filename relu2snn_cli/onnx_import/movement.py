@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import ir
 from ..errors import ModelError
-from .core import Context, Lin, OnnxNode, Pooled, Pop, Sum, as_linear, converter, full_map, reshaped, unsupported
+from .core import (Context, Lin, OnnxNode, Pooled, Pop, Sum, as_linear, converter, full_map, make_sum, reshaped,
+                   unsupported)
 
 
 def _reshape(node: OnnxNode, ctx: Context, a, shape: tuple[int, ...]) -> None:
@@ -124,28 +125,40 @@ def convert_transpose(node: OnnxNode, ctx: Context) -> None:
 @converter("Concat")
 def convert_concat(node: OnnxNode, ctx: Context) -> None:
     """Populations side by side along a non-batch axis (from different windows: delays align them, docs/math.md §2).
-    If an operand is a linear layer still waiting for its ReLU (DenseNet-BC), the channels are stacked into one
-    linear layer instead: each operand's synapses feed its own block of output channels."""
+    If an operand is a linear layer still waiting for its ReLU (DenseNet-BC) and none is a sum, the channels
+    are stacked into one linear layer instead: each operand's synapses feed its own block of output channels.
+    Sums of populations (and linear layers along a spatial axis, split) are concatenated part by part: the
+    k-th parts side by side, an operand with fewer parts adding its first population with the pending
+    scale 0 (docs/math.md §8)."""
     values = [ctx.get(node, i, raw=True) for i in range(len(node.inputs))]
     rank = len(getattr(values[0], "shape", None) or values[0].layer.shape)
     axis = int(node.attr("axis")) % (rank + 1)
     if axis == 0:
         raise unsupported(node, "it concatenates along the batch axis")
-    if any(isinstance(v, (Lin, Sum)) for v in values):
-        if axis != 1:
-            raise unsupported(node, "it concatenates linear layers along a spatial axis")
+    if any(isinstance(v, Sum) for v in values) or (axis != 1 and any(isinstance(v, Lin) for v in values)):
+        groups = [ctx.parts(node, i) for i in range(len(node.inputs))]
+        n = max(len(g) for g in groups)
+        groups = [g + (replace(g[0], scale=np.zeros(()), shift=np.zeros(()), nonnegative=False),) * (n - len(g))
+                  for g in groups]
+        ctx.set(node, make_sum(_concat(node, ctx, [g[k] for g in groups], axis) for k in range(n)))
+        return
+    if any(isinstance(v, Lin) for v in values):
         layers = [as_linear(node, ctx, v) for v in values]
         if len({tuple(layer.shape[1:]) for layer in layers}) != 1:
             raise unsupported(node, f"its operands have shapes {[layer.shape for layer in layers]}")
         ctx.set(node, Lin(ir.stack_channels(ctx.unique(node.name), layers)))
         return
-    pops = [ctx.pop(node, i) for i in range(len(node.inputs))]
+    ctx.set(node, _concat(node, ctx, [ctx.pop(node, i) for i in range(len(node.inputs))], axis))
+
+
+def _concat(node: OnnxNode, ctx: Context, pops: list[Pop], axis: int) -> Pop:
+    """A Concat node of populations along ``axis`` (batch axis counted), their pending maps concatenated."""
     out = ir.Concat(ctx.unique(node.name), tuple(p.node for p in pops), tuple(tuple(p.shape) for p in pops), axis - 1)
     ctx.add(out)
     maps = [full_map(p) for p in pops]
-    ctx.set(node, Pop(out.name, out.shape, np.concatenate([m[0] for m in maps], axis=axis - 1),
-                      np.concatenate([m[1] for m in maps], axis=axis - 1),
-                      all(p.nonnegative for p in pops), all(p.relu for p in pops)))
+    return Pop(out.name, out.shape, np.concatenate([m[0] for m in maps], axis=axis - 1),
+               np.concatenate([m[1] for m in maps], axis=axis - 1),
+               all(p.nonnegative for p in pops), all(p.relu for p in pops))
 
 
 @converter("Pad", part_wise=True)
