@@ -20,7 +20,7 @@ import reference
 from builders import GraphBuilder, run_ort, save
 from relu2snn_cli import convert, h5io, ir, onnx_import, simulator, snn, verify
 from relu2snn_cli.errors import UnsupportedOperatorError
-from test_onnx_import import assert_close, check, conv, gemm, import_error, ir_kinds, readout, rnd
+from test_onnx_import import assert_close, bn, check, conv, gemm, import_error, ir_kinds, readout, rnd
 from test_simulator import assert_counts_match, close
 
 
@@ -510,3 +510,19 @@ def test_random_piecewise_linear_dags_match_the_reference_with_early_spikes(tmp_
 
 def save_model(model, directory) -> Path:
     return Path(save(model, directory / "m.onnx"))
+
+
+@pytest.mark.parametrize("pool", [dict(kernel_shape=[2, 2], strides=[2, 2]),
+                                  dict(kernel_shape=[3, 3], strides=[1, 2], pads=[1, 1, 1, 0], count_include_pad=1),
+                                  None], ids=["2x2", "3x3-padded", "global"])
+def test_densenet_transition_composes_the_pooling_with_the_1x1_conv(tmp_path, pool):
+    """BN → ReLU → Conv1x1 → AveragePool → BN → ReLU: P·(W ⋆ a + b) = (W/K over the window) ⋆ a + P·b, one
+    spiking layer for the pooled transition, no split."""
+    rng = np.random.default_rng(25)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
+    h = conv(b, rng, h, 3, kernel=(1, 1))
+    h = b.op("AveragePool", [h], **pool) if pool else b.op("GlobalAveragePool", [h])
+    h = b.op("Relu", [bn(b, rng, h)])
+    imp, _ = pipeline(readout(b, rng, h), tmp_path)
+    assert relus(imp.graph) == 2

@@ -189,7 +189,9 @@ def converter(*op_types: str, part_wise: bool = False):
 def convert(node: OnnxNode, ctx: "Context") -> None:
     """Run the node's converter; the one place where a part-wise op meets a Sum or a linear layer.
 
-    A linear layer z read by a part-wise op becomes populations first (``ctx.populations``): relu(z) when
+    A linear layer z read by a part-wise op whose converter has an ``on_linear`` hook is offered to it first
+    (average pooling composes with 1×1 convolutions). Otherwise it becomes populations (``ctx.populations``):
+    relu(z) when
     every path from the output reaches a ReLU through part-wise ops and max poolings only (ReLU commutes
     with moving neurons and with max, docs/math.md §8), else z = relu(z) − relu(−z). A Sum is moved part
     by part: the converter runs on each part in turn, and each output is the Sum of its results."""
@@ -199,6 +201,9 @@ def convert(node: OnnxNode, ctx: "Context") -> None:
         return
     name = node.inputs[0]
     original = ctx.values.get(name)
+    compose = getattr(fn, "on_linear", None)   # a linear op may compose with the linear layer instead
+    if isinstance(original, Lin) and compose is not None and compose(node, ctx, original):
+        return
     value = ctx.populations(node, 0) if isinstance(original, Lin) else original
     if not isinstance(value, Sum):
         if value is original:

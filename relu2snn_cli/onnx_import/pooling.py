@@ -10,7 +10,7 @@ import numpy as np
 from .. import ir, ops
 from ..errors import ModelError
 from .core import (Context, Lin, OnnxNode, Pooled, Pop, Sum, check_window, converter, explicit_pads, full_map, geometry,
-                   int_attr, kernel_shape, origin_of, per_channel, term_window_values, unsupported, window_values)
+                   int_attr, kernel_shape, of, origin_of, per_channel, term_window_values, unsupported, window_values)
 
 
 @converter("MaxPool")
@@ -82,21 +82,65 @@ def pool_directions(node: OnnxNode, value: Sum, parts) -> list[np.ndarray]:
 def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
     """Average pooling: a 1/k-weighted depthwise convolution P of the ReLU population, pending (``Pooled``)."""
     a = _pooled_population(node, ctx)
+    ctx.set(node, _average(node, ctx, a, *_window(node, a)))
+
+
+def _window(node: OnnxNode, a) -> tuple[tuple, tuple, tuple, tuple]:
+    """kernel, strides, pads and dilations of an AveragePool or GlobalAveragePool of ``a`` (its pending Pad
+    included)."""
     rank = len(a.shape) - 1
     if node.op_type == "GlobalAveragePool":
         kernel, pads = mean_window(a, range(rank))
-        strides, dilations = (1,) * rank, (1,) * rank
-    else:
-        kernel = kernel_shape(node, rank)
-        own = explicit_pads(node, a.shape[1:], kernel, int_attr(node, "strides", rank, 1, (1,) * rank), (1,) * rank)
-        if any(own) and not node.attr("count_include_pad", 0):
-            raise unsupported(node, "count_include_pad=0 with padding divides by a count that varies with the "
-                                    "position")
-        strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel, a.pads)
-        if node.attr("ceil_mode", 0) and (ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations, True)
-                                          != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations)):
-            raise unsupported(node, "ceil_mode=1 adds windows that are cut short")
-    ctx.set(node, _average(node, ctx, a, kernel, strides, pads, dilations))
+        return kernel, (1,) * rank, pads, (1,) * rank
+    kernel = kernel_shape(node, rank)
+    own = explicit_pads(node, a.shape[1:], kernel, int_attr(node, "strides", rank, 1, (1,) * rank), (1,) * rank)
+    if any(own) and not node.attr("count_include_pad", 0):
+        raise unsupported(node, "count_include_pad=0 with padding divides by a count that varies with the "
+                                "position")
+    strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel, getattr(a, "pads", ()))
+    if node.attr("ceil_mode", 0) and (ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations, True)
+                                      != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations)):
+        raise unsupported(node, "ceil_mode=1 adds windows that are cut short")
+    return kernel, strides, pads, dilations
+
+
+def _compose_pooling(node: OnnxNode, ctx: Context, v: Lin) -> bool:
+    """Average pooling P of a linear layer z whose terms are 1×1 convolutions with stride 1 and no padding
+    (DenseNet's transition, Conv1x1 → AveragePool): P·(W ⋆ a + b) = (W/K over P's window) ⋆ a + P·b, one
+    linear layer with P's strides and padding, its bias the pooled bias map (docs/math.md §8). False (the
+    caller splits z) for any other linear layer."""
+    terms = v.layer.terms
+    if node.op_type == "ReduceMean" or not all(
+            isinstance(t, ir.Conv) and all(k == 1 for k in t.weight.shape[2:]) and not any(t.pads)
+            and all(s == 1 for s in t.strides) for t in terms):
+        return False
+    shape = tuple(v.layer.shape)
+    if len(shape) not in (2, 3):
+        raise unsupported(node, f"its input has shape {shape} (batch axis omitted)")
+    kernel, strides, pads, dilations = _window(node, _Shaped(shape))
+    size = int(np.prod(kernel))
+    composed = []
+    for t in terms:
+        t = ir.ungroup(t)
+        weight = np.broadcast_to(t.weight, t.weight.shape[:2] + tuple(kernel)) / size
+        composed.append(replace(t, weight=weight, strides=strides, pads=pads, dilations=dilations))
+    pool = ir.Conv(terms[0].input, np.full((shape[0], 1) + tuple(kernel), 1.0 / size), shape, strides, pads,
+                   dilations, groups=shape[0])
+    check_window(node, term_window_values(composed[0]))
+    bias = ir.apply_term(pool, ir.full_bias(v.layer)[None])[0]
+    ctx.set(node, Lin(ir.Affine(ctx.unique(node.name), tuple(composed), ir.compact_bias(bias), relu=False,
+                                origin=of(node, v.layer, "∘"))))
+    return True
+
+
+class _Shaped:
+    """A stand-in with only a shape, for ``_window`` on a linear layer (no pending Pad)."""
+
+    def __init__(self, shape):
+        self.shape, self.pads = shape, ()
+
+
+convert_avgpool.on_linear = _compose_pooling
 
 
 def mean_window(a: Pop, axes) -> tuple[tuple[int, ...], tuple[int, ...]]:
