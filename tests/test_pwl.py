@@ -106,6 +106,18 @@ def test_inspect_shows_the_onnx_node_and_term_of_each_population(tmp_path):
     assert all("Clip 'Clip_" in line and "of Conv 'Conv_" in line for line in rows)
 
 
+def test_two_max_poolings_of_a_leaky_relu(tmp_path):
+    """The terms keep their form after a pooling (of max z), so a second pooling pools them the same way:
+    relu(z) its earliest spike, relu(−z) its latest."""
+    rng = np.random.default_rng(26)
+    b = GraphBuilder((1, 8, 8))
+    h = b.op("LeakyRelu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])], alpha=0.2)
+    h = b.op("MaxPool", [b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])], kernel_shape=[2, 2],
+             strides=[2, 2])
+    imp, _ = pipeline(readout(b, rng, h), tmp_path)
+    assert [p.latest for p in imp.graph.nodes if isinstance(p, ir.MaxPool)] == [(), (0, 1, 2)] * 2
+
+
 def test_relu6_spelled_min_of_max(tmp_path):
     """Min(Max(x, 0), 6), as some exporters write ReLU6."""
     def act(b, h):

@@ -21,7 +21,11 @@ def convert_maxpool(node: OnnxNode, ctx: Context) -> None:
     if isinstance(value, Sum):
         parts = ctx.parts(node, 0, rank=(2, 3))
         earliest = pool_directions(node, value, parts)
-        ctx.set(node, Sum(tuple(_maxpool(node, ctx, p, ~e) for p, e in zip(parts, earliest)), value.kinks))
+        pooled = tuple(_maxpool(node, ctx, p, ~e) for p, e in zip(parts, earliest))
+        shape, rank = pooled[0].shape, len(pooled[0].shape)
+        kinks = tuple(tuple(np.broadcast_to(ops.channel_axis(per_channel(node, k, value.shape), rank), shape)
+                            for k in kink) for kink in value.kinks)   # per channel: the same after pooling
+        ctx.set(node, Sum(pooled, kinks))
         return
     a = ctx.pop(node, 0, rank=(2, 3)) if value is ctx.values[node.inputs[0]] else value
     if len(a.shape) not in (2, 3):
