@@ -1,6 +1,6 @@
 """ONNX → IR: one converter per ONNX op type, registered in a table, plus the folding rules of docs/math.md §7 and docs/supported-operators.md.
 
-The converters live in ``linear``, ``pooling``, ``movement`` and ``constants``; ``core`` holds the values,
+The converters live in ``linear``, ``pooling``, ``movement``, ``activations`` and ``constants``; ``core`` holds the values,
 the node wrapper, the table and the helpers they share. This module reads a file and drives them.
 
 The importer walks the graph in topological order and gives every ONNX tensor a
@@ -12,7 +12,11 @@ symbolic value:
   Affine maps after a ReLU (BatchNorm, Mul/Add by constants) stay pending here and
   fold *forward* into the next linear layer;
 - ``Lin``: a linear layer applied to a population and not yet followed by its ReLU.
-  Affine maps before the ReLU fold *backward* into its weights and bias.
+  Affine maps before the ReLU fold *backward* into its weights and bias;
+- ``Pooled``: a pending average pooling of a population;
+- ``Sum``: several populations added, each under its own pending map — the terms of a
+  piecewise-linear activation, or a linear layer split as relu(z) − relu(−z) (docs/math.md §8).
+  Data movement reaches a Sum, and a linear layer read by it, through ``core.convert``.
 
 A ReLU turns a ``Lin`` into an IR node with ``relu=True``; the ``Lin`` left at the graph
 output becomes the readout.

@@ -191,40 +191,29 @@ def convert(node: OnnxNode, ctx: "Context") -> None:
 
     A linear layer z read by a part-wise op whose converter has an ``on_linear`` hook is offered to it first
     (average pooling composes with 1×1 convolutions). Otherwise it becomes populations (``ctx.populations``):
-    relu(z) when
-    every path from the output reaches a ReLU through part-wise ops and max poolings only (ReLU commutes
-    with moving neurons and with max, docs/math.md §8), else z = relu(z) − relu(−z). A Sum is moved part
-    by part: the converter runs on each part in turn, and each output is the Sum of its results."""
+    relu(z) when every path from the output reaches a ReLU through part-wise ops and max poolings only
+    (ReLU commutes with moving neurons and with max, docs/math.md §8), else z = relu(z) − relu(−z). A Sum
+    is moved part by part: the converter runs on each part in turn as if it were the input, and each
+    output is the Sum of its results (for every output: Split-like ops work too)."""
     fn = CONVERTERS[node.op_type]
-    if node.op_type not in PART_WISE or not node.inputs:
+    original = ctx.values.get(node.inputs[0]) if node.op_type in PART_WISE and node.inputs else None
+    if not isinstance(original, (Lin, Sum)):
         fn(node, ctx)
         return
-    name = node.inputs[0]
-    original = ctx.values.get(name)
-    compose = getattr(fn, "on_linear", None)   # a linear op may compose with the linear layer instead
+    compose = getattr(fn, "on_linear", None)
     if isinstance(original, Lin) and compose is not None and compose(node, ctx, original):
         return
-    value = ctx.populations(node, 0) if isinstance(original, Lin) else original
-    if not isinstance(value, Sum):
-        if value is original:
-            fn(node, ctx)
-            return
-        ctx.values[name] = value
-        try:
-            fn(node, ctx)
-        finally:
-            ctx.values[name] = original
-        return
+    parts = parts_of(ctx.populations(node, 0))
     results = []
     try:
-        for part in value.parts:
-            ctx.values[name] = part
+        for part in parts:
+            ctx.values[node.inputs[0]] = part
             fn(node, ctx)
             results.append([ctx.values[out] for out in node.outputs])
     finally:
-        ctx.values[name] = original
+        ctx.values[node.inputs[0]] = original
     for i, out in enumerate(node.outputs):
-        ctx.values[out] = make_sum(_unsourced(r[i]) for r in results)
+        ctx.values[out] = make_sum(r[i] if len(parts) == 1 else _unsourced(r[i]) for r in results)
 
 
 def _unsourced(part):
@@ -292,7 +281,7 @@ class Context:
         name = node.inputs[i]
         v = self.values[name]
         if not isinstance(v, Lin):
-            return v
+            return v   # a population or a Sum as it is
         if commutes_with_relu(node.op_type) and self.relu_follows(node.outputs[0]):
             origin = f"{of(node, v.layer)}, before a Relu: relu(z)"
             layer = self.add(replace(v.layer, name=self.unique(v.layer.name), relu=True, source="", origin=origin))
