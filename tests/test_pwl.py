@@ -118,6 +118,17 @@ def test_two_max_poolings_of_a_leaky_relu(tmp_path):
     assert [p.latest for p in imp.graph.nodes if isinstance(p, ir.MaxPool)] == [(), (0, 1, 2)] * 2
 
 
+def test_max_pooling_a_falling_piecewise_linear_function_swaps_the_roles(tmp_path):
+    """LeakyRelu then a per-channel scale −1 on channel 0: f falls there, max f(z) = f(min z), so relu(z)
+    pools its latest spike and relu(−z) its earliest in that channel."""
+    rng = np.random.default_rng(27)
+    b = GraphBuilder((1, 6, 6))
+    h = b.op("LeakyRelu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])], alpha=0.3)
+    h = b.op("Mul", [h, b.const(np.array([-1.0, 0.5, 2.0]).reshape(3, 1, 1))])
+    imp, _ = pipeline(readout(b, rng, b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])), tmp_path)
+    assert [p.latest for p in imp.graph.nodes if isinstance(p, ir.MaxPool)] == [(0,), (1, 2)]
+
+
 def test_relu6_spelled_min_of_max(tmp_path):
     """Min(Max(x, 0), 6), as some exporters write ReLU6."""
     def act(b, h):
