@@ -341,15 +341,16 @@ def inspect(snn_file, as_json):
         click.echo(f"{key:<20} {_fmt(net.meta.get(key))}")
     click.echo(f"{'content_sha256':<20} {h5io.content_hash(net)}")
     click.echo(f"\n{'#':>3} {'layer':<24} {'kind':<13} {'shape':<14} {'window [T, T+B]':<22} {'X_n':>10} "
-               f"{'certified':>9}  reads")
+               f"{'certified':>9}  {'reads':<8}  from")
     index = {r["name"]: i for i, r in enumerate(rows)}
     for i, r in enumerate(rows):
         window = f"[{r['window'][0]:.4g}, {r['window'][1]:.4g}]"
         x = "" if r["x_max"] is None else f"{r['x_max']:.4g}"
         cert = "" if r["certified"] is None or math.isnan(r["certified"]) else f"{100 * r['certified']:.1f}%"
         reads = ",".join(f"#{index[name]}" for name in r["inputs"])
+        origin = f"  {r['origin']}" if r.get("origin") else ""
         click.echo(f"{i:>3} {r['name'][:24]:<24} {r['kind']:<13} {str(tuple(r['shape'])):<14} {window:<22} {x:>10} "
-                   f"{cert:>9}  {reads}".rstrip())
+                   f"{cert:>9}  {reads:<8}{origin}".rstrip())
 
 
 @cli.command(epilog="""

@@ -41,7 +41,9 @@ FORMAT_VERSION = 5  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Co
 # loop without end inside C code (no signal stops it) on a damaged heap, so the reader refuses them.
 # 4: the root attribute content_sha256 (``content_hash``) over everything else the file holds; the reader
 # refuses a file it does not match, and any value not stored exactly as the writer stores it.
-# 5: the node kind Take (Slice, Split, Gather as data movement), which a reader of version 4 would not know.
+# 5: the node kind Take (Slice, Split, Gather as data movement),
+#    and the text field ``origin`` of spiking layers and the readout: the ONNX node a population comes from and
+#    which term of it (e.g. "Clip 'c' of Conv 'conv1': relu(z − 6)"), for ``inspect``.
 RESERVED = ("format", "format_version", "content_sha256")  # the root attributes that are not the network's meta
 NAME = re.compile(r"[A-Za-z0-9_]+")  # the names of the groups and datasets relu2snn writes
 MAX_DEPTH = 5  # members nest no deeper than /nodes/000/synapses/0/J

@@ -125,6 +125,7 @@ class Affine:
     bias: np.ndarray
     relu: bool
     source: str = ""  # ONNX tensor this node's output equals (the Relu output, or the logits)
+    origin: str = ""  # the ONNX node(s) it comes from and which term, for ``inspect`` (docs/artifact.md)
 
     def __post_init__(self):
         object.__setattr__(self, "terms", tuple(self.terms))

@@ -192,6 +192,29 @@ def move_codes(node, codes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     return tuple(node.move([c[i][None] for c in codes])[0] for i in (0, 1))
 
 
+def spatial_groups(graph: ir.Graph) -> dict[str, frozenset]:
+    """ReLU layers whose neurons a Concat puts side by side along a spatial axis (directly or through max
+    poolings): each with the set of layers it meets. A convolution reading the concatenation needs one code
+    scale per channel across them (``scale_graph``)."""
+    by_name = {n.name: n for n in graph.nodes}
+
+    def layer_of(name):
+        node = by_name[name]
+        while isinstance(node, ir.MaxPool):
+            node = by_name[node.input]
+        return node.name if isinstance(node, ir.Affine) and node.relu else None
+
+    groups: dict[str, frozenset] = {}
+    for node in graph.nodes:
+        if isinstance(node, ir.Concat) and node.axis > 0:
+            members = {layer_of(name) for name in node.inputs} - {None}
+            for name in list(members):
+                members |= groups.get(name, frozenset())
+            for name in members:
+                groups[name] = frozenset(members)
+    return groups
+
+
 def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: MappingOptions = MappingOptions()) -> Scaled:
     """Fold the input encoding and every scaling compensation into the next layers, and scale each ReLU layer.
 
@@ -200,7 +223,33 @@ def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
     layer) and folding it into every layer that reads the population — each consumer sees
     the same map, so a population with several consumers stays consistent; then
     c = scale_layer(s) for a ReLU layer.
+
+    Layers concatenated along a spatial axis (``spatial_groups``) take the smallest c of their group per
+    channel: any 0 < c' ≤ c keeps s·c' in [s_min, s_max] (docs/math.md §3), and a convolution over the
+    concatenation then sees one scale per channel. A smaller c upstream changes the sums downstream, so
+    the walk repeats with the group minima as caps until they agree (a few passes at most).
     """
+    groups = spatial_groups(graph)
+    cap: dict[str, np.ndarray] = {}
+    for _ in range(2 + 2 * len(groups)):
+        scaled = _scale_once(graph, input_range, options, cap, groups)
+        if not isinstance(scaled, dict):
+            return scaled
+        cap = {name: np.min([scaled[m] for m in members], axis=0) for name, members in groups.items()}
+    raise GraphError("the code scales of layers concatenated along a spatial axis do not settle")
+
+
+def _settled(scales: dict, groups: dict) -> bool:
+    """Every group of ``spatial_groups`` whose layers are all scaled has one c per channel."""
+    return all(np.array_equal(scales[name], np.min([scales[m] for m in members], axis=0))
+               for name, members in groups.items() if all(m in scales for m in members))
+
+
+def _scale_once(graph: ir.Graph, input_range: tuple[float, float], options: MappingOptions, cap: dict,
+                groups: dict) -> Scaled | dict:
+    """One walk of ``scale_graph``, each layer's c at most ``cap[name]`` where given; the scales so far
+    (a dict) instead of the result when the groups' scales are not yet equal (and a layer could not fold
+    them, or the walk ends)."""
     low, high = input_range
     if not (np.isfinite(low) and np.isfinite(high) and high > low):
         raise GraphError(f"input range [{low}, {high}] must be finite and non-empty")
@@ -212,16 +261,21 @@ def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
             try:
                 node = ir.fold_input_affine(node, code)
             except GraphError as e:
+                if not _settled(scales, groups):
+                    return scales
                 raise GraphError(f"layer {node.name}: {e}") from None
             c = np.ones(node.shape[0])
             if node.relu:
                 c = scale_layer(ir.incoming_sum(node), options.s_min, options.s_max)
+                c = np.minimum(c, cap[node.name]) if node.name in cap else c
                 node = ir.scale_outputs(node, c)
                 scales[node.name] = c
             code[node.name] = (ops.per_neuron(1.0 / c, node.shape), np.zeros(node.shape))
         else:
             code[node.name] = move_codes(node, [code[name] for name in node.inputs])
         nodes.append(node)
+    if not _settled(scales, groups):
+        return scales
     return Scaled(replace(graph, nodes=tuple(nodes)), scales)
 
 
@@ -266,10 +320,12 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
             alpha = np.ones(node.shape[0])
             certified = static_certificate([(j, window[t.input][1]) for j, t in zip(J, node.terms)], theta, alpha, b_in)
             out = snn.SpikingLayer(node.name, _synapses(node, J, delays), alpha, (t_in + b_in, b_out),
-                                   theta=theta, certified=certified, scale=c, x_max=xm, x_n=x_n, source=node.source)
+                                   theta=theta, certified=certified, scale=c, x_max=xm, x_n=x_n, source=node.source,
+                                   origin=node.origin)
         elif isinstance(node, ir.Affine):
             out = snn.Readout(node.name, _synapses(node, [t.weight for t in node.terms], delays),
-                              readout_drive(node.bias, b_in), (t_in, b_in), source=node.source)
+                              readout_drive(node.bias, b_in), (t_in, b_in), source=node.source,
+                              origin=node.origin)
         elif type(node) in snn.SPIKING_MOVEMENT:
             kind = snn.SPIKING_MOVEMENT[type(node)]
             extra = {"delays": delays} if kind is snn.Concat else {}

@@ -189,6 +189,7 @@ class SpikingLayer(_Integrator):
     x_max: np.ndarray = None
     x_n: float = 0.0
     source: str = ""
+    origin: str = ""
 
     def __post_init__(self):
         super().__post_init__()
@@ -218,6 +219,7 @@ class Readout(_Integrator):
     the end T_out of the input window is the logit. Its ``window`` is that input window."""
 
     source: str = ""
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,7 @@ def layer_table(net: Network) -> list[dict]:
         row = {"name": node.name, "kind": type(node).__name__, "shape": list(node.shape),
                "inputs": list(getattr(node, "inputs", ())),
                "window": [node.window[0], node.window[0] + node.window[1]], "x_max": None, "certified": None}
+        row["origin"] = getattr(node, "origin", "")
         if isinstance(node, SpikingLayer):
             row["x_max"] = node.x_n
             row["certified"] = float(np.mean(node.certified))

@@ -33,6 +33,15 @@ concat        input (N, 1, 8, 8). Stem conv3x3(1->8)-ReLU; branch A conv3x3(8->8
               Linear(256,10).
 concat_dense  input (N, 64). Linear(64,32)-ReLU, then branch A Linear(32,16)-ReLU and
               branch B Linear(32,16)-ReLU-Linear(16,16)-ReLU, Concat, Linear(32,10).
+mobilenet     input (N, 1, 8, 8). MobileNetV2-style: stem conv3x3(1->8)-BN-ReLU6; three inverted
+              residual blocks (expand conv1x1 x2 -BN-ReLU6, depthwise conv3x3 -BN-ReLU6,
+              project conv1x1 -BN, no activation: the linear bottleneck): 8->8 with the
+              identity shortcut, 8->16 stride 2, 16->16 with the shortcut; conv1x1(16->32)
+              -BN-ReLU6; GlobalAveragePool; Flatten; Linear(32,10). ReLU6 is exported as
+              Clip(0, 6); exported with constant folding, so the batch norms are folded.
+leaky         input (N, 1, 8, 8). conv3x3(1->8)-BN-LeakyReLU(0.1)-MaxPool(2)-conv3x3(8->16)
+              -BN-LeakyReLU(0.1)-MaxPool(2)-Flatten-Linear(64,10). BatchNormalization nodes
+              are kept in the graph.
 nhwc          input (N, 8, 8, 1), channels last, opset 13. Written node by node with
               onnx.helper the way tf2onnx writes a Keras model: Transpose to NCHW,
               Conv3x3(1->8, same)-Relu-MaxPool(2)-Conv3x3(8->16, same)-Relu (explicit
@@ -160,6 +169,44 @@ class ConcatDense(Net):
         return self.head(torch.cat([self.a(s), self.b(s)], dim=1))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: expand 1x1-BN-ReLU6, depthwise 3x3-BN-ReLU6, project 1x1-BN (linear), + input."""
+
+    def __init__(self, cin, cout, stride=1, expand=2):
+        super().__init__()
+        mid = cin * expand
+        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(*conv_bn(cin, mid, k=1), nn.ReLU6(),
+                                  *conv_bn(mid, mid, stride=stride, groups=mid), nn.ReLU6(),
+                                  *conv_bn(mid, cout, k=1))
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class MobileNet(Net):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn(1, 8), nn.ReLU6(), InvertedResidual(8, 8),
+                                  InvertedResidual(8, 16, stride=2), InvertedResidual(16, 16),
+                                  *conv_bn(16, 32, k=1), nn.ReLU6(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Leaky(Net):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn(1, 8), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+                                  *conv_bn(8, 16), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+                                  nn.Flatten(), nn.Linear(16 * 2 * 2, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
 class KerasCNN(nn.Module):
     """The network behind the nhwc sample, trained in NCHW."""
 
@@ -276,6 +323,8 @@ def main():
         ("concat", Concat, (-1, 1, 8, 8), 30, False),
         ("concat_dense", ConcatDense, (-1, 64), 30, False),
         ("nhwc", KerasCNN, (-1, 1, 8, 8), 30, "nhwc"),
+        ("mobilenet", MobileNet, (-1, 1, 8, 8), 30, True),
+        ("leaky", Leaky, (-1, 1, 8, 8), 30, False),
     ]
     for name, make, shape, epochs, exporter in specs:
         if args.only and name not in args.only:

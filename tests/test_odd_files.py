@@ -189,15 +189,6 @@ def test_sum_and_mean_of_several_activations(tmp_path, op, form):
 
 # ----------------------------------------------------------------------------- messages
 
-def test_matmul_reading_a_linear_layer_names_the_cause(tmp_path):
-    """Dense → Dense without an activation between: the message says so, not "activation None"."""
-    rng = np.random.default_rng(9)
-    b = GraphBuilder((6,), opset=13)
-    h = b.op("MatMul", [gemm(b, rng, "x", 4), b.const(rng.standard_normal((4, 3)))])
-    exc, msg = import_error(b.build(h), tmp_path, kind=UnsupportedOperatorError)
-    assert "MatMul node" in msg and "linear layer's output before a ReLU" in msg and "None" not in msg
-
-
 # ----------------------------------------------------------------------------- several outputs
 
 def _two_outputs(zipmap: bool = False, hidden_output: bool = False):

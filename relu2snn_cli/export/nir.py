@@ -126,6 +126,7 @@ def to_nir(net: snn.Network):
             nodes[f"{here}.current"] = nir.I(r=ones)
             edges += [(f"{here}.current", f"{here}.drive"), (f"{here}.drive", here)]
             meta["source"] = node.source
+            meta["origin"] = node.origin
             if isinstance(node, snn.SpikingLayer):
                 nodes[f"{here}.drive"] = _drive(nir, node.name, node.shape, node.alpha)
                 alpha = ops.per_neuron(node.alpha, node.shape)
@@ -310,11 +311,11 @@ def from_nir(graph) -> snn.Network:
                                         certified=np.asarray(m["certified"], dtype=bool),
                                         scale=np.asarray(m["scale"], dtype=np.float64),
                                         x_max=np.asarray(m["x_max"], dtype=np.float64), x_n=float(m["x_n"]),
-                                        source=_text(m["source"]))
+                                        source=_text(m["source"]), origin=_text(m["origin"]))
             else:
                 alpha = np.asarray(m["alpha"], dtype=np.float64)
                 _check(name, "drive α·B_in/T_out", bias, alpha * b_in / (t_in + b_in))
-                node = snn.Readout(name, syns, alpha, window, source=_text(m["source"]))
+                node = snn.Readout(name, syns, alpha, window, source=_text(m["source"]), origin=_text(m["origin"]))
         elif kind == "SpikePool":
             taps = _node(graph, f"{here}.taps", "SumPool2d")
             src = _population(names, here, _one(f"{here}.taps", [a for a, b in graph.edges if b == f"{here}.taps"]))

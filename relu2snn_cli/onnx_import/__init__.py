@@ -1,6 +1,6 @@
 """ONNX → IR: one converter per ONNX op type, registered in a table, plus the folding rules of docs/math.md §7 and docs/supported-operators.md.
 
-The converters live in ``linear``, ``pooling``, ``movement`` and ``constants``; ``core`` holds the values,
+The converters live in ``linear``, ``pooling``, ``movement``, ``activations`` and ``constants``; ``core`` holds the values,
 the node wrapper, the table and the helpers they share. This module reads a file and drives them.
 
 The importer walks the graph in topological order and gives every ONNX tensor a
@@ -12,7 +12,11 @@ symbolic value:
   Affine maps after a ReLU (BatchNorm, Mul/Add by constants) stay pending here and
   fold *forward* into the next linear layer;
 - ``Lin``: a linear layer applied to a population and not yet followed by its ReLU.
-  Affine maps before the ReLU fold *backward* into its weights and bias.
+  Affine maps before the ReLU fold *backward* into its weights and bias;
+- ``Pooled``: a pending average pooling of a population;
+- ``Sum``: several populations added, each under its own pending map — the terms of a
+  piecewise-linear activation, or a linear layer split as relu(z) − relu(−z) (docs/math.md §8).
+  Data movement reaches a Sum, and a linear layer read by it, through ``core.convert``.
 
 A ReLU turns a ``Lin`` into an IR node with ``relu=True``; the ``Lin`` left at the graph
 output becomes the readout.
@@ -31,13 +35,13 @@ from onnx import external_data_helper, numpy_helper
 
 from .. import ir
 from ..errors import ModelError, UnsupportedOperatorError
-from . import constants, linear, movement, pooling
-from .core import (CONVERTERS, SUPPORTED_DOC, Context, Lin, OnnxNode, Pooled, Pop, as_linear, identity_pop,
-                   wrap_node)
+from . import activations, constants, linear, movement, pooling
+from .core import (CONVERTERS, SUPPORTED_DOC, Context, Lin, OnnxNode, Pooled, Pop, Sum, as_linear, convert,
+                   identity_pop, wrap_node)
 
 MIN_OPSET = 11  # the oldest opset the converters read; older files are upgraded to it on import
 OLDEST_OPSET = 7  # the oldest opset upgraded (onnx's version converter has adapters from opset 7 on for the ops here)
-CONVERTER_MODULES = (linear, pooling, movement, constants)  # importing them fills CONVERTERS
+CONVERTER_MODULES = (linear, pooling, movement, constants, activations)  # importing them fills CONVERTERS
 
 
 @dataclass(frozen=True)
@@ -287,21 +291,26 @@ def _graph(model: onnx.ModelProto, opset: int, path) -> ir.Graph:
             f"{path}: {len(missing)} node(s) without an exact spiking mapping: {listing} "
             f"(supported: {SUPPORTED_DOC})", missing)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name), batch)
+    readers: dict[str, list[OnnxNode]] = {}
+    for i, node in enumerate(nodes):
+        for name in set(node.inputs) if i not in folded else ():
+            readers.setdefault(name, []).append(node)
+    ctx = Context(consts, model.graph.output[0].name, _output_tail(nodes, model.graph.output[0].name), batch,
+                  {k: tuple(v) for k, v in readers.items()})
     ctx.add(ir.Input(in_name, in_shape))
     ctx.values[in_name] = identity_pop(in_name, in_shape, relu=False)
     for i, (node, proto) in enumerate(zip(nodes, model.graph.node)):
         if i in folded:
             constants.fold(proto, node, ctx, opset)
         else:
-            CONVERTERS[node.op_type](node, ctx)
+            convert(node, ctx)
     out = ctx.values.get(ctx.graph_output)
     if isinstance(out, Pooled):
         out = ctx.materialize(ctx.graph_output, out)
     readout = OnnxNode("readout", "Identity", (ctx.graph_output,), (ctx.logits_tensor,), MappingProxyType({}))
     if isinstance(out, Lin):
         ctx.add(replace(out.layer, source=ctx.logits_tensor))
-    elif isinstance(out, Pop) and out.node != in_name:
+    elif isinstance(out, Sum) or isinstance(out, Pop) and out.node != in_name:
         # a ReLU (or pooling) at the output: read the population through its pending affine map
         ctx.add(replace(as_linear(readout, ctx, out), source=ctx.logits_tensor))
     else:

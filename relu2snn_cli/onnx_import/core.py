@@ -73,6 +73,36 @@ class Pooled:
         return bool(np.all(self.scale >= 0) and np.all(self.shift >= 0))
 
 
+@dataclass(frozen=True, eq=False)
+class Sum:
+    """tensor = Σ_k part_k: several populations (each a ``Pop`` under its pending map, or a pending average
+    pooling ``Pooled``) of one shape, added (docs/math.md §8). A linear reader takes one synapse term per part;
+    data movement applies to each part (``convert``).
+
+    ``kinks``: when the parts are the terms of one continuous piecewise-linear f of one pre-activation u,
+    part k's population is a_k = relu(g_k·u + t_k), and kinks[k] = (g_k, t_k) at every position; the slopes
+    of f follow from them and the parts' scales, which max pooling needs (``pool_directions``). None when
+    the parts have no such common u (a sum of branches, a moved sum)."""
+
+    parts: tuple
+    kinks: tuple | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.parts[0].shape)
+
+
+def parts_of(value) -> tuple:
+    """The parts of a population value: a Sum's parts, or the value itself."""
+    return value.parts if isinstance(value, Sum) else (value,)
+
+
+def make_sum(parts, kinks=None):
+    """Parts as a value: one part is the value itself (a population's own map rules its pooling)."""
+    parts = tuple(parts)
+    return parts[0] if len(parts) == 1 else Sum(parts, kinks)
+
+
 def identity_pop(node: str, shape: tuple[int, ...], relu: bool) -> Pop:
     return Pop(node, tuple(shape), np.ones(()), np.zeros(()), nonnegative=relu, relu=relu)
 
@@ -131,25 +161,74 @@ def wrap_node(proto: onnx.NodeProto, name: str, opset: int) -> OnnxNode:
 
 Converter = Callable[[OnnxNode, "Context"], None]
 CONVERTERS: dict[str, Converter] = {}
+PART_WISE: set[str] = set()   # op types that act on each part of a Sum alike (``convert``)
+LINEAR_POOLS = {"AveragePool", "GlobalAveragePool", "ReduceMean"}   # part-wise, but no ReLU commutes with them
 
 
-def converter(*op_types: str):
-    """Register a converter for ONNX op types; registering an op type twice is an error."""
+def commutes_with_relu(op_type: str) -> bool:
+    """relu(op(z)) = op(relu(z)): ops that move neurons, zero padding, and max pooling (ReLU is monotone)."""
+    return op_type == "MaxPool" or op_type in PART_WISE and op_type not in LINEAR_POOLS
+
+
+def converter(*op_types: str, part_wise: bool = False):
+    """Register a converter for ONNX op types; registering an op type twice is an error.
+
+    ``part_wise``: the op moves neurons (or pools them linearly) and reads input 0 as a population:
+    ``convert`` runs it once per part of a Sum, and gives a linear layer its ReLU first or splits it."""
     def register(fn: Converter) -> Converter:
         for op in op_types:
             if op in CONVERTERS:
                 raise RuntimeError(f"a converter for {op} is already registered")
             CONVERTERS[op] = fn
+            if part_wise:
+                PART_WISE.add(op)
         return fn
     return register
+
+
+def convert(node: OnnxNode, ctx: "Context") -> None:
+    """Run the node's converter; the one place where a part-wise op meets a Sum or a linear layer.
+
+    A linear layer z read by a part-wise op whose converter has an ``on_linear`` hook is offered to it first
+    (average pooling composes with 1×1 convolutions). Otherwise it becomes populations (``ctx.populations``):
+    relu(z) when every path from the output reaches a ReLU through part-wise ops and max poolings only
+    (ReLU commutes with moving neurons and with max, docs/math.md §8), else z = relu(z) − relu(−z). A Sum
+    is moved part by part: the converter runs on each part in turn as if it were the input, and each
+    output is the Sum of its results (for every output: Split-like ops work too)."""
+    fn = CONVERTERS[node.op_type]
+    original = ctx.values.get(node.inputs[0]) if node.op_type in PART_WISE and node.inputs else None
+    if not isinstance(original, (Lin, Sum)):
+        fn(node, ctx)
+        return
+    compose = getattr(fn, "on_linear", None)
+    if isinstance(original, Lin) and compose is not None and compose(node, ctx, original):
+        return
+    parts = parts_of(ctx.populations(node, 0))
+    results = []
+    try:
+        for part in parts:
+            ctx.values[node.inputs[0]] = part
+            fn(node, ctx)
+            results.append([ctx.values[out] for out in node.outputs])
+    finally:
+        ctx.values[node.inputs[0]] = original
+    for i, out in enumerate(node.outputs):
+        ctx.values[out] = make_sum(r[i] if len(parts) == 1 else _unsourced(r[i]) for r in results)
+
+
+def _unsourced(part):
+    """A part of a Sum is not the ONNX tensor itself: a pending pooling of it names no tensor."""
+    return replace(part, tensor="") if isinstance(part, Pooled) else part
 
 
 class Context:
     """The conversion state: ONNX tensor → value, and the IR nodes made so far."""
 
     def __init__(self, consts: dict[str, np.ndarray], graph_output: str, output_tail: set[str],
-                 batch: int | None = None):
-        self.values: dict[str, Const | Pop | Lin] = {k: Const(v) for k, v in consts.items()}
+                 batch: int | None = None, readers: Mapping[str, tuple] | None = None):
+        self.values: dict[str, Const | Pop | Lin | Pooled | Sum] = {k: Const(v) for k, v in consts.items()}
+        self.readers = readers or {}   # ONNX tensor → the nodes that read it
+        self.splits: dict[str, Sum] = {}   # ONNX tensor of a linear layer → its split relu(z) − relu(−z)
         self.nodes: list = []
         self.by_name: dict = {}
         self.graph_output = graph_output
@@ -172,13 +251,45 @@ class Context:
     def materialize(self, tensor: str, v: Pooled) -> Pop:
         """A pending average pooling as a spiking layer (its ReLU the identity), its map pending, reshaped as it
         was seen. Without a map its activations are the ONNX tensor's; with one, calibration computes them."""
+        pop = self.pooled_layer(v)
+        self.values[tensor] = pop
+        return pop
+
+    def pooled_layer(self, v: Pooled) -> Pop:
+        """``materialize`` without recording the result as the value of a tensor (a part of a Sum)."""
         shape = tuple(v.layer.shape)
-        name = self.add(replace(v.layer, relu=True, source=v.tensor if v.identity else ""))
+        name = self.add(replace(v.layer, name=self.unique(v.layer.name), relu=True,
+                                source=v.tensor if v.identity and v.tensor else ""))
         pop = Pop(name, shape, v.scale.reshape(shape), v.shift.reshape(shape), nonnegative=v.identity)
         if v.shape != shape:
             pop = reshaped(self, pop, v.shape, f"{v.layer.name}/reshape")
-        self.values[tensor] = pop
         return pop
+
+    def relu_follows(self, tensor: str) -> bool:
+        """Every path from ``tensor`` reaches a Relu through part-wise ops (movement) and max poolings only,
+        and none reaches the graph output first: applying the ReLU before them changes nothing."""
+        readers = self.readers.get(tensor, ())
+        if not readers or tensor in self.output_tail:
+            return False
+        return all(r.op_type == "Relu" or commutes_with_relu(r.op_type) and all(self.relu_follows(o) for o in r.outputs)
+                   for r in readers)
+
+    def populations(self, node: OnnxNode, i: int):
+        """Input i as populations: a linear layer z as relu(z) when the node commutes with ReLU and a ReLU
+        follows it on every path (``relu_follows``), else split as z = relu(z) − relu(−z) (docs/math.md §8,
+        once per tensor); a population or a Sum as it is."""
+        name = node.inputs[i]
+        v = self.values[name]
+        if not isinstance(v, Lin):
+            return v   # a population or a Sum as it is
+        if commutes_with_relu(node.op_type) and self.relu_follows(node.outputs[0]):
+            origin = f"{of(node, v.layer)}, before a Relu: relu(z)"
+            layer = self.add(replace(v.layer, name=self.unique(v.layer.name), relu=True, source="", origin=origin))
+            return identity_pop(layer, v.layer.shape, relu=True)
+        if name not in self.splits:
+            self.splits[name] = piecewise(node, self, v, 0.0, [(1.0, 1.0, 0.0), (-1.0, -1.0, 0.0)],
+                                          what=f"the linear value '{name}'")
+        return self.splits[name]
 
     def const(self, node: OnnxNode, i: int, what: str) -> np.ndarray:
         v = self.get(node, i)
@@ -189,8 +300,9 @@ class Context:
     def pop(self, node: OnnxNode, i: int = 0, rank: tuple[int, ...] | None = None, pads: bool = False) -> Pop:
         """Input i as a population (of one of the ranks ``rank``, if given; with a pending Pad only if ``pads``)."""
         v = self.get(node, i)
-        if isinstance(v, Lin):
-            raise unsupported(node, "it is applied to a linear layer's output before a ReLU")
+        if isinstance(v, (Lin, Sum)):
+            raise unsupported(node, "it reads a sum of several populations (a linear layer's output before its "
+                                    "ReLU, or a piecewise-linear activation), which it cannot take part by part")
         if not isinstance(v, Pop):
             raise unsupported(node, "its input must be an activation, not a constant")
         if rank is not None and len(v.shape) not in rank:
@@ -198,6 +310,28 @@ class Context:
         if v.pads and not pads:
             raise unsupported(node, "it reads a Pad output; only a Conv, an average pooling or a mean can absorb a Pad")
         return v
+
+    def parts(self, node: OnnxNode, i: int = 0, rank: tuple[int, ...] | None = None,
+              pads: bool = False) -> tuple[Pop, ...]:
+        """Input i as the populations whose sum it is (one for a population): a linear layer through
+        ``populations``, pending poolings as spiking layers; each checked as ``pop`` checks."""
+        v = self.get(node, i, raw=True)
+        if v is None or isinstance(v, Const):
+            raise unsupported(node, "its input must be an activation, not a constant")
+        if isinstance(v, Lin):
+            v = self.populations(node, i)
+        if not isinstance(v, (Sum, Pop)):
+            return (self.pop(node, i, rank, pads),)
+        out = []
+        for part in parts_of(v):
+            part = self.pooled_layer(part) if isinstance(part, Pooled) else part
+            if rank is not None and len(part.shape) not in rank:
+                raise unsupported(node, f"its input has shape {part.shape} (batch axis omitted)")
+            if part.pads and not pads:
+                raise unsupported(node, "it reads a Pad output; only a Conv, an average pooling or a mean can "
+                                        "absorb a Pad")
+            out.append(part)
+        return tuple(out)
 
     def set(self, node: OnnxNode, value) -> None:
         self.values[node.outputs[0]] = value
@@ -259,18 +393,30 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         k = per_channel(node, const_for(node, k, shape), shape)
         h = const_for(node, h, shape)
         ctx.set(node, Lin(ir.scale_outputs(value.layer, k, h)))
-    elif isinstance(value, Pooled):
-        k = const_for(node, k, value.shape)
-        h = const_for(node, h, value.shape)
-        ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h))
-    elif isinstance(value, Pop):
-        if value.pads:
-            raise unsupported(node, "it reads a Pad output; only a Conv, an average pooling or a mean can absorb a Pad")
-        k = const_for(node, k, value.shape)
-        h = const_for(node, h, value.shape)
-        ctx.set(node, replace(value, scale=value.scale * k, shift=value.shift * k + h, nonnegative=False))
+    elif isinstance(value, (Pop, Pooled)):
+        ctx.set(node, _mapped(node, value, k, h))
+    elif isinstance(value, Sum):
+        # k·Σ parts + h: every part scaled, h added to the first; the kinks stay (docs/math.md §8)
+        parts = [_mapped(node, p, k, h if i == 0 else np.zeros(())) for i, p in enumerate(value.parts)]
+        ctx.set(node, Sum(tuple(parts), value.kinks))
     else:
         raise unsupported(node, "it has no activation operand (constant operands alone are folded before conversion)")
+
+
+def _mapped(node: OnnxNode, value, k, h):
+    """A population or a pending pooling under the further map tensor ↦ k·tensor + h."""
+    if isinstance(value, Pop) and value.pads:
+        raise unsupported(node, "it reads a Pad output; only a Conv, an average pooling or a mean can absorb a Pad")
+    k = const_for(node, k, value.shape)
+    h = const_for(node, h, value.shape)
+    if isinstance(value, Pooled):
+        return replace(value, scale=value.scale * k, shift=value.shift * k + h)
+    return replace(value, scale=value.scale * k, shift=value.shift * k + h, nonnegative=False)
+
+
+def spread(parts, term: ir.Term) -> list[tuple[Pop, ir.Term]]:
+    """The same synapses from each part of a sum: one term per population (docs/math.md §8)."""
+    return [(p, replace(term, input=p.node)) for p in parts]
 
 
 def affine(node: OnnxNode, ctx: Context, parts: list[tuple[Pop, ir.Term]], bias) -> ir.Affine:
@@ -287,7 +433,7 @@ def affine(node: OnnxNode, ctx: Context, parts: list[tuple[Pop, ir.Term]], bias)
             raise unsupported(node, str(e)) from None
         terms.append(term)
         total = total + extra
-    return ir.Affine(ctx.unique(node.name), tuple(terms), ir.compact_bias(total), relu=False)
+    return ir.Affine(ctx.unique(node.name), tuple(terms), ir.compact_bias(total), relu=False, origin=origin_of(node))
 
 
 def identity_term(node: OnnxNode, pop: Pop) -> ir.Term:
@@ -304,12 +450,17 @@ def as_linear(node: OnnxNode, ctx: Context, value) -> ir.Affine:
     folded in, a population through identity synapses."""
     if isinstance(value, Lin):
         return value.layer
+    if isinstance(value, Sum):
+        layers = [as_linear(node, ctx, p) for p in value.parts]
+        bias = ir.compact_bias(sum(ir.full_bias(layer) for layer in layers))
+        return ir.Affine(ctx.unique(node.name), tuple(t for layer in layers for t in layer.terms), bias, relu=False,
+                         origin=origin_of(node))
     if isinstance(value, Pooled):
         shape = tuple(value.layer.shape)
         if value.shape == shape:
             k = per_channel(node, value.scale, shape)
             return ir.scale_outputs(value.layer, k, value.shift)
-        value = ctx.materialize(node.inputs[0], value)
+        value = ctx.materialize(node.inputs[0], value) if value.tensor else ctx.pooled_layer(value)
     if not isinstance(value, Pop) or value.pads:
         raise unsupported(node, "its operands must be activations or linear layers")
     return affine(node, ctx, [(value, identity_term(node, value))], 0.0)
@@ -317,8 +468,66 @@ def as_linear(node: OnnxNode, ctx: Context, value) -> ir.Affine:
 
 def spiking(node: OnnxNode, ctx: Context, layer: ir.Affine) -> Pop:
     """Make ``layer`` a ReLU layer whose output is this node's output tensor; its population."""
-    name = ctx.add(replace(layer, relu=True, source=node.outputs[0]))
+    name = ctx.add(replace(layer, relu=True, source=node.outputs[0], origin=f"{of(node, layer)}: relu(z)"))
     return identity_pop(name, layer.shape, relu=True)
+
+
+def origin_of(node: OnnxNode) -> str:
+    """How ``inspect`` names the ONNX node a population comes from (docs/artifact.md, ``origin``)."""
+    return f"{node.op_type} '{node.name}'"
+
+
+def of(node: OnnxNode, layer: ir.Affine, joint: str = "of") -> str:
+    """The node applied to the linear layer z it reads: "Relu 'r1' of Conv 'c1'" (a composition: "∘")."""
+    if not layer.origin or layer.origin == origin_of(node):
+        return origin_of(node)
+    return f"{origin_of(node)} {joint} {layer.origin}"
+
+
+def _number(x: float) -> str:
+    return f"{float(x):.6g}"
+
+
+def term_label(g, t) -> str:
+    """relu(g·z + t) as text, e.g. "relu(z − 6)", "relu(−z)", "relu(0.2·z + 0.5)"; "…" for a map."""
+    g, t = np.asarray(g), np.asarray(t)
+    if np.ptp(g) or np.ptp(t):
+        return "relu(g·z + t) (per channel)"
+    g, t = float(g.reshape(-1)[0]), float(t.reshape(-1)[0])
+    z = "z" if g == 1 else "−z" if g == -1 else f"{_number(g)}·z"
+    if t == 0:
+        return f"relu({z})"
+    if g == -1:
+        return f"relu({_number(t)} − z)" if t > 0 else f"relu(−z − {_number(-t)})"
+    return f"relu({z} {'+' if t > 0 else '−'} {_number(abs(t))})"
+
+
+def piecewise(node: OnnxNode, ctx: Context, value, gamma, terms, what: str | None = None):
+    """f(z) = γ + Σ_k d_k·relu(g_k·z + t_k) of a value z (docs/math.md §8): one spiking population per term,
+    relu(g_k·z + t_k) — z's synapses and bias scaled by g_k, bias + t_k — and the value γ + Σ_k d_k·a_k with
+    d_k pending on each population. ``terms`` are (d, g, t): d a constant broadcast to z's shape, g one
+    non-zero number per channel (or one number), t a constant broadcast to the shape. Terms whose d is 0
+    everywhere are left out; a lone term with d = 1 and γ = 0 is the node's output itself."""
+    z = as_linear(node, ctx, value)
+    shape = tuple(z.shape)
+    kept = [(const_for(node, d, shape), np.asarray(g, dtype=np.float64), const_for(node, t, shape))
+            for d, g, t in terms]
+    kept = [(d, g, t) for d, g, t in kept if np.any(d != 0)]
+    gamma = np.broadcast_to(const_for(node, gamma, shape), shape)
+    if not kept:
+        raise unsupported(node, "it gives a constant")
+    whole = len(kept) == 1 and np.all(kept[0][0] == 1) and not np.any(gamma)
+    parts, kinks = [], []
+    for k, (d, g, t) in enumerate(kept):
+        gc = np.broadcast_to(g.reshape(-1), (shape[0],)) if g.ndim else np.full(shape[0], float(g))
+        label = f"{of(node, z)}{' (' + what + ')' if what else ''}: {term_label(gc, t)}"
+        layer = ir.scale_outputs(z, gc, t)
+        name = ctx.add(replace(layer, name=ctx.unique(z.name), relu=True, origin=label,
+                               source=node.outputs[0] if whole else ""))
+        shift = gamma if k == 0 else np.zeros(shape)
+        parts.append(Pop(name, shape, np.broadcast_to(d, shape), shift, nonnegative=whole))
+        kinks.append((np.broadcast_to(ops.channel_axis(gc, len(shape)), shape), np.broadcast_to(t, shape)))
+    return make_sum(parts, tuple(kinks))
 
 
 def tensor_nonnegative(pop: Pop) -> bool:

@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import ir
 from ..errors import ModelError
-from .core import Context, Lin, OnnxNode, Pooled, Pop, as_linear, converter, full_map, reshaped, unsupported
+from .core import (Context, Lin, OnnxNode, Pooled, Pop, Sum, as_linear, converter, full_map, make_sum, reshaped,
+                   unsupported)
 
 
 def _reshape(node: OnnxNode, ctx: Context, a, shape: tuple[int, ...]) -> None:
@@ -21,7 +22,7 @@ def _reshape(node: OnnxNode, ctx: Context, a, shape: tuple[int, ...]) -> None:
         ctx.set(node, reshaped(ctx, a, shape, node.name))
 
 
-@converter("Flatten")
+@converter("Flatten", part_wise=True)
 def convert_flatten(node: OnnxNode, ctx: Context) -> None:
     """Flatten with axis 1: (batch, C, H, W) → (batch, C·H·W)."""
     if node.attr("axis", 1) != 1:
@@ -39,7 +40,7 @@ def _flat_or_pop(node: OnnxNode, ctx: Context, shape=None):
     return ctx.pop(node, 0)
 
 
-@converter("Reshape")
+@converter("Reshape", part_wise=True)
 def convert_reshape(node: OnnxNode, ctx: Context) -> None:
     """Reshape to a constant (or constant-folded) target that keeps the batch axis first (0 or −1 there)."""
     v = ctx.get(node, 0, raw=True)
@@ -87,7 +88,7 @@ def _n_axes(node: OnnxNode, ctx: Context) -> int:
     return len(np.atleast_1d(axes if axes is not None else ctx.const(node, 1, "axes")))
 
 
-@converter("Squeeze", "Unsqueeze")
+@converter("Squeeze", "Unsqueeze", part_wise=True)
 def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
     """Remove or insert axes of size 1 (never the batch axis): a reshape."""
     shape = [-1, *ctx.pop(node, 0).shape]  # the batch axis first
@@ -106,7 +107,7 @@ def convert_squeeze(node: OnnxNode, ctx: Context) -> None:
         _reshape(node, ctx, ctx.pop(node, 0), tuple(shape[1:]))
 
 
-@converter("Transpose")
+@converter("Transpose", part_wise=True)
 def convert_transpose(node: OnnxNode, ctx: Context) -> None:
     """A permutation of the non-batch axes (e.g. NHWC ↔ NCHW): neurons change places, spikes do not."""
     a = ctx.pop(node, 0)
@@ -126,31 +127,43 @@ def convert_transpose(node: OnnxNode, ctx: Context) -> None:
 @converter("Concat")
 def convert_concat(node: OnnxNode, ctx: Context) -> None:
     """Populations side by side along a non-batch axis (from different windows: delays align them, docs/math.md §2).
-    If an operand is a linear layer still waiting for its ReLU (DenseNet-BC), the channels are stacked into one
-    linear layer instead: each operand's synapses feed its own block of output channels."""
+    If an operand is a linear layer still waiting for its ReLU (DenseNet-BC) and none is a sum, the channels
+    are stacked into one linear layer instead: each operand's synapses feed its own block of output channels.
+    Sums of populations (and linear layers along a spatial axis, split) are concatenated part by part: the
+    k-th parts side by side, an operand with fewer parts adding its first population with the pending
+    scale 0 (docs/math.md §8)."""
     values = [ctx.get(node, i, raw=True) for i in range(len(node.inputs))]
     rank = len(getattr(values[0], "shape", None) or values[0].layer.shape)
     axis = int(node.attr("axis")) % (rank + 1)
     if axis == 0:
         raise unsupported(node, "it concatenates along the batch axis")
+    if any(isinstance(v, Sum) for v in values) or (axis != 1 and any(isinstance(v, Lin) for v in values)):
+        groups = [ctx.parts(node, i) for i in range(len(node.inputs))]
+        n = max(len(g) for g in groups)
+        groups = [g + (replace(g[0], scale=np.zeros(()), shift=np.zeros(()), nonnegative=False),) * (n - len(g))
+                  for g in groups]
+        ctx.set(node, make_sum(_concat(node, ctx, [g[k] for g in groups], axis) for k in range(n)))
+        return
     if any(isinstance(v, Lin) for v in values):
-        if axis != 1:
-            raise unsupported(node, "it concatenates linear layers along a spatial axis")
         layers = [as_linear(node, ctx, v) for v in values]
         if len({tuple(layer.shape[1:]) for layer in layers}) != 1:
             raise unsupported(node, f"its operands have shapes {[layer.shape for layer in layers]}")
         ctx.set(node, Lin(ir.stack_channels(ctx.unique(node.name), layers)))
         return
-    pops = [ctx.pop(node, i) for i in range(len(node.inputs))]
+    ctx.set(node, _concat(node, ctx, [ctx.pop(node, i) for i in range(len(node.inputs))], axis))
+
+
+def _concat(node: OnnxNode, ctx: Context, pops: list[Pop], axis: int) -> Pop:
+    """A Concat node of populations along ``axis`` (batch axis counted), their pending maps concatenated."""
     out = ir.Concat(ctx.unique(node.name), tuple(p.node for p in pops), tuple(tuple(p.shape) for p in pops), axis - 1)
     ctx.add(out)
     maps = [full_map(p) for p in pops]
-    ctx.set(node, Pop(out.name, out.shape, np.concatenate([m[0] for m in maps], axis=axis - 1),
-                      np.concatenate([m[1] for m in maps], axis=axis - 1),
-                      all(p.nonnegative for p in pops), all(p.relu for p in pops)))
+    return Pop(out.name, out.shape, np.concatenate([m[0] for m in maps], axis=axis - 1),
+               np.concatenate([m[1] for m in maps], axis=axis - 1),
+               all(p.nonnegative for p in pops), all(p.relu for p in pops))
 
 
-@converter("Pad")
+@converter("Pad", part_wise=True)
 def convert_pad(node: OnnxNode, ctx: Context) -> None:
     """Constant zero padding of the spatial axes: kept pending and absorbed by the next Conv, AveragePool,
     GlobalAveragePool or ReduceMean as extra zero padding (docs/math.md §7: padded positions are virtual
@@ -224,7 +237,7 @@ def _data_axis(node: OnnxNode, axis: int, rank: int) -> int:
     return axis - 1
 
 
-@converter("Slice")
+@converter("Slice", part_wise=True)
 def convert_slice(node: OnnxNode, ctx: Context) -> None:
     """Slice (starts, ends, axes, steps as constant inputs; attributes before opset 10): along each non-batch
     axis the positions range(n)[start:end:step], which are ONNX's clamping rules; the neurons are taken, their
@@ -253,7 +266,7 @@ def convert_slice(node: OnnxNode, ctx: Context) -> None:
     ctx.set(node, a)
 
 
-@converter("Split")
+@converter("Split", part_wise=True)
 def convert_split(node: OnnxNode, ctx: Context) -> None:
     """Split along a non-batch axis into parts of the sizes ``split`` gives (an attribute before opset 13, an
     input from 13), or ``num_outputs`` parts (opset 18: the last one smaller), or equal parts: each output
@@ -282,7 +295,7 @@ def convert_split(node: OnnxNode, ctx: Context) -> None:
         start += size
 
 
-@converter("Gather")
+@converter("Gather", part_wise=True)
 def convert_gather(node: OnnxNode, ctx: Context) -> None:
     """Gather with constant indices along a non-batch axis: the neurons at those positions (negative ones
     from the end), then reshaped to the indices' shape in place of the axis (a scalar index drops it)."""
