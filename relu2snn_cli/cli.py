@@ -462,7 +462,7 @@ def robustness(snn_file, data, labels, time_noise, alpha_noise, threshold_noise,
         from .plot import _pyplot, check_format
         check_format(plot_file)
         _check_output(Path(plot_file), force, snn_file, data)
-        _pyplot()
+        _pyplot("robustness --plot")
     axes = {"time_noise": time_noise, "alpha_noise": alpha_noise, "threshold_noise": threshold_noise,
             "time_bits": time_bits, "weight_bits": weight_bits, "zeta": zeta}
     report = _run(run_robustness, "perturbing", quiet, snn_path=snn_file, data_spec=data, labels_spec=labels,

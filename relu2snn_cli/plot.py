@@ -21,10 +21,10 @@ FORMATS = (".png", ".svg", ".pdf")
 TRACE_POINTS = 400
 
 
-def _pyplot():
+def _pyplot(what: str = "plot"):
     """matplotlib's pyplot on the file-only Agg backend, or a one-line refusal that says how to install it."""
     from .export import require
-    require("matplotlib", "plot", "relu2snn plot")
+    require("matplotlib", "plot", what)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -154,8 +154,12 @@ def robustness_figure(report: dict):
     """Agreement (and accuracy, with labels) against each axis's levels: mean with the trials' std as bars."""
     plt = _pyplot()
     axes = list(dict.fromkeys(r["axis"] for r in report["levels"]))
-    fig, subplots = plt.subplots(1, len(axes), figsize=(3.6 * len(axes), 3.2), layout="constrained", squeeze=False)
-    for ax, axis in zip(subplots[0], axes):
+    cols = min(3, len(axes))
+    rows = -(-len(axes) // cols)
+    fig, subplots = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.2 * rows), layout="constrained", squeeze=False)
+    for ax in subplots.flat[len(axes):]:
+        ax.set_axis_off()
+    for ax, axis in zip(subplots.flat, axes):
         rows = sorted((r for r in report["levels"] if r["axis"] == axis), key=lambda r: r["value"])
         x = np.array([r["value"] for r in rows], dtype=float)
         ax.errorbar(x, [r["agreement_mean"] for r in rows], [r["agreement_std"] for r in rows], marker="o",
@@ -169,7 +173,7 @@ def robustness_figure(report: dict):
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(axis.replace("_", " "))
         ax.grid(alpha=0.3)
-    subplots[0][0].set_ylabel("share of samples")
+        ax.set_ylabel("share of samples")
     subplots[0][0].legend(fontsize=7)
     return fig
 
