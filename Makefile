@@ -1,4 +1,4 @@
-# make demo: convert the sample CNN and verify it.  make test: the whole test suite.
+# make demo: convert the sample CNN, verify it and draw its spikes.  make test: the whole test suite.
 # make bench: convert, verify and bench the sample models and a CIFAR-size VGG-16 (docs/performance.md).
 # make fuzz: the long fuzzing campaign (FUZZ_EXAMPLES cases per fuzz test, default 2000).
 # make large-data: peak memory of convert and verify on 5,000 and 50,000 memory-mapped samples.
@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,brian2,nir]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,brian2,nir,plot]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 	$(BIN)/relu2snn inspect sample_models/cnn/model.snn.h5
 	$(BIN)/relu2snn verify sample_models/cnn/model.snn.h5 --onnx sample_models/cnn/model.onnx \
 		--data sample_models/cnn/test.npy --labels sample_models/cnn/labels.npy
+	$(BIN)/relu2snn plot sample_models/cnn/model.snn.h5 --data sample_models/cnn/test.npy --sample 0 \
+		--neurons '#1:3' --neurons '#7:2' -o sample_models/cnn/raster.png --force
+	@echo "the spike raster of test sample 0 is in sample_models/cnn/raster.png (docs/hardware.md)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -38,4 +41,4 @@ large-data: $(STAMP)
 	$(BIN)/python benchmarks/large_data.py --model cnn
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis sample_models/*/model.snn.h5
+	rm -rf $(VENV) .pytest_cache .hypothesis sample_models/*/model.snn.h5 sample_models/*/raster.png

@@ -35,6 +35,8 @@ Examples:
   relu2snn inspect model.snn.h5
   relu2snn export model.snn.h5 --format nir -o model.nir
   relu2snn crosscheck model.snn.h5 --data test.npy --simulator brian2 --dt 0.01 --samples 8
+  relu2snn robustness model.snn.h5 --data test.npy --labels labels.npy --time-noise 0,0.01,0.1 --trials 3
+  relu2snn plot model.snn.h5 --data test.npy --sample 0 -o raster.png
 """
 
 
@@ -405,6 +407,122 @@ def crosscheck(snn_file, data, simulator, dt, samples, min_agreement, batch_size
     if not report["passed"]:
         raise VerificationFailed(f"agreement {report['agreement']:.6g} with {simulator} is below --min-agreement "
                                  f"{min_agreement:.6g}")
+
+
+class Levels(click.ParamType):
+    """A comma-separated list of numbers, such as ``0,1e-3,0.01``."""
+
+    name = "LIST"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return [float(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+
+
+@cli.command(epilog="""
+\b
+Examples:
+  relu2snn robustness model.snn.h5 --data test.npy --labels labels.npy \\
+      --time-noise 0,1e-3,1e-2,1e-1,1 --time-bits 16,8,4 --trials 3 --seed 0
+  relu2snn robustness model.snn.h5 --data test.npy --onnx model.onnx --calib calib.npy \\
+      --zeta 0.5,0,-0.3 --plot robustness.png --json
+""")
+@click.argument("snn_file", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, metavar="DATA", help="Inputs (.npy, .npz[:NAME], .h5:/DATASET).")
+@click.option("--labels", metavar="DATA", help="Integer labels of the inputs, for accuracies.")
+@click.option("--time-noise", type=Levels(), help="Spike-time jitter levels sigma_t, in tau_c.")
+@click.option("--alpha-noise", type=Levels(), help="Drive mismatch levels: sigma of alpha_i + eps_i (clipped at 0).")
+@click.option("--threshold-noise", type=Levels(), help="Threshold mismatch levels: sigma of theta_i + eps_i.")
+@click.option("--time-bits", type=Levels(), help="Spike times on 2^bits levels across each window.")
+@click.option("--weight-bits", type=Levels(), help="Weights J on 2^bits - 1 levels symmetric about 0.")
+@click.option("--weight-scope", type=click.Choice(["layer", "channel"]), default="layer", show_default=True,
+              help="--weight-bits: one quantisation step per layer or per output channel.")
+@click.option("--zeta", type=Levels(), help="Window headroom levels, > -1: reconverts (needs --onnx and --calib).")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False), help="The source ONNX model (for --zeta).")
+@click.option("--calib", metavar="DATA", help="The calibration inputs (for --zeta).")
+@click.option("--trials", type=click.IntRange(1), default=3, show_default=True,
+              help="Runs per level of the noise axes, each with its own draws.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False),
+              help="Also draw agreement against each axis (.png, .svg or .pdf).")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def robustness(snn_file, data, labels, time_noise, alpha_noise, threshold_noise, time_bits, weight_bits,
+               weight_scope, zeta, onnx_file, calib, trials, seed, plot_file, batch_size, force, as_json, quiet):
+    """Perturb SNN_FILE as hardware would (spike-time jitter, drive and threshold mismatch, time and weight
+    quantisation, shorter windows), run --data through the exact dynamics and report, per level, the agreement
+    with the unperturbed network's argmax and the accuracy (mean and std over --trials) (docs/hardware.md)."""
+    from .robustness import robustness as run_robustness
+    if plot_file:
+        from .plot import _pyplot, check_format
+        check_format(plot_file)
+        _check_output(Path(plot_file), force, snn_file, data)
+        _pyplot("robustness --plot")
+    axes = {"time_noise": time_noise, "alpha_noise": alpha_noise, "threshold_noise": threshold_noise,
+            "time_bits": time_bits, "weight_bits": weight_bits, "zeta": zeta}
+    report = _run(run_robustness, "perturbing", quiet, snn_path=snn_file, data_spec=data, labels_spec=labels,
+                  axes=axes, trials=trials, seed=seed, onnx_path=onnx_file, calib_spec=calib, batch_size=batch_size,
+                  weight_scope=weight_scope)
+    if plot_file:
+        from .plot import plot_robustness
+        plot_robustness(report, plot_file)
+        report["plot"] = str(plot_file)
+    if as_json:
+        click.echo(_json(report))
+        return
+    for key in ("n_samples", "trials", "seed", "accuracy", "latency"):
+        click.echo(f"{key:<10} {_fmt(report[key])}")
+    click.echo(f"\n{'axis':<16} {'value':>9} {'trials':>6}  {'agreement':<17} {'accuracy':<17} {'early spikes':>12} "
+               f"{'latency':>9}")
+    for r in report["levels"]:
+        acc = "n/a" if r["accuracy_mean"] is None else f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}"
+        click.echo(f"{r['axis']:<16} {r['value']:>9g} {r['trials']:>6}  "
+                   f"{r['agreement_mean']:.4f} ± {r['agreement_std']:.4f}   {acc:<17} {r['early_spikes_mean']:>12g} "
+                   f"{r['latency']:>9.4g}")
+    if plot_file:
+        click.echo(f"\nplot       {plot_file}")
+
+
+@cli.command(epilog="""
+\b
+Examples:
+  relu2snn plot model.snn.h5 --data test.npy --sample 0 -o raster.png
+  relu2snn plot model.snn.h5 --data test.npy --sample 3 -o spikes.svg --neurons '#1:0,5' --neurons '#4:2'
+""")
+@click.argument("snn_file", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, metavar="DATA", help="Inputs (.npy, .npz[:NAME], .h5:/DATASET).")
+@click.option("--sample", type=click.IntRange(0), default=0, show_default=True, help="The sample to draw.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output picture; the format from the extension: .png, .svg or .pdf.")
+@click.option("--neurons", multiple=True, metavar="LAYER:i,j",
+              help="Also draw the membrane potential of these neurons (flat indices) of a spiking layer, named or "
+                   "given as #row of `relu2snn inspect`; repeatable.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def plot(snn_file, data, sample, output, neurons, force, as_json):
+    """Draw one sample's spikes through SNN_FILE: a raster (one band per population, windows shaded, early spikes
+    marked), spike-time histograms per population and, with --neurons, membrane potentials V(t) with threshold
+    and window lines (docs/hardware.md)."""
+    from .plot import check_format, plot_file
+    check_format(output)
+    _check_output(Path(output), force, snn_file, data)
+    report = plot_file(snn_file, data, sample, output, neurons)
+    if as_json:
+        click.echo(_json(report))
+        return
+    click.echo(f"output      {report['output']}")
+    click.echo(f"sample      {report['sample']}")
+    for p in report["populations"]:
+        click.echo(f"population  {p['name']}: {p['neurons']} neurons, window [{p['window'][0]:.4g}, "
+                   f"{p['window'][1]:.4g}], {p['forced_spikes']} forced, {p['early_spikes']} early")
+    for n in report["neurons"]:
+        click.echo(f"neuron      {n['layer']}[{n['index']}]: spike at {n['spike_time']:.6g}, theta {n['theta']:.6g}")
 
 
 def main() -> None:

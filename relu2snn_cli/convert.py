@@ -10,7 +10,7 @@ import onnx
 from . import __version__, h5io, ir, mapping, snn
 from .calibrate import calibrate, input_stats
 from .data import load_array
-from .errors import ModelError, naming, onnxruntime_errors
+from .errors import GraphError, ModelError, naming, onnxruntime_errors
 from .onnx_import import import_model as _import_model
 from .onnx_import.core import MAX_VALUES, term_window_values
 
@@ -87,6 +87,21 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
             output: str | None = None) -> dict:
     """Convert a ReLU network and write its spiking version; the report says what was done and measured.
     ``output`` names the ONNX tensor to convert when the model has several outputs."""
+    if options.short_windows:
+        raise GraphError(f"zeta {options.zeta}: windows shorter than the activations are for the robustness "
+                         "sweep only and are not written (docs/hardware.md)")
+    net, report = build(model_path, calib_spec, options, input_range, batch_size, progress, output)
+    clock = time.perf_counter()
+    with naming(model_path):  # what validation finds wrong in the network comes from the model
+        h5io.write(out_path, net)
+    report["seconds"]["write"] = time.perf_counter() - clock
+    return {"output": str(out_path), **report}
+
+
+def build(model_path, calib_spec: str, options: mapping.MappingOptions = mapping.MappingOptions(),
+          input_range: tuple[float, float] | None = None, batch_size: int = 256, progress=None,
+          output: str | None = None) -> tuple[snn.Network, dict]:
+    """The spiking network of a ReLU network, in memory, and the report of ``convert`` without its output."""
     seconds = {}
     clock = time.perf_counter()
     imported = import_model(model_path, batch_size, output)
@@ -118,13 +133,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     net = snn.Network(nodes, meta)
     net.meta["latency"] = net.latency
     seconds["mapping"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    with naming(model_path):  # what validation finds wrong in the network comes from the model
-        h5io.write(out_path, net)
-    seconds["write"] = time.perf_counter() - clock
-    return {
-        "output": str(out_path),
+    return net, {
         "layers": len([n for n in nodes if isinstance(n, snn.SpikingLayer)]),
         "latency": net.latency,
         "input_range": [low, high],

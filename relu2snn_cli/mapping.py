@@ -16,14 +16,22 @@ from .errors import GraphError
 
 @dataclass(frozen=True)
 class MappingOptions:
-    """The knobs of docs/math.md §3: ζ (window headroom) and the band [s_min, s_max] for incoming sums."""
+    """The knobs of docs/math.md §3: ζ (window headroom) and the band [s_min, s_max] for incoming sums.
+
+    ζ ≥ 0 keeps the conversion exact. ``short_windows`` also admits −1 < ζ < 0, windows shorter than the
+    calibrated activations, for the robustness sweep only (docs/hardware.md): its networks are simulated in
+    memory, where early spikes are exact events, and compared with the exact one; never written as an artifact.
+    """
 
     zeta: float = 0.5
     s_min: float = -10.0
     s_max: float = 0.99
+    short_windows: bool = False
 
     def __post_init__(self):
-        if not self.zeta >= 0:
+        if self.short_windows and not self.zeta > -1:
+            raise GraphError(f"zeta must be > -1, got {self.zeta}")
+        if not self.short_windows and not self.zeta >= 0:
             raise GraphError(f"zeta must be ≥ 0, got {self.zeta}")
         if not (self.s_min < 0 < self.s_max < 1):
             raise GraphError(f"need s_min < 0 < s_max < 1, got s_min={self.s_min}, s_max={self.s_max}")

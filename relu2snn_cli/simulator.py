@@ -319,11 +319,19 @@ class Simulator:
         self.neurons = sum(int(np.prod(n.shape)) for n in spiking)  # spiking neurons per sample
         self.last_use = {name: i for i, n in enumerate(net.nodes) for name in n.inputs}
 
-    def run(self, x: np.ndarray, keep_times: bool = False) -> Result:
-        """Simulate one batch x (N, *input shape)."""
+    def run(self, x: np.ndarray, keep_times: bool = False, emit=None) -> Result:
+        """Simulate one batch x (N, *input shape).
+
+        ``emit(node, t) -> t``, when given, transforms the spike times of each population as it emits them
+        (the encoder and every spiking layer; nodes that move neurons pass spikes on unchanged): the hook of
+        the robustness sweep for spike-time jitter and quantisation (docs/hardware.md). The counts describe
+        the spikes as fired, before the transform; the next layers integrate the transformed times exactly.
+        """
         enc = self.net.nodes[0]
         t, outside = encode(enc, x)
         check_finite(t, enc.name, "spike times")
+        if emit is not None:
+            t = emit(enc, t)
         counts = Counts(samples=len(t), out_of_range_inputs=outside, input_spikes=t.size)
         times = {enc.name: t}
         logits = None
@@ -338,6 +346,8 @@ class Simulator:
                 counts.scanned += scanned
                 counts.threshold_spikes += threshold
                 counts.forced_spikes += forced
+                if emit is not None:
+                    out = emit(node, out)
             elif isinstance(node, snn.Readout):
                 logits = read_out(node, t_in)
                 check_finite(logits, node.name, "logits")
@@ -349,10 +359,12 @@ class Simulator:
                 times = {k: v for k, v in times.items() if self.last_use.get(k, -1) > i}
         return Result(logits, times if keep_times else {}, counts)
 
-    def stream(self, data, batch_size: int = 256, keep_times: bool = False, progress=None, spec: str = "inputs"):
-        """Yield a Result per batch of an array-like ``data`` (read lazily, batch by batch; NaN/Inf refused)."""
+    def stream(self, data, batch_size: int = 256, keep_times: bool = False, progress=None, spec: str = "inputs",
+               emit=None):
+        """Yield a Result per batch of an array-like ``data`` (read lazily, batch by batch; NaN/Inf refused);
+        ``emit`` as in ``run``."""
         for _, batch in batches(data, batch_size, spec):
-            yield self.run(batch, keep_times)
+            yield self.run(batch, keep_times, emit)
             if progress is not None:
                 progress(len(batch), len(data))
 

@@ -123,17 +123,20 @@ def take(node: snn.Take, t_in: np.ndarray) -> np.ndarray:
     return out
 
 
-def run(net: snn.Network, x: np.ndarray, counts: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def run(net: snn.Network, x: np.ndarray, counts: dict | None = None,
+        emit=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Logits and every population's spike times for inputs x; with ``counts``, each spiking layer's
-    (threshold spikes, forced spikes) as ``fire_layer`` counts them."""
+    (threshold spikes, forced spikes) as ``fire_layer`` counts them; ``emit(node, t) -> t`` transforms the
+    times each population emits (the encoder and the spiking layers), as ``Simulator.run`` does."""
+    emit = emit or (lambda node, t: t)
     enc = net.nodes[0]
     a = (np.asarray(x, dtype=np.float64) - enc.low) / (enc.high - enc.low)
-    times = {enc.name: 1.0 - a}
+    times = {enc.name: emit(enc, 1.0 - a)}
     logits = None
     for node in net.nodes[1:]:
         t_ins = [times[name] for name in node.inputs]
         if isinstance(node, snn.SpikingLayer):
-            times[node.name] = fire_layer(node, net.input_window(node), t_ins, counts)
+            times[node.name] = emit(node, fire_layer(node, net.input_window(node), t_ins, counts))
         elif isinstance(node, snn.SpikePool):
             times[node.name] = pool(node, t_ins[0])
         elif isinstance(node, snn.Reshape):

@@ -357,3 +357,31 @@ def test_overflowing_input_times_are_refused():
     assert np.all(np.isfinite(sim.run(np.array([[0.0, 1e300]])).logits))
     with np.errstate(all="ignore"), pytest.raises(NonFiniteError, match="'in': 1 of its 2 spike times"):
         sim.run(np.array([[0.0, 1e308]]))
+
+
+def test_emit_hook_transforms_the_emitted_populations(tmp_path):
+    """``Simulator.run(emit=...)`` passes each emitted population (encoder and spiking layers, not pooling) through
+    the hook before the next layers read it, as the reference does with the same hook; counts are as fired."""
+    rng = np.random.default_rng(4)
+    b = GraphBuilder((1, 4, 4))
+    h = b.op("Relu", [b.op("Conv", ["x", b.const(rng.normal(0, 1, (2, 1, 3, 3))), b.const(np.zeros(2))],
+                           pads=[1, 1, 1, 1])])
+    h = b.op("Flatten", [b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])])
+    model = b.build(b.op("Gemm", [h, b.const(rng.normal(0, 1, (3, 8))), b.const(np.zeros(3))], transB=1))
+    net, _, rng = converted(tmp_path, model, (1, 4, 4), 2)
+    x = rng.normal(size=(4, 1, 4, 4))
+    seen = []
+
+    def emit(node, t):
+        seen.append(node.name)
+        return t + 0.25 * np.sin(7.0 * t)
+
+    result = simulator.Simulator(net).run(x, keep_times=True, emit=emit)
+    assert seen == [n.name for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer))]
+    logits, times = reference.run(net, x, emit=emit)
+    for name, t in times.items():
+        assert close(result.times[name], t), name
+    assert close(result.logits, logits)
+    plain = simulator.Simulator(net).run(x)
+    assert plain.counts.spikes == result.counts.spikes
+    assert not close(plain.logits, result.logits)
