@@ -339,6 +339,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), file=sys.stderr, flush=True)
     print(markdown(rows))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
