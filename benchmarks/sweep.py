@@ -38,6 +38,7 @@ KERAS_MODELS = ("sequential_cnn_bn", "functional_add_concat", "depthwise_conv", 
                 "leaky_relu")
 CALIB, TEST = 32, 16
 SIZE = 32
+MESSAGE = 240
 
 
 def cases() -> list[dict]:
@@ -287,7 +288,7 @@ def convert_case(case: dict, work: Path, timeout: float) -> dict:
             else:
                 row.update(result="DEFECT", message="inexact: " + "; ".join(check["failures"]))
     if "result" not in row:
-        message = _last_line(err)
+        message = _last_line(err).replace(f"{folder}/", "")
         if code == 2 and "Traceback" not in err:
             row.update(result="refused", message=message)
         else:
@@ -298,12 +299,15 @@ def convert_case(case: dict, work: Path, timeout: float) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table; messages without the ``relu2snn: error:`` prefix and cut to MESSAGE
+    characters (the JSON rows keep them whole)."""
     lines = ["| model | exporter | opset | result | agreement | logit error / max logit | early spikes | neurons "
              "| latency | seconds | message |", "|" + "---|" * 11]
     for r in rows:
         def fmt(key, spec):
             return format(r[key], spec) if r.get(key) is not None else ""
-        message = (r.get("message") or "").replace("|", "\\|")
+        message = (r.get("message") or "").removeprefix("relu2snn: error: ")
+        message = (message[:MESSAGE - 1] + "…" if len(message) > MESSAGE else message).replace("|", "\\|")
         lines.append(f"| {r['model']} | {r['exporter']} | {r['opset'] or 'default'} | {r['result']} | "
                      f"{fmt('agreement', 'g')} | {fmt('relative_logit_error', '.1e')} | {fmt('early_spikes', 'd')} | "
                      f"{fmt('neurons', ',d')} | {fmt('latency', '.4g')} | {r['seconds']} | {message} |")
