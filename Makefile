@@ -2,13 +2,15 @@
 # make bench: convert, verify and bench the sample models and a CIFAR-size VGG-16 (docs/performance.md).
 # make fuzz: the long fuzzing campaign (FUZZ_EXAMPLES cases per fuzz test, default 2000).
 # make large-data: peak memory of convert and verify on 5,000 and 50,000 memory-mapped samples.
+# make sweep: export models with torch, tf2onnx and skl2onnx and convert them (docs/sweep.md); installs the
+#   sweep extra first (SWEEP_PIP_ARGS: more pip arguments, e.g. a CPU torch wheel and 'torchvision<0.29' to match it).
 # All create .venv and install the project into it first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fuzz large-data clean
+.PHONY: demo test bench fuzz large-data sweep clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,10 @@ fuzz: $(STAMP)
 large-data: $(STAMP)
 	$(BIN)/python benchmarks/large_data.py --model mlp
 	$(BIN)/python benchmarks/large_data.py --model cnn
+
+sweep: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[sweep]' $(SWEEP_PIP_ARGS)
+	$(BIN)/python benchmarks/sweep.py --json build/sweep.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis sample_models/*/model.snn.h5 sample_models/*/raster.png
