@@ -27,7 +27,7 @@ import onnxruntime as ort
 from . import ir, ops
 from .data import batches, check_inputs
 from .errors import ModelError
-from .mapping import Scaled, requirement_bound, sorted_requirement
+from .mapping import Scaled, grid_bound, grid_margin, grid_times, requirement_bound, sorted_requirement
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
 FORWARD_TOLERANCE = 1e-3  # relative to max |logit|: float32 rounding is far below, an import error far above
@@ -48,13 +48,15 @@ class Calibration:
     ``x_max[layer]``: per-channel maximum ANN activation; ``required[layer]``: in code units,
     the largest no-early-spike requirement above (1 + ζ)·(largest scaled activation), else 0;
     ``forward_error``: max |float64 IR logits − onnxruntime logits| on the first samples,
-    whose largest |logit| is ``max_logit``.
+    whose largest |logit| is ``max_logit``; ``requirement_pairs``: the (sample, neuron) pairs whose exact
+    requirement R* was evaluated, those no bound could rule out (docs/math.md §4).
     """
 
     x_max: dict
     required: dict
     forward_error: float
     max_logit: float
+    requirement_pairs: int = 0
 
 
 def session(model_path: str | Path, outputs: list[str]) -> ort.InferenceSession:
@@ -115,46 +117,90 @@ def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0)
             if isinstance(t, ir.Conv) else x for t, x in zip(layer.terms, xs)]
 
 
-def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float, z: np.ndarray | None = None) -> float:
-    """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch).
+def split_term(term: ir.Term, x: np.ndarray) -> np.ndarray:
+    """Σ max(W, 0)·x and Σ min(W, 0)·x of one term, side by side on the output axis (N, 2·O, …)."""
+    pos = np.clip(term.weight, 0, None)
+    if isinstance(term, ir.Conv) and term.groups > 1:   # the groups follow the output axis: one half at a time
+        return np.concatenate([ir.apply_term(replace(term, weight=w), x) for w in (pos, term.weight - pos)], axis=1)
+    return ir.apply_term(replace(term, weight=np.concatenate([pos, term.weight - pos])), x)
+
+
+def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: np.ndarray, positive: np.ndarray,
+                z: np.ndarray, running: float) -> np.ndarray:
+    """(P,) mask of the pairs (rows, cols) whose requirement R* cannot exceed ``running``: ``mapping.grid_bound``
+    of R(σ) = b + E(σ) + I(σ) − (1 − s)·σ, plus ``mapping.grid_margin``, is at most it (docs/math.md §4, §5).
+
+    positive, z: (N, neurons) b + Σ max(W, 0)·a and b + Σ W·a, so E(0) = positive − b and I(0) = z − positive;
+    E and I at the interior grid times from one product per time with (a − σ_g)+ of the pairs' samples.
+    Beyond the largest code R falls (1 − s > 0), so the grid's maximum is R*'s bound.
+    """
+    n_out = layer.shape[0]
+    per_channel = int(np.prod(layer.shape[1:]))
+    channel = cols // per_channel
+    samples, r_idx = np.unique(rows, return_inverse=True)
+    sigmas = grid_times(np.concatenate([a_k[samples].reshape(-1) for a_k in a]))
+    bias = ir.full_bias(layer).reshape(-1)[cols]
+    e, i = np.zeros((len(rows), len(sigmas))), np.zeros((len(rows), len(sigmas)))
+    e[:, 0] = positive[rows, cols] - bias
+    i[:, 0] = z[rows, cols] - positive[rows, cols]
+    for g, sigma in enumerate(sigmas[1:-1], 1):
+        both = sum(split_term(t, np.maximum(a_k[samples] - sigma, 0.0))
+                   for t, a_k in zip(layer.terms, a)).reshape(len(samples), -1)
+        e[:, g] = both[r_idx, cols]
+        i[:, g] = both[r_idx, cols + n_out * per_channel]
+    s = ir.incoming_sum(layer)[channel]
+    w_neg = sum(t.weight.clip(None, 0).reshape(n_out, -1).sum(axis=1) for t in layer.terms)[channel]
+    fan_in = sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms)
+    bound = grid_bound(e, i, bias, 1.0 - s, w_neg, sigmas)
+    return bound + grid_margin(e, i, bias, fan_in) <= running
+
+
+def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
+                       z: np.ndarray | None = None) -> tuple[float, int]:
+    """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch), and the number of
+    pairs whose exact requirement was evaluated.
 
     a: the layer's input codes, one (N, *in_shape) array per term; z: the layer's pre-activation
     ``ir.apply_linear(layer, a)`` when the caller has it already. A pair whose
     ``mapping.requirement_bound`` is at most ``running`` cannot raise the maximum (its
-    requirement is below its bound); the others get the exact requirement (``mapping.sorted_requirement``
-    on ``ops.sorted_fan_ins``), the largest bounds first, then those whose bound still exceeds the
-    maximum found. The result does not depend on the batch order.
+    requirement is below its bound), nor one whose grid bound is (``grid_screen``); the others get the
+    exact requirement (``mapping.sorted_requirement`` on ``ops.sorted_fan_ins``), the largest bounds first,
+    then those whose bound still exceeds the maximum found. The result does not depend on the batch order.
     """
     n = len(a[0])
     s = ir.incoming_sum(layer)
     w_neg = sum(t.weight.clip(None, 0).reshape(t.weight.shape[0], -1).sum(axis=1) for t in layer.terms)
     positive = ir.apply_linear(replace(layer, terms=tuple(replace(t, weight=np.clip(t.weight, 0, None))
-                                                          for t in layer.terms)), a)
+                                                          for t in layer.terms)), a).reshape(n, -1)
     z = (ir.apply_linear(layer, a) if z is None else z).reshape(n, -1)
     flat = (ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1))
-    bound = requirement_bound(z, positive.reshape(n, -1), *flat)
+    bound = requirement_bound(z, positive, *flat)
     rows, cols = np.nonzero(bound > running)
+    if len(rows):
+        keep = ~grid_screen(layer, a, rows, cols, positive, z, running)
+        rows, cols = rows[keep], cols[keep]
     if not len(rows):
-        return running
+        return running, 0
     order = np.argsort(-bound[rows, cols], kind="stable")
     rows, cols, bound = rows[order], cols[order], bound[rows[order], cols[order]]
     bias = ir.full_bias(layer).reshape(-1)
     per_channel = int(np.prod(layer.shape[1:]))
     sources, weights = term_sources(layer, a), [t.weight for t in layer.terms]
     head = max(1, (1 << 20) // sum(int(np.prod(w.shape[1:])) for w in weights))
-    found = running
+    found, evaluated = running, 0
     # the largest bounds first: they raise the maximum soonest, and a requirement is at most its bound,
     # so the remaining pairs are only those whose bound still exceeds the maximum found
     for part in (slice(0, head), slice(head, None)):
         keep = bound[part] > found
         r, c = rows[part][keep], cols[part][keep]
+        evaluated += len(r)
 
         def requirement(index, codes, w, c=c):
             return float(sorted_requirement(codes, w, bias[c[index]], s[c[index] // per_channel]).max())
 
         for _, need in ops.sorted_fan_ins(requirement, sources, weights, layer.shape, r, c):
             found = max(found, need)
-    return found
+    return found, evaluated
 
 
 def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
@@ -171,6 +217,7 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
     required = {n.name: 0.0 for n in layers}
     low, high = input_range
     forward_error = max_logit = 0.0
+    requirement_pairs = 0
     last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
     for start, batch in batches(data, batch_size, spec):
         codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
@@ -183,7 +230,8 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
                 x_max[node.name] = np.maximum(x_max[node.name], channel_max(code / c))
                 window = (1.0 + zeta) * float(np.max(c * x_max[node.name].reshape(c.shape)))
                 threshold = max(required[node.name], window)
-                found = update_requirement(node, inputs, threshold, z)
+                found, evaluated = update_requirement(node, inputs, threshold, z)
+                requirement_pairs += evaluated
                 if found > threshold:   # some pair would fire early in the window of the activations alone
                     required[node.name] = found
                 codes[node.name] = code
@@ -205,4 +253,4 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
                                  f"difference| {forward_error:.3g} for logits up to {max_logit:.3g}")
         if progress is not None:
             progress(len(batch), len(data))
-    return Calibration(x_max, required, forward_error, max_logit)
+    return Calibration(x_max, required, forward_error, max_logit, requirement_pairs)

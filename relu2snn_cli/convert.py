@@ -128,6 +128,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
         "removed_output_ops": list(graph.removed),
         "forward_max_abs_error_vs_onnxruntime": cal.forward_error,
         "forward_max_abs_logit": cal.max_logit,
+        "requirement_pairs": cal.requirement_pairs,
         "statically_certified": float(np.mean(np.concatenate(
             [n.certified.reshape(-1) for n in nodes if isinstance(n, snn.SpikingLayer)] or [np.ones(1, bool)]))),
         "seconds": seconds,

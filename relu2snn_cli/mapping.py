@@ -173,6 +173,16 @@ def grid_bound(e: np.ndarray, i: np.ndarray, base: np.ndarray, c: np.ndarray, j_
     return np.maximum(np.maximum(start, end), cross).max(axis=1)
 
 
+ROUNDING = 4 * np.finfo(np.float64).eps   # per input: the rounding of a float64 sum of K products, K·ROUNDING·Σ|terms|
+
+
+def grid_margin(e: np.ndarray, i: np.ndarray, base: np.ndarray, fan_in: int) -> np.ndarray:
+    """What float64 rounding can add to ``grid_bound`` (docs/math.md §5, grid bound): each E and I is a sum of
+    K = fan_in products of one sign, within K·ROUNDING of its own size, and the bound adds at most a few of
+    them and base: K·ROUNDING·(Σ_g (|E_g| + |I_g|) + |base|)."""
+    return fan_in * ROUNDING * (np.sum(np.abs(e) + np.abs(i), axis=1) + np.abs(base))
+
+
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
     """α = b / B_in for the readout, so that V(T_out) = α·B_in + Σ J·a = W·a + b — docs/math.md §3."""
     return bias / b_in

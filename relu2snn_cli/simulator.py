@@ -29,11 +29,10 @@ import numpy as np
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
 from .errors import NonFiniteError, naming
-from .mapping import early_bound, grid_bound, grid_times, ramp_peak, static_certificate
+from .mapping import early_bound, grid_bound, grid_margin, grid_times, ramp_peak, static_certificate
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact check and scan
 TIE = 1e-9            # a peak within TIE·max(1, |ϑ|) below ϑ goes to the event-by-event scan too
-ROUNDING = 4 * np.finfo(np.float64).eps   # per input: the rounding margin of sums of K products, K·ROUNDING·Σ|terms|
 
 
 # ----------------------------------------------------------------------------- synapses
@@ -276,9 +275,8 @@ class CompiledLayer:
 
         E and I at the grid times σ_g come from one product per interior time with (a − σ_g)+ and the
         excitatory and inhibitory weights of the channels that have a pair (stacked when not grouped); at
-        σ = 0 they are p and u − p, at the largest code of these samples both are 0. Each sum of K
-        products of one sign is within K·ROUNDING of its own size, so the margin is K·ROUNDING times the
-        sum of |E| + |I| over the grid plus α·B_in.
+        σ = 0 they are p and u − p, at the largest code of these samples both are 0; ``mapping.grid_margin``
+        covers the rounding.
         """
         n_pairs, per_ch = len(rows), self.size // self.layer.shape[0]
         samples, r_idx = np.unique(rows, return_inverse=True)
@@ -304,7 +302,7 @@ class CompiledLayer:
             i[:, g] = both[r_idx, at + n_ch * per_ch]
         alpha, theta = self.alpha[cols], self.theta[cols]
         bound = grid_bound(e, i, alpha * self.b_in, alpha, self.j_neg[cols], sigmas)
-        margin = self.fan_in * ROUNDING * (np.sum(e - i, axis=1) + alpha * self.b_in)
+        margin = grid_margin(e, i, alpha * self.b_in, self.fan_in)
         return bound + margin < theta - TIE * np.maximum(1.0, np.abs(theta))
 
     def _mark(self, failing, idx, cols, u, p, check) -> None:
