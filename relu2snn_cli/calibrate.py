@@ -59,8 +59,9 @@ class Calibration:
     requirement_pairs: int = 0
 
 
-def session(model_path: str | Path, outputs: list[str]) -> ort.InferenceSession:
-    """An onnxruntime session of the model whose outputs are the named tensors."""
+def session(model_path: str | Path, outputs: list[str], threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime session of the model whose outputs are the named tensors, with ``threads`` intra-op
+    threads (0: onnxruntime's default, one per core)."""
     model = onnx.load(str(model_path))
     del model.graph.output[:]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in outputs)
@@ -69,6 +70,7 @@ def session(model_path: str | Path, outputs: list[str]) -> ort.InferenceSession:
     ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors
@@ -203,54 +205,86 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
     return found, evaluated
 
 
+def new_bounds(scaled: Scaled) -> tuple[dict, dict]:
+    """Per ReLU layer: per-channel maximum activation 0 and requirement 0, before any batch."""
+    layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
+    return {n.name: np.zeros(n.shape[0]) for n in layers}, {n.name: 0.0 for n in layers}
+
+
+def batch_bounds(scaled: Scaled, batch: np.ndarray, input_range: tuple[float, float], zeta: float,
+                 x_max: dict, required: dict) -> int:
+    """One batch of pass 2: raise ``x_max`` and ``required`` (per ReLU layer) in place; return the number of
+    pairs whose exact requirement was evaluated.
+
+    ``required`` keeps a layer's largest R* that exceeded the window the activations seen so far give;
+    ``mapping.layer_extent`` uses it only when it reaches (1 + ζ)·the final largest activation, so the
+    window does not depend on how the batches were grouped (the largest R* of all pairs is found
+    whenever it counts: no bound is below it), and per-batch results can be merged by maxima.
+    """
+    low, high = input_range
+    input_name = scaled.graph.nodes[0].name
+    codes = {input_name: (batch.astype(np.float64) - low) / (high - low)}
+    last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
+    pairs = 0
+    for node in scaled.graph.nodes[1:]:
+        if isinstance(node, ir.Affine) and node.relu:
+            inputs = [codes[name] for name in node.inputs]
+            c = ops.channel_axis(scaled.scales[node.name], len(node.shape))
+            z = ir.apply_linear(node, inputs)
+            code = np.maximum(z, 0.0)
+            x_max[node.name] = np.maximum(x_max[node.name], channel_max(code / c))
+            window = (1.0 + zeta) * float(np.max(c * x_max[node.name].reshape(c.shape)))
+            threshold = max(required[node.name], window)
+            found, evaluated = update_requirement(node, inputs, threshold, z)
+            pairs += evaluated
+            if found > threshold:   # some pair would fire early in the window of the activations alone
+                required[node.name] = found
+            codes[node.name] = code
+        elif not isinstance(node, ir.Affine):
+            codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])
+        for name in node.inputs:   # free the codes no later node reads
+            if last_use[name] == node.name:
+                codes.pop(name, None)
+    return pairs
+
+
+def forward_check(model_path, graph: ir.Graph, sess: ort.InferenceSession, batch: np.ndarray) -> tuple[float, float]:
+    """max |float64 forward pass − onnxruntime| of the logits on the first CHECK_SAMPLES of a batch, and the
+    largest |logit|; a ModelError when the difference shows a wrong import (above FORWARD_TOLERANCE)."""
+    ref = ir.forward(graph, batch[:CHECK_SAMPLES])
+    onnx_logits = run_model(sess, batch[:CHECK_SAMPLES])[0].astype(np.float64)
+    if onnx_logits.shape != ref.shape:
+        raise ModelError(f"{model_path}: logits of shape {onnx_logits.shape[1:]} from onnxruntime, "
+                         f"{ref.shape[1:]} from the imported graph")
+    forward_error = float(np.max(np.abs(ref - onnx_logits)))
+    max_logit = float(np.max(np.abs(onnx_logits)))
+    if forward_error > FORWARD_TOLERANCE * max(1.0, max_logit):
+        raise ModelError(f"{model_path}: the imported graph does not reproduce onnxruntime: max |logit "
+                         f"difference| {forward_error:.3g} for logits up to {max_logit:.3g}")
+    return forward_error, max_logit
+
+
 def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
-              spec: str = "calibration data", batch_size: int = 256, progress=None, zeta: float = 0.5) -> Calibration:
+              spec: str = "calibration data", batch_size: int = 256, progress=None, zeta: float = 0.5,
+              client=None) -> Calibration:
     """Pass 2: the scaled graph's float64 forward pass over ``data`` in batches, and the bounds of every ReLU layer.
 
     The activations are those of the float64 network the simulator runs (in code units, divided by
     the layer's scale c), so the window holds them exactly; onnxruntime's float32 activations may
-    lie a rounding below them (docs/math.md §4).
+    lie a rounding below them (docs/math.md §4). With a Dask ``client`` the batches (the same ones)
+    run on its workers (``shard.calibrate``), and the artifact is the same.
     """
-    layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
+    if client is not None:
+        from .shard import calibrate as sharded
+        return sharded(client, model_path, graph, scaled, spec, len(data), input_range, batch_size, progress, zeta)
     sess = session(model_path, [graph.output_name])
-    x_max = {n.name: np.zeros(n.shape[0]) for n in layers}
-    required = {n.name: 0.0 for n in layers}
-    low, high = input_range
+    x_max, required = new_bounds(scaled)
     forward_error = max_logit = 0.0
     requirement_pairs = 0
-    last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
     for start, batch in batches(data, batch_size, spec):
-        codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
-        for node in scaled.graph.nodes[1:]:
-            if isinstance(node, ir.Affine) and node.relu:
-                inputs = [codes[name] for name in node.inputs]
-                c = ops.channel_axis(scaled.scales[node.name], len(node.shape))
-                z = ir.apply_linear(node, inputs)
-                code = np.maximum(z, 0.0)
-                x_max[node.name] = np.maximum(x_max[node.name], channel_max(code / c))
-                window = (1.0 + zeta) * float(np.max(c * x_max[node.name].reshape(c.shape)))
-                threshold = max(required[node.name], window)
-                found, evaluated = update_requirement(node, inputs, threshold, z)
-                requirement_pairs += evaluated
-                if found > threshold:   # some pair would fire early in the window of the activations alone
-                    required[node.name] = found
-                codes[node.name] = code
-            elif not isinstance(node, ir.Affine):
-                codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])
-            for name in node.inputs:   # free the codes no later node reads
-                if last_use[name] == node.name:
-                    codes.pop(name, None)
+        requirement_pairs += batch_bounds(scaled, batch, input_range, zeta, x_max, required)
         if start == 0:
-            ref = ir.forward(graph, batch[:CHECK_SAMPLES])
-            onnx_logits = run_model(sess, batch[:CHECK_SAMPLES])[0].astype(np.float64)
-            if onnx_logits.shape != ref.shape:
-                raise ModelError(f"{model_path}: logits of shape {onnx_logits.shape[1:]} from onnxruntime, "
-                                 f"{ref.shape[1:]} from the imported graph")
-            forward_error = float(np.max(np.abs(ref - onnx_logits)))
-            max_logit = float(np.max(np.abs(onnx_logits)))
-            if forward_error > FORWARD_TOLERANCE * max(1.0, max_logit):
-                raise ModelError(f"{model_path}: the imported graph does not reproduce onnxruntime: max |logit "
-                                 f"difference| {forward_error:.3g} for logits up to {max_logit:.3g}")
+            forward_error, max_logit = forward_check(model_path, graph, sess, batch)
         if progress is not None:
             progress(len(batch), len(data))
     return Calibration(x_max, required, forward_error, max_logit, requirement_pairs)

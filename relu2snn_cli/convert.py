@@ -9,7 +9,7 @@ import onnx
 
 from . import __version__, h5io, ir, mapping, snn
 from .calibrate import calibrate, input_stats
-from .data import load_array
+from .shard import load_data
 from .errors import ModelError, naming, onnxruntime_errors
 from .onnx_import import import_model as _import_model
 from .onnx_import.core import MAX_VALUES, term_window_values
@@ -82,8 +82,10 @@ def input_layout(graph) -> str:
 
 
 def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptions = mapping.MappingOptions(),
-            input_range: tuple[float, float] | None = None, batch_size: int = 256, progress=None) -> dict:
-    """Convert a ReLU network and write its spiking version; the report says what was done and measured."""
+            input_range: tuple[float, float] | None = None, batch_size: int = 256, progress=None,
+            client=None) -> dict:
+    """Convert a ReLU network and write its spiking version; the report says what was done and measured.
+    With a Dask ``client`` calibration runs on its workers (``shard.calibrate``): the same artifact."""
     seconds = {}
     clock = time.perf_counter()
     imported = import_model(model_path, batch_size)
@@ -91,12 +93,13 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
     seconds["import"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    data = load_array(calib_spec)
+    data = load_data(calib_spec)
     stats = input_stats(data, graph.input.shape, calib_spec)
     low, high = input_range if input_range is not None else mapping.encoding_range(stats.low, stats.high, options.zeta)
     scaled = mapping.scale_graph(graph, (low, high), options)
     with onnxruntime_errors(model_path, batch_size):
-        cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress, options.zeta)
+        cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress, options.zeta,
+                        client)
     seconds["calibration"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
