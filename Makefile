@@ -1,5 +1,5 @@
 # make demo: convert the sample CNN and verify it.  make test: the whole test suite.
-# make bench: convert, verify and bench the sample models and a CIFAR-size VGG-16 (docs/performance.md).
+# make bench: convert, verify and bench the sample models and CIFAR-size VGG-16s, random and trained (docs/performance.md).
 # make fuzz: the long fuzzing campaign (FUZZ_EXAMPLES cases per fuzz test, default 2000).
 # make large-data: peak memory of convert and verify on 5,000 and 50,000 memory-mapped samples.
 # All create .venv and install the project into it first.
@@ -27,6 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,dask,samples]'   # torch trains the benchmarks' VGG-16
 	$(BIN)/python benchmarks/run.py
 
 fuzz: $(STAMP)
