@@ -212,9 +212,9 @@ def new_bounds(scaled: Scaled) -> tuple[dict, dict]:
 
 
 def batch_bounds(scaled: Scaled, batch: np.ndarray, input_range: tuple[float, float], zeta: float,
-                 x_max: dict, required: dict) -> int:
+                 x_max: dict, required: dict) -> tuple[int, np.ndarray]:
     """One batch of pass 2: raise ``x_max`` and ``required`` (per ReLU layer) in place; return the number of
-    pairs whose exact requirement was evaluated.
+    pairs whose exact requirement was evaluated and the logits of the scaled graph (the ANN's logits).
 
     ``required`` keeps a layer's largest R* that exceeded the window the activations seen so far give;
     ``mapping.layer_extent`` uses it only when it reaches (1 + ζ)·the final largest activation, so the
@@ -240,18 +240,20 @@ def batch_bounds(scaled: Scaled, batch: np.ndarray, input_range: tuple[float, fl
             if found > threshold:   # some pair would fire early in the window of the activations alone
                 required[node.name] = found
             codes[node.name] = code
-        elif not isinstance(node, ir.Affine):
+        else:
             codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])
         for name in node.inputs:   # free the codes no later node reads
             if last_use[name] == node.name:
                 codes.pop(name, None)
-    return pairs
+    return pairs, codes[scaled.graph.nodes[-1].name]
 
 
-def forward_check(model_path, graph: ir.Graph, sess: ort.InferenceSession, batch: np.ndarray) -> tuple[float, float]:
-    """max |float64 forward pass − onnxruntime| of the logits on the first CHECK_SAMPLES of a batch, and the
-    largest |logit|; a ModelError when the difference shows a wrong import (above FORWARD_TOLERANCE)."""
-    ref = ir.forward(graph, batch[:CHECK_SAMPLES])
+def forward_check(model_path, sess: ort.InferenceSession, batch: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """max |logits − onnxruntime's| on the first CHECK_SAMPLES of a batch, and the largest |logit| of onnxruntime;
+    a ModelError when the difference shows a wrong import (above FORWARD_TOLERANCE). ``logits`` are those of the
+    batch from the float64 forward pass of the scaled graph (``batch_bounds``), which computes the imported
+    graph's function: the check covers the import and the scaling."""
+    ref = logits[:CHECK_SAMPLES]
     onnx_logits = run_model(sess, batch[:CHECK_SAMPLES])[0].astype(np.float64)
     if onnx_logits.shape != ref.shape:
         raise ModelError(f"{model_path}: logits of shape {onnx_logits.shape[1:]} from onnxruntime, "
@@ -282,9 +284,10 @@ def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tu
     forward_error = max_logit = 0.0
     requirement_pairs = 0
     for start, batch in batches(data, batch_size, spec):
-        requirement_pairs += batch_bounds(scaled, batch, input_range, zeta, x_max, required)
+        pairs, logits = batch_bounds(scaled, batch, input_range, zeta, x_max, required)
+        requirement_pairs += pairs
         if start == 0:
-            forward_error, max_logit = forward_check(model_path, graph, sess, batch)
+            forward_error, max_logit = forward_check(model_path, sess, batch, logits)
         if progress is not None:
             progress(len(batch), len(data))
     return Calibration(x_max, required, forward_error, max_logit, requirement_pairs)

@@ -145,11 +145,11 @@ def _calibrate_task(start, model_path, graph, scaled, spec, input_range, batch_s
     from .calibrate import batch_bounds, forward_check, new_bounds
     batch = read_batch(_data(spec, _stamp_spec(spec)), start, batch_size, spec)
     x_max, required = new_bounds(scaled)
-    pairs = batch_bounds(scaled, batch, input_range, zeta, x_max, required)
+    pairs, logits = batch_bounds(scaled, batch, input_range, zeta, x_max, required)
     check = None
     if start == 0:
         sess = _session(str(model_path), graph.output_name, _stamp(model_path))
-        check = forward_check(model_path, graph, sess, batch)
+        check = forward_check(model_path, sess, batch, logits)
     return x_max, required, pairs, check
 
 

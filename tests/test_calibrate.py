@@ -414,9 +414,17 @@ def test_boolean_calibration_data(tmp_path):
 
 
 def test_an_import_that_does_not_reproduce_onnxruntime_is_refused(tmp_path, monkeypatch):
-    """If the float64 forward pass of the imported graph disagrees with onnxruntime, convert stops."""
-    real = ir.forward
-    monkeypatch.setattr(calibrate.ir, "forward", lambda graph, x, keep=False: real(graph, x, keep) + 1.0)
+    """If the float64 forward pass of the imported graph disagrees with onnxruntime, convert stops: an import
+    whose readout bias is off by 1."""
+    real = convert._import_model
+
+    def wrong(path):
+        imported = real(path)
+        *body, last = imported.graph.nodes
+        nodes = (*body, dataclasses.replace(last, bias=last.bias + 1.0))
+        return dataclasses.replace(imported, graph=dataclasses.replace(imported.graph, nodes=nodes))
+
+    monkeypatch.setattr(convert, "_import_model", wrong)
     with pytest.raises(ModelError) as info:
         convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), tmp_path / "m.snn.h5")
     assert "does not reproduce onnxruntime" in str(info.value)
