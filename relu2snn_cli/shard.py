@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import check_finite, load_array
+from .data import check_finite, load_array, spec_path
 from .errors import ClusterError, DataError
 
 PATTERN = set("*?[")
@@ -137,7 +137,8 @@ def _session(model_path: str, output: str, stamp: tuple):
 
 
 def _stamp_spec(spec: str) -> tuple:
-    paths = sorted(glob.glob(spec)) if PATTERN & set(spec) else [str(spec).split(".npz:")[0].split(".h5:")[0]]
+    """The identities of the files a data spec reads (``_stamp``): the shards of a glob, else its one file."""
+    paths = sorted(glob.glob(spec)) if PATTERN & set(spec) else [spec_path(spec)]
     return tuple(_stamp(p) for p in paths)
 
 

@@ -103,11 +103,14 @@ def test_sharded_verify_gives_the_same_report(tmp_path, cluster):
     shards = write_shards(tmp_path, np.load(SAMPLES / "cnn" / "test.npy"), [100, 333])
     common = ["verify", snn, "--onnx", SAMPLES / "cnn" / "model.onnx", "--labels", SAMPLES / "cnn" / "labels.npy",
               "--batch-size", 64, "--json", "--quiet"]
+    np.savez(tmp_path / "test.npz", x=np.load(SAMPLES / "cnn" / "test.npy"))
     one = run(*common, "--data", SAMPLES / "cnn" / "test.npy")
-    dask = run(*common, "--data", shards, "--scheduler", cluster.scheduler_address)
-    assert one.exit_code == dask.exit_code == 0, dask.output
-    assert json.loads(dask.stdout) == json.loads(one.stdout)
+    assert one.exit_code == 0, one.output
     assert json.loads(one.stdout)["n_samples"] == 597
+    for data in (shards, f"{tmp_path / 'test.npz'}:x"):   # shards, and a file spec naming an .npz member
+        dask = run(*common, "--data", data, "--scheduler", cluster.scheduler_address)
+        assert dask.exit_code == 0, dask.output
+        assert json.loads(dask.stdout) == json.loads(one.stdout)
 
 
 def test_verify_on_local_worker_processes(tmp_path):
