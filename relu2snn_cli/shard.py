@@ -94,10 +94,11 @@ def client(workers: int | None = None, scheduler: str | None = None):
         raise ClusterError("--workers and --scheduler need Dask: pip install 'relu2snn[dask]'") from None
     if scheduler:
         try:
-            with Client(scheduler, timeout=CONNECT_TIMEOUT) as c:
-                yield c
+            c = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except OSError as e:
             raise ClusterError(f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(e).split())})") from None
+        with c:   # errors of the run itself pass through unchanged
+            yield c
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as c:

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from builders import GraphBuilder, save
-from relu2snn_cli import h5io, shard, snn
+from relu2snn_cli import h5io, shard, snn, verify
 from relu2snn_cli.cli import cli
 from relu2snn_cli.errors import DataError
 
@@ -111,6 +111,19 @@ def test_sharded_verify_gives_the_same_report(tmp_path, cluster):
         dask = run(*common, "--data", data, "--scheduler", cluster.scheduler_address)
         assert dask.exit_code == 0, dask.output
         assert json.loads(dask.stdout) == json.loads(one.stdout)
+
+
+def test_an_error_of_the_run_is_not_taken_for_an_unreachable_scheduler(tmp_path, cluster, monkeypatch):
+    """An OSError inside the run (here: a file that cannot be read) under --scheduler is reported as itself,
+    not as a failed connection to the scheduler."""
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "model.snn.h5")
+
+    monkeypatch.setattr(verify.Checker, "__init__", unreadable)
+    result = run("verify", tmp_path / "model.snn.h5", "--onnx", SAMPLES / "mlp" / "model.onnx", "--data",
+                 SAMPLES / "mlp" / "test.npy", "--quiet", "--scheduler", cluster.scheduler_address)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "relu2snn: error: model.snn.h5: Permission denied"
 
 
 def test_verify_on_local_worker_processes(tmp_path):
