@@ -77,16 +77,18 @@ def _finite(values: np.ndarray, path, what: str, data_spec: str) -> np.ndarray:
 
 class Checker:
     """What one process needs to check batches: the network and its simulator, the imported graph and an
-    onnxruntime session (``threads`` intra-op threads, 0 for onnxruntime's default)."""
+    onnxruntime session (``threads`` intra-op threads, 0 for onnxruntime's default). Without ``run`` (the
+    client of a sharded run) only the network and the graph, checked against each other."""
 
-    def __init__(self, snn_path, onnx_path, batch_size: int, threads: int = 0):
+    def __init__(self, snn_path, onnx_path, batch_size: int, threads: int = 0, run: bool = True):
         self.snn_path, self.onnx_path, self.batch_size = snn_path, onnx_path, batch_size
         self.net = h5io.read(snn_path)
         self.imported = import_model(onnx_path, batch_size)
         check_source(snn_path, onnx_path, self.net, self.imported)
         self.graph = self.imported.graph
-        self.sess = session(onnx_path, [self.graph.output_name], threads)
-        self.sim = Simulator(self.net)
+        if run:
+            self.sess = session(onnx_path, [self.graph.output_name], threads)
+            self.sim = Simulator(self.net)
         self.layers = [n for n in self.net.nodes if isinstance(n, snn.SpikingLayer)]
 
     def batch(self, x: np.ndarray, y: np.ndarray | None, data_spec: str) -> dict:
@@ -135,8 +137,9 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     """Run all three on the data; the report's ``failures`` lists the failed checks, ``passed`` is true when none
     failed. With a Dask ``client`` the batches (the same ones) are checked on its workers (``shard.verify``),
     each with its own onnxruntime session of one intra-op thread."""
-    checker = Checker(snn_path, onnx_path, batch_size)
-    net, sim = checker.net, checker.sim
+    checker = Checker(snn_path, onnx_path, batch_size, run=client is None)
+    net = checker.net
+    neurons = sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer)))
     data = load_data(data_spec)
     check_inputs(data, checker.graph.input.shape, data_spec)
     labels = load_labels(labels_spec, len(data), net.nodes[-1].shape[0]) if labels_spec else None
@@ -170,7 +173,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
         "spike_time_error_per_layer": errors,
         "early_spikes": counts.early_spikes,
         "out_of_range_inputs": counts.out_of_range_inputs,
-        "spikes_per_neuron": counts.spikes / (n * sim.neurons),
+        "spikes_per_neuron": counts.spikes / (n * neurons),
         "forced_spike_share": counts.forced_share,
         "checked_pairs": counts.checked,
         "event_scan_pairs": counts.scanned,
