@@ -1,5 +1,5 @@
 # make demo: convert the sample CNN, verify it and draw its spikes.  make test: the whole test suite.
-# make bench: convert, verify and bench the sample models and a CIFAR-size VGG-16 (docs/performance.md).
+# make bench: convert, verify and bench the sample models and CIFAR-size VGG-16s, random and trained (docs/performance.md).
 # make fuzz: the long fuzzing campaign (FUZZ_EXAMPLES cases per fuzz test, default 2000).
 # make large-data: peak memory of convert and verify on 5,000 and 50,000 memory-mapped samples.
 # make sweep: export models with torch, tf2onnx and skl2onnx and convert them (docs/sweep.md); installs the
@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,brian2,nir,plot]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,brian2,nir,plot,dask]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,6 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,dask,samples]'   # torch trains the benchmarks' VGG-16
 	$(BIN)/python benchmarks/run.py
 
 fuzz: $(STAMP)

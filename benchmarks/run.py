@@ -5,7 +5,7 @@ which gives its wall time and peak resident memory. Results go to BUILD/results.
 (merged with earlier runs, so cases can be run one at a time) and the table between the
 markers of docs/performance.md is rewritten from them.
 
-    python benchmarks/run.py                       # mlp cnn cifar
+    python benchmarks/run.py                       # mlp cnn cifar trained
     python benchmarks/run.py imagenet              # the ImageNet-size VGG-16 (several GB, about 1.5 h)
 """
 
@@ -23,17 +23,22 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import split  # noqa: E402
+import trained_vgg  # noqa: E402
 import vgg  # noqa: E402
 
 BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
 
-# name: (model source, calibration samples, test samples, convert batch size, bench batch size, bench repeats)
+# name: (model source, calibration samples, test samples, convert batch size, bench batch size, bench repeats,
+#        sharded runs on 1 and 2 Dask workers)
 CASES = {
-    "mlp": ("sample", 256, None, 256, 64, 5),
-    "cnn": ("sample", 256, None, 256, 64, 5),
-    "cifar": ("cifar", 256, 64, 64, 64, 1),
-    "imagenet": ("imagenet", 64, 8, 8, 8, 1),
+    "mlp": ("sample", 256, None, 256, 64, 5, False),
+    "cnn": ("sample", 256, None, 256, 64, 5, False),
+    "cifar": ("cifar", 256, 64, 64, 64, 1, True),
+    "trained": ("trained", 256, 64, 64, 64, 1, True),
+    "imagenet": ("imagenet", 64, 8, 8, 8, 1, False),
 }
+DASK_BATCH = 32   # verify on the calibration samples in batches of 32: 8 tasks for the workers
 
 
 def timed(args: list[str]) -> dict:
@@ -66,12 +71,17 @@ def ort_seconds(model: Path, data: Path, batch_size: int, repeats: int = 3) -> f
 
 def run_case(name: str, build: Path) -> dict:
     """Make the files of one case, then convert it and run its other steps."""
-    source, n_calib, n_test, convert_batch, bench_batch, repeats = CASES[name]
+    source, n_calib, n_test, convert_batch, bench_batch, repeats, sharded = CASES[name]
     out = build / name
     out.mkdir(parents=True, exist_ok=True)
     if source == "sample":
         files = {k: ROOT / "sample_models" / name / f for k, f in
-                 (("model", "model.onnx"), ("calib", "calib.npy"), ("test", "test.npy"))}
+                 (("model", "model.onnx"), ("calib", "calib.npy"), ("test", "test.npy"), ("labels", "labels.npy"))}
+    elif source == "trained":   # trained once (a few minutes), then reused
+        names = ("model", "calib", "test", "labels")
+        files = {k: out / f"{'model.onnx' if k == 'model' else k + '.npy'}" for k in names}
+        if not all(f.is_file() for f in files.values()):
+            print(trained_vgg.write(out, n_calib, n_test), flush=True)
     else:
         files = {k: Path(v) for k, v in vgg.write(source, out, n_calib, n_test).items() if k != "parameters"}
     snn = out / "model.snn.h5"
@@ -79,10 +89,22 @@ def run_case(name: str, build: Path) -> dict:
     result["convert"] = timed(["convert", files["model"], "--calib", files["calib"], "-o", snn, "--force",
                                "--batch-size", convert_batch])
     result["ort_calibration_seconds"] = ort_seconds(files["model"], files["calib"], convert_batch)
+    labels = ["--labels", files["labels"]] if "labels" in files else []
     result["verify"] = timed(["verify", snn, "--onnx", files["model"], "--data", files["test"],
-                              "--batch-size", bench_batch])
+                              "--batch-size", bench_batch, *labels])
     result["bench"] = timed(["bench", snn, "--onnx", files["model"], "--data", files["test"],
                              "--batch-size", bench_batch, "--repeats", repeats])
+    if sharded:
+        result["split"] = split.split(str(snn), str(files["test"]), bench_batch)
+    if sharded:   # convert on 2 workers: the same bytes; verify on 1 and 2 workers (wall times include the cluster's start)
+        dask_snn = out / "model.dask.snn.h5"
+        result["convert_dask2"] = timed(["convert", files["model"], "--calib", files["calib"], "-o", dask_snn,
+                                         "--force", "--batch-size", convert_batch, "--workers", 2])
+        result["dask_artifact_identical"] = dask_snn.read_bytes() == snn.read_bytes()
+        for workers in (1, 2):
+            result[f"verify_dask{workers}"] = timed(["verify", snn, "--onnx", files["model"], "--data", files["calib"],
+                                                     "--batch-size", DASK_BATCH, "--workers", workers])
+        result["dask_reports_equal"] = result["verify_dask1"]["report"] == result["verify_dask2"]["report"]
     return result
 
 
@@ -103,6 +125,8 @@ def table(results: dict) -> str:
                    f"{r['bench']['report']['event_scan_pairs_per_sample']:.4g}"),
         ("bench peak RSS (MiB)", lambda r: f"{r['bench']['peak_rss_mb']:.0f}"),
         ("verify agreement", lambda r: f"{r['verify']['report']['agreement']:.4g}"),
+        ("test accuracy ANN / SNN", lambda r: f"{r['verify']['report']['accuracy_ann']:.3g} / "
+                                              f"{r['verify']['report']['accuracy_snn']:.3g}"),
         ("verify early spikes", lambda r: f"{r['verify']['report']['early_spikes']}"),
         ("verify max abs logit error vs float64", lambda r: f"{r['verify']['report']['max_abs_logit_error_ref']:.2g}"),
         ("convert wall s", lambda r: f"{r['convert']['seconds']:.1f}"),
@@ -112,6 +136,15 @@ def table(results: dict) -> str:
         ("convert target 3·ort + 10 s", lambda r: f"{3 * r['ort_calibration_seconds'] + 10:.1f}"),
         ("convert peak RSS (MiB)", lambda r: f"{r['convert']['peak_rss_mb']:.0f}"),
         ("verify wall s / peak RSS (MiB)", lambda r: f"{r['verify']['seconds']:.1f} / {r['verify']['peak_rss_mb']:.0f}"),
+        ("simulation split, ms per sample: products / bound from sums / grid bound / closed form and exact check / "
+         "outside the spiking layers", lambda r: " / ".join(f"{v:.3g}" for v in r["split"]["ms_per_sample"].values())),
+        ("convert on 2 Dask workers wall s / same bytes",
+         lambda r: f"{r['convert_dask2']['seconds']:.1f} / {'yes' if r['dask_artifact_identical'] else 'NO'}"),
+        (f"verify of the calibration samples (batch {DASK_BATCH}) on 1 / 2 Dask workers wall s",
+         lambda r: f"{r['verify_dask1']['seconds']:.1f} / {r['verify_dask2']['seconds']:.1f}"),
+        ("speed-up on 2 workers / reports equal",
+         lambda r: f"{r['verify_dask1']['seconds'] / r['verify_dask2']['seconds']:.2f} / "
+                   f"{'yes' if r['dask_reports_equal'] else 'NO'}"),
     ]
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {label} | " + " | ".join(_cell(fmt, results[n]) for n in names) + " |" for label, fmt in rows]
@@ -122,7 +155,7 @@ def _cell(fmt, result: dict) -> str:
     """A formatted figure, or a dash for a step the case does not run."""
     try:
         return fmt(result)
-    except KeyError:
+    except (KeyError, TypeError):   # TypeError: a figure the case has not (no labels)
         return "–"
 
 
@@ -140,7 +173,7 @@ def main() -> None:
     parser.add_argument("--build", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args()
-    cases = args.cases or ["mlp", "cnn", "cifar"]
+    cases = args.cases or ["mlp", "cnn", "cifar", "trained"]
     if not set(cases) <= set(CASES):
         parser.error(f"unknown case in {cases}; choose from {', '.join(CASES)}")
     store = args.build / "results.json"

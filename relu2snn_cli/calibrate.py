@@ -27,7 +27,7 @@ import onnxruntime as ort
 from . import ir, ops
 from .data import batches, check_inputs
 from .errors import ModelError
-from .mapping import Scaled, requirement_bound, sorted_requirement
+from .mapping import Scaled, grid_bound, grid_margin, grid_times, requirement_bound, sorted_requirement
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
 FORWARD_TOLERANCE = 1e-3  # relative to max |logit|: float32 rounding is far below, an import error far above
@@ -48,17 +48,20 @@ class Calibration:
     ``x_max[layer]``: per-channel maximum ANN activation; ``required[layer]``: in code units,
     the largest no-early-spike requirement above (1 + ζ)·(largest scaled activation), else 0;
     ``forward_error``: max |float64 IR logits − onnxruntime logits| on the first samples,
-    whose largest |logit| is ``max_logit``.
+    whose largest |logit| is ``max_logit``; ``requirement_pairs``: the (sample, neuron) pairs whose exact
+    requirement R* was evaluated, those no bound could rule out (docs/math.md §4).
     """
 
     x_max: dict
     required: dict
     forward_error: float
     max_logit: float
+    requirement_pairs: int = 0
 
 
-def session(model_path: str | Path, outputs: list[str]) -> ort.InferenceSession:
-    """An onnxruntime session of the model whose outputs are the named tensors."""
+def session(model_path: str | Path, outputs: list[str], threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime session of the model whose outputs are the named tensors, with ``threads`` intra-op
+    threads (0: onnxruntime's default, one per core)."""
     model = onnx.load(str(model_path))
     del model.graph.output[:]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in outputs)
@@ -67,6 +70,7 @@ def session(model_path: str | Path, outputs: list[str]) -> ort.InferenceSession:
     ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors
@@ -115,94 +119,175 @@ def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0)
             if isinstance(t, ir.Conv) else x for t, x in zip(layer.terms, xs)]
 
 
-def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float, z: np.ndarray | None = None) -> float:
-    """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch).
+def split_term(term: ir.Term, x: np.ndarray) -> np.ndarray:
+    """Σ max(W, 0)·x and Σ min(W, 0)·x of one term, side by side on the output axis (N, 2·O, …)."""
+    pos = np.clip(term.weight, 0, None)
+    if isinstance(term, ir.Conv) and term.groups > 1:   # the groups follow the output axis: one half at a time
+        return np.concatenate([ir.apply_term(replace(term, weight=w), x) for w in (pos, term.weight - pos)], axis=1)
+    return ir.apply_term(replace(term, weight=np.concatenate([pos, term.weight - pos])), x)
+
+
+def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: np.ndarray, positive: np.ndarray,
+                z: np.ndarray, running: float) -> np.ndarray:
+    """(P,) mask of the pairs (rows, cols) whose requirement R* cannot exceed ``running``: ``mapping.grid_bound``
+    of R(σ) = b + E(σ) + I(σ) − (1 − s)·σ, plus ``mapping.grid_margin``, is at most it (docs/math.md §4, §5).
+
+    positive, z: (N, neurons) b + Σ max(W, 0)·a and b + Σ W·a, so E(0) = positive − b and I(0) = z − positive;
+    E and I at the interior grid times from one product per time with (a − σ_g)+ of the pairs' samples.
+    Beyond the largest code R falls (1 − s > 0), so the grid's maximum is R*'s bound.
+    """
+    n_out = layer.shape[0]
+    per_channel = int(np.prod(layer.shape[1:]))
+    channel = cols // per_channel
+    samples, r_idx = np.unique(rows, return_inverse=True)
+    sigmas = grid_times(np.concatenate([a_k[samples].reshape(-1) for a_k in a]))
+    bias = ir.full_bias(layer).reshape(-1)[cols]
+    e, i = np.zeros((len(rows), len(sigmas))), np.zeros((len(rows), len(sigmas)))
+    e[:, 0] = positive[rows, cols] - bias
+    i[:, 0] = z[rows, cols] - positive[rows, cols]
+    for g, sigma in enumerate(sigmas[1:-1], 1):
+        both = sum(split_term(t, np.maximum(a_k[samples] - sigma, 0.0))
+                   for t, a_k in zip(layer.terms, a)).reshape(len(samples), -1)
+        e[:, g] = both[r_idx, cols]
+        i[:, g] = both[r_idx, cols + n_out * per_channel]
+    s = ir.incoming_sum(layer)[channel]
+    w_neg = sum(t.weight.clip(None, 0).reshape(n_out, -1).sum(axis=1) for t in layer.terms)[channel]
+    fan_in = sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms)
+    bound = grid_bound(e, i, bias, 1.0 - s, w_neg, sigmas)
+    return bound + grid_margin(e, i, bias, fan_in) <= running
+
+
+def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
+                       z: np.ndarray | None = None) -> tuple[float, int]:
+    """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch), and the number of
+    pairs whose exact requirement was evaluated.
 
     a: the layer's input codes, one (N, *in_shape) array per term; z: the layer's pre-activation
     ``ir.apply_linear(layer, a)`` when the caller has it already. A pair whose
     ``mapping.requirement_bound`` is at most ``running`` cannot raise the maximum (its
-    requirement is below its bound); the others get the exact requirement (``mapping.sorted_requirement``
-    on ``ops.sorted_fan_ins``), the largest bounds first, then those whose bound still exceeds the
-    maximum found. The result does not depend on the batch order.
+    requirement is below its bound), nor one whose grid bound is (``grid_screen``); the others get the
+    exact requirement (``mapping.sorted_requirement`` on ``ops.sorted_fan_ins``), the largest bounds first,
+    then those whose bound still exceeds the maximum found. The result does not depend on the batch order.
     """
     n = len(a[0])
     s = ir.incoming_sum(layer)
     w_neg = sum(t.weight.clip(None, 0).reshape(t.weight.shape[0], -1).sum(axis=1) for t in layer.terms)
     positive = ir.apply_linear(replace(layer, terms=tuple(replace(t, weight=np.clip(t.weight, 0, None))
-                                                          for t in layer.terms)), a)
+                                                          for t in layer.terms)), a).reshape(n, -1)
     z = (ir.apply_linear(layer, a) if z is None else z).reshape(n, -1)
     flat = (ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1))
-    bound = requirement_bound(z, positive.reshape(n, -1), *flat)
+    bound = requirement_bound(z, positive, *flat)
     rows, cols = np.nonzero(bound > running)
+    if len(rows):
+        keep = ~grid_screen(layer, a, rows, cols, positive, z, running)
+        rows, cols = rows[keep], cols[keep]
     if not len(rows):
-        return running
+        return running, 0
     order = np.argsort(-bound[rows, cols], kind="stable")
     rows, cols, bound = rows[order], cols[order], bound[rows[order], cols[order]]
     bias = ir.full_bias(layer).reshape(-1)
     per_channel = int(np.prod(layer.shape[1:]))
     sources, weights = term_sources(layer, a), [t.weight for t in layer.terms]
     head = max(1, (1 << 20) // sum(int(np.prod(w.shape[1:])) for w in weights))
-    found = running
+    found, evaluated = running, 0
     # the largest bounds first: they raise the maximum soonest, and a requirement is at most its bound,
     # so the remaining pairs are only those whose bound still exceeds the maximum found
     for part in (slice(0, head), slice(head, None)):
         keep = bound[part] > found
         r, c = rows[part][keep], cols[part][keep]
+        evaluated += len(r)
 
         def requirement(index, codes, w, c=c):
             return float(sorted_requirement(codes, w, bias[c[index]], s[c[index] // per_channel]).max())
 
         for _, need in ops.sorted_fan_ins(requirement, sources, weights, layer.shape, r, c):
             found = max(found, need)
-    return found
+    return found, evaluated
+
+
+def new_bounds(scaled: Scaled) -> tuple[dict, dict]:
+    """Per ReLU layer: per-channel maximum activation 0 and requirement 0, before any batch."""
+    layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
+    return {n.name: np.zeros(n.shape[0]) for n in layers}, {n.name: 0.0 for n in layers}
+
+
+def batch_bounds(scaled: Scaled, batch: np.ndarray, input_range: tuple[float, float], zeta: float,
+                 x_max: dict, required: dict) -> tuple[int, np.ndarray]:
+    """One batch of pass 2: raise ``x_max`` and ``required`` (per ReLU layer) in place; return the number of
+    pairs whose exact requirement was evaluated and the logits of the scaled graph (the ANN's logits).
+
+    ``required`` keeps a layer's largest R* that exceeded the window the activations seen so far give;
+    ``mapping.layer_extent`` uses it only when it reaches (1 + ζ)·the final largest activation, so the
+    window does not depend on how the batches were grouped (the largest R* of all pairs is found
+    whenever it counts: no bound is below it), and per-batch results can be merged by maxima.
+    """
+    low, high = input_range
+    input_name = scaled.graph.nodes[0].name
+    codes = {input_name: (batch.astype(np.float64) - low) / (high - low)}
+    last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
+    pairs = 0
+    for node in scaled.graph.nodes[1:]:
+        if isinstance(node, ir.Affine) and node.relu:
+            inputs = [codes[name] for name in node.inputs]
+            c = ops.channel_axis(scaled.scales[node.name], len(node.shape))
+            z = ir.apply_linear(node, inputs)
+            code = np.maximum(z, 0.0)
+            x_max[node.name] = np.maximum(x_max[node.name], channel_max(code / c))
+            window = (1.0 + zeta) * float(np.max(c * x_max[node.name].reshape(c.shape)))
+            threshold = max(required[node.name], window)
+            found, evaluated = update_requirement(node, inputs, threshold, z)
+            pairs += evaluated
+            if found > threshold:   # some pair would fire early in the window of the activations alone
+                required[node.name] = found
+            codes[node.name] = code
+        else:
+            codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])
+        for name in node.inputs:   # free the codes no later node reads
+            if last_use[name] == node.name:
+                codes.pop(name, None)
+    return pairs, codes[scaled.graph.nodes[-1].name]
+
+
+def forward_check(model_path, sess: ort.InferenceSession, batch: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """max |logits − onnxruntime's| on the first CHECK_SAMPLES of a batch, and the largest |logit| of onnxruntime;
+    a ModelError when the difference shows a wrong import (above FORWARD_TOLERANCE). ``logits`` are those of the
+    batch from the float64 forward pass of the scaled graph (``batch_bounds``), which computes the imported
+    graph's function: the check covers the import and the scaling."""
+    ref = logits[:CHECK_SAMPLES]
+    onnx_logits = run_model(sess, batch[:CHECK_SAMPLES])[0].astype(np.float64)
+    if onnx_logits.shape != ref.shape:
+        raise ModelError(f"{model_path}: logits of shape {onnx_logits.shape[1:]} from onnxruntime, "
+                         f"{ref.shape[1:]} from the imported graph")
+    forward_error = float(np.max(np.abs(ref - onnx_logits)))
+    max_logit = float(np.max(np.abs(onnx_logits)))
+    if forward_error > FORWARD_TOLERANCE * max(1.0, max_logit):
+        raise ModelError(f"{model_path}: the imported graph does not reproduce onnxruntime: max |logit "
+                         f"difference| {forward_error:.3g} for logits up to {max_logit:.3g}")
+    return forward_error, max_logit
 
 
 def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
-              spec: str = "calibration data", batch_size: int = 256, progress=None, zeta: float = 0.5) -> Calibration:
+              spec: str = "calibration data", batch_size: int = 256, progress=None, zeta: float = 0.5,
+              client=None) -> Calibration:
     """Pass 2: the scaled graph's float64 forward pass over ``data`` in batches, and the bounds of every ReLU layer.
 
     The activations are those of the float64 network the simulator runs (in code units, divided by
     the layer's scale c), so the window holds them exactly; onnxruntime's float32 activations may
-    lie a rounding below them (docs/math.md §4).
+    lie a rounding below them (docs/math.md §4). With a Dask ``client`` the batches (the same ones)
+    run on its workers (``shard.calibrate``), and the artifact is the same.
     """
-    layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
+    if client is not None:
+        from .shard import calibrate as sharded
+        return sharded(client, model_path, graph, scaled, spec, len(data), input_range, batch_size, progress, zeta)
     sess = session(model_path, [graph.output_name])
-    x_max = {n.name: np.zeros(n.shape[0]) for n in layers}
-    required = {n.name: 0.0 for n in layers}
-    low, high = input_range
+    x_max, required = new_bounds(scaled)
     forward_error = max_logit = 0.0
-    last_use = {name: node.name for node in scaled.graph.nodes for name in node.inputs}
+    requirement_pairs = 0
     for start, batch in batches(data, batch_size, spec):
-        codes = {graph.input.name: (batch.astype(np.float64) - low) / (high - low)}
-        for node in scaled.graph.nodes[1:]:
-            if isinstance(node, ir.Affine) and node.relu:
-                inputs = [codes[name] for name in node.inputs]
-                c = ops.channel_axis(scaled.scales[node.name], len(node.shape))
-                z = ir.apply_linear(node, inputs)
-                code = np.maximum(z, 0.0)
-                x_max[node.name] = np.maximum(x_max[node.name], channel_max(code / c))
-                window = (1.0 + zeta) * float(np.max(c * x_max[node.name].reshape(c.shape)))
-                threshold = max(required[node.name], window)
-                found = update_requirement(node, inputs, threshold, z)
-                if found > threshold:   # some pair would fire early in the window of the activations alone
-                    required[node.name] = found
-                codes[node.name] = code
-            elif not isinstance(node, ir.Affine):
-                codes[node.name] = ir.apply(node, [codes[name] for name in node.inputs])
-            for name in node.inputs:   # free the codes no later node reads
-                if last_use[name] == node.name:
-                    codes.pop(name, None)
+        pairs, logits = batch_bounds(scaled, batch, input_range, zeta, x_max, required)
+        requirement_pairs += pairs
         if start == 0:
-            ref = ir.forward(graph, batch[:CHECK_SAMPLES])
-            onnx_logits = run_model(sess, batch[:CHECK_SAMPLES])[0].astype(np.float64)
-            if onnx_logits.shape != ref.shape:
-                raise ModelError(f"{model_path}: logits of shape {onnx_logits.shape[1:]} from onnxruntime, "
-                                 f"{ref.shape[1:]} from the imported graph")
-            forward_error = float(np.max(np.abs(ref - onnx_logits)))
-            max_logit = float(np.max(np.abs(onnx_logits)))
-            if forward_error > FORWARD_TOLERANCE * max(1.0, max_logit):
-                raise ModelError(f"{model_path}: the imported graph does not reproduce onnxruntime: max |logit "
-                                 f"difference| {forward_error:.3g} for logits up to {max_logit:.3g}")
+            forward_error, max_logit = forward_check(model_path, sess, batch, logits)
         if progress is not None:
             progress(len(batch), len(data))
-    return Calibration(x_max, required, forward_error, max_logit)
+    return Calibration(x_max, required, forward_error, max_logit, requirement_pairs)

@@ -72,6 +72,21 @@ def _run(fn, label: str, quiet: bool, **kwargs):
         progress.close()
 
 
+def _sharding(fn):
+    """--workers and --scheduler: the batches on Dask (docs/cli.md, Sharded runs)."""
+    fn = click.option("--scheduler", metavar="ADDRESS",
+                      help="Run the batches on a running Dask scheduler, e.g. tcp://host:8786 (relu2snn[dask]).")(fn)
+    return click.option("--workers", type=click.IntRange(1), metavar="N",
+                        help="Run the batches on a local Dask cluster of N processes (relu2snn[dask]).")(fn)
+
+
+def _client(workers, scheduler):
+    from .shard import client
+    if workers and scheduler:
+        raise click.UsageError("give --workers or --scheduler, not both")
+    return client(workers, scheduler)
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -207,7 +222,8 @@ Example:
 """)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calib", "calib", required=True, metavar="DATA",
-              help="Calibration inputs: file.npy, file.npz[:NAME] or file.h5:/DATASET, shape (N, *input shape).")
+              help="Calibration inputs: file.npy, file.npz[:NAME] or file.h5:/DATASET, shape (N, *input shape); "
+                   "or a quoted glob of .npy shards.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .snn.h5 [default: MODEL with .snn.h5].")
 @click.option("--zeta", type=float, default=0.5, show_default=True, help="Window headroom: B = (1 + zeta)·X.")
 @click.option("--s-max", type=float, default=0.99, show_default=True, help="Largest allowed incoming weight sum.")
@@ -221,15 +237,18 @@ Example:
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def convert(model, calib, output, zeta, s_max, s_min, input_range, onnx_output, batch_size, force, as_json, quiet):
+@_sharding
+def convert(model, calib, output, zeta, s_max, s_min, input_range, onnx_output, batch_size, force, as_json, quiet,
+            workers, scheduler):
     """Convert MODEL (ONNX) into a spiking network (.snn.h5), calibrating activation bounds on --calib."""
     from .convert import convert as run_convert
     from .mapping import MappingOptions
     out = Path(output) if output else Path(model).with_suffix(".snn.h5")
     _check_output(out, force, model, calib)
-    report = _run(run_convert, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
-                  options=MappingOptions(zeta, s_min, s_max), input_range=input_range, batch_size=batch_size,
-                  output=onnx_output)
+    with _client(workers, scheduler) as client:
+        report = _run(run_convert, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
+                      options=MappingOptions(zeta, s_min, s_max), input_range=input_range, batch_size=batch_size,
+                      output=onnx_output, client=client)
     _print(report, as_json)
 
 
@@ -240,7 +259,8 @@ Example:
 """)
 @click.argument("snn_file", type=click.Path(dir_okay=False))
 @click.option("--onnx", "onnx_file", required=True, type=click.Path(dir_okay=False), help="The source ONNX model.")
-@click.option("--data", required=True, metavar="DATA", help="Test inputs (.npy, .npz[:NAME], .h5:/DATASET).")
+@click.option("--data", required=True, metavar="DATA",
+              help="Test inputs (.npy, .npz[:NAME], .h5:/DATASET, or a quoted glob of .npy shards).")
 @click.option("--labels", metavar="DATA", help="Integer labels of the test inputs, for accuracies.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Exit 1 when the share of argmax equal to onnxruntime's is below this.")
@@ -253,14 +273,16 @@ Example:
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_sharding
 def verify(snn_file, onnx_file, data, labels, min_agreement, max_logit_error, max_early_spikes, onnx_output,
-           batch_size, as_json, quiet):
+           batch_size, as_json, quiet, workers, scheduler):
     """Check SNN_FILE against onnxruntime and the float64 ReLU forward pass on --data; exit 1 when an exactness
     check fails (the report's failures)."""
     from .verify import verify as run_verify
-    report = _run(run_verify, "verifying", quiet, snn_path=snn_file, onnx_path=onnx_file, data_spec=data,
-                  labels_spec=labels, min_agreement=min_agreement, max_logit_error=max_logit_error,
-                  max_early_spikes=max_early_spikes, batch_size=batch_size, output=onnx_output)
+    with _client(workers, scheduler) as client:
+        report = _run(run_verify, "verifying", quiet, snn_path=snn_file, onnx_path=onnx_file, data_spec=data,
+                      labels_spec=labels, min_agreement=min_agreement, max_logit_error=max_logit_error,
+                      max_early_spikes=max_early_spikes, batch_size=batch_size, output=onnx_output, client=client)
     _print(report, as_json)
     early_failed = report["early_spikes"] > max_early_spikes   # then a failure gives the hints below
     if not as_json and report["early_spikes"] and not early_failed:

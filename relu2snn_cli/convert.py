@@ -9,8 +9,8 @@ import onnx
 
 from . import __version__, h5io, ir, mapping, snn
 from .calibrate import calibrate, input_stats
-from .data import load_array
 from .errors import GraphError, ModelError, naming, onnxruntime_errors
+from .shard import load_data
 from .onnx_import import import_model as _import_model
 from .onnx_import.core import MAX_VALUES, term_window_values
 
@@ -84,13 +84,14 @@ def input_layout(graph) -> str:
 
 def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptions = mapping.MappingOptions(),
             input_range: tuple[float, float] | None = None, batch_size: int = 256, progress=None,
-            output: str | None = None) -> dict:
+            output: str | None = None, client=None) -> dict:
     """Convert a ReLU network and write its spiking version; the report says what was done and measured.
-    ``output`` names the ONNX tensor to convert when the model has several outputs."""
+    ``output`` names the ONNX tensor to convert when the model has several outputs; with a Dask ``client``
+    calibration runs on its workers (``shard.calibrate``): the same artifact."""
     if options.short_windows:
         raise GraphError(f"zeta {options.zeta}: windows shorter than the activations are for the robustness "
                          "sweep only and are not written (docs/hardware.md)")
-    net, report = build(model_path, calib_spec, options, input_range, batch_size, progress, output)
+    net, report = build(model_path, calib_spec, options, input_range, batch_size, progress, output, client)
     clock = time.perf_counter()
     with naming(model_path):  # what validation finds wrong in the network comes from the model
         h5io.write(out_path, net)
@@ -100,7 +101,7 @@ def convert(model_path, calib_spec: str, out_path, options: mapping.MappingOptio
 
 def build(model_path, calib_spec: str, options: mapping.MappingOptions = mapping.MappingOptions(),
           input_range: tuple[float, float] | None = None, batch_size: int = 256, progress=None,
-          output: str | None = None) -> tuple[snn.Network, dict]:
+          output: str | None = None, client=None) -> tuple[snn.Network, dict]:
     """The spiking network of a ReLU network, in memory, and the report of ``convert`` without its output."""
     seconds = {}
     clock = time.perf_counter()
@@ -109,12 +110,13 @@ def build(model_path, calib_spec: str, options: mapping.MappingOptions = mapping
     seconds["import"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    data = load_array(calib_spec)
+    data = load_data(calib_spec)
     stats = input_stats(data, graph.input.shape, calib_spec)
     low, high = input_range if input_range is not None else mapping.encoding_range(stats.low, stats.high, options.zeta)
     scaled = mapping.scale_graph(graph, (low, high), options)
     with onnxruntime_errors(model_path, batch_size):
-        cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress, options.zeta)
+        cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress, options.zeta,
+                        client)
     seconds["calibration"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -141,6 +143,7 @@ def build(model_path, calib_spec: str, options: mapping.MappingOptions = mapping
         "removed_output_ops": list(graph.removed),
         "forward_max_abs_error_vs_onnxruntime": cal.forward_error,
         "forward_max_abs_logit": cal.max_logit,
+        "requirement_pairs": cal.requirement_pairs,
         "statically_certified": float(np.mean(np.concatenate(
             [n.certified.reshape(-1) for n in nodes if isinstance(n, snn.SpikingLayer)] or [np.ones(1, bool)]))),
         "seconds": seconds,

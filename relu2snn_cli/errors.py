@@ -54,6 +54,10 @@ class NonFiniteError(Relu2SnnError):
     numbers too large for float64 (or for onnxruntime's float32)."""
 
 
+class ClusterError(Relu2SnnError):
+    """Raised when a sharded run cannot start: Dask is not installed, or its scheduler cannot be reached."""
+
+
 class VerificationFailed(Relu2SnnError):
     """Raised when ``verify`` finds an exactness check failed: agreement, logit error or early spikes
     (the report's ``failures``)."""

@@ -138,6 +138,59 @@ def requirement_bound(z: np.ndarray, p: np.ndarray, s: np.ndarray, w_neg: np.nda
     return np.where(slope >= 0, z, p - (1.0 - s) * np.maximum(cross, 0.0))
 
 
+GRID_INTERVALS = 4   # intervals of the grid bound: the grid times 0 < σ_1 < … < σ_3 < σ_G cost one product each
+
+
+def grid_times(codes: np.ndarray, intervals: int = GRID_INTERVALS) -> np.ndarray:
+    """The grid times σ_0 = 0 < σ_1 < … < σ_G of ``grid_bound`` (docs/math.md §5, grid bound): σ_G the largest
+    input code, the interior ones at the quantiles g/G of the positive codes, so that each interval holds
+    about as many input spikes — the bound is loose by about the ramps that start inside an interval."""
+    top = float(codes.max(initial=0.0))
+    positive = codes[::max(1, codes.size >> 16)]   # the quantiles of at most 65,536 codes place the grid well
+    positive = positive[positive > 0]
+    if top <= 0:
+        return np.zeros(2)
+    inner = np.quantile(positive, np.arange(1, intervals) / intervals) if positive.size else []
+    return np.unique(np.concatenate([[0.0], inner, [top]]))
+
+
+def grid_bound(e: np.ndarray, i: np.ndarray, base: np.ndarray, c: np.ndarray, j_neg: np.ndarray,
+               sigmas: np.ndarray) -> np.ndarray:
+    """An upper bound of F(σ) = base − c·σ + E(σ) + I(σ) over σ ∈ [σ_0, σ_G] from E and I at grid times
+    (docs/math.md §5, grid bound).
+
+    E(σ) = Σ_{J>0} J·(a − σ)+ and I(σ) = Σ_{J<0} J·(a − σ)+; e, i: (P, G+1) their values at the increasing
+    grid times ``sigmas`` (G+1,); base, c, j_neg = Σ_{J<0} J: (P,). On an interval [σ_g, σ_{g+1}] of
+    length h, E is convex, so at most its chord, and I is non-decreasing with slope at most −j_neg, so
+    I(σ_g + x) ≤ min(I(σ_{g+1}), I(σ_g) − j_neg·x). The bound is the sum of a line and a concave
+    two-piece line: its maximum is at x = 0, x = h or where the two pieces of the minimum meet,
+    x* = (I(σ_{g+1}) − I(σ_g))/(−j_neg). The maximum over the intervals is returned (P,).
+    For the potential of the simulator base = α·B_in, c = α; for the requirement R*, base = b, c = 1 − s.
+    """
+    h = np.diff(sigmas)
+    base, c, slope = base[:, None], c[:, None], -j_neg[:, None]
+    line0 = base - c * sigmas[:-1] + e[:, :-1]     # the line (−c·σ and E's chord) at both ends of each interval
+    line1 = base - c * sigmas[1:] + e[:, 1:]
+    i0, i1 = i[:, :-1], i[:, 1:]
+    start = line0 + np.minimum(i0, i1)
+    end = line1 + np.minimum(i1, i0 + slope * h)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = (i1 - i0) / slope
+        inside = (x > 0) & (x < h)
+        cross = np.where(inside, line0 + (line1 - line0) * np.where(inside, x / h, 0.0) + i1, -np.inf)
+    return np.maximum(np.maximum(start, end), cross).max(axis=1)
+
+
+ROUNDING = 4 * np.finfo(np.float64).eps   # per input: the rounding of a float64 sum of K products, K·ROUNDING·Σ|terms|
+
+
+def grid_margin(e: np.ndarray, i: np.ndarray, base: np.ndarray, fan_in: int) -> np.ndarray:
+    """What float64 rounding can add to ``grid_bound`` (docs/math.md §5, grid bound): each E and I is a sum of
+    K = fan_in products of one sign, within K·ROUNDING of its own size, and the bound adds at most a few of
+    them and base: K·ROUNDING·(Σ_g (|E_g| + |I_g|) + |base|)."""
+    return fan_in * ROUNDING * (np.sum(np.abs(e) + np.abs(i), axis=1) + np.abs(base))
+
+
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
     """α = b / B_in for the readout, so that V(T_out) = α·B_in + Σ J·a = W·a + b — docs/math.md §3."""
     return bias / b_in

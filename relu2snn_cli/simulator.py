@@ -29,7 +29,7 @@ import numpy as np
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
 from .errors import NonFiniteError, naming
-from .mapping import early_bound, ramp_peak, static_certificate
+from .mapping import early_bound, grid_bound, grid_margin, grid_times, ramp_peak, static_certificate
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact check and scan
 TIE = 1e-9            # a peak within TIE·max(1, |ϑ|) below ϑ goes to the event-by-event scan too
@@ -43,6 +43,15 @@ def drive(syn: snn.Synapses, a: np.ndarray, J: np.ndarray | None = None) -> np.n
     if syn.is_conv:
         return ops.conv(a, J, syn.strides, syn.pads, syn.dilations, syn.groups)
     return a.reshape(len(a), -1) @ J.T
+
+
+def split_drive(syn: snn.Synapses, a: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """``drive`` with weights [J⁺; J⁻] stacked on the output axis (2·O, …): the two drives side by side on axis 1
+    (a grouped convolution's halves are driven one at a time, since its groups follow the output axis)."""
+    if syn.groups == 1:
+        return drive(syn, a, split)
+    half = len(split) // 2
+    return np.concatenate([drive(syn, a, split[:half]), drive(syn, a, split[half:])], axis=1)
 
 
 def fan_in_source(syn: snn.Synapses, t: np.ndarray, t_pad: float) -> np.ndarray:
@@ -170,6 +179,8 @@ class CompiledLayer:
         self.stacked = [np.concatenate([syn.J, j_pos[self.unsure]]) if len(self.unsure) and syn.groups == 1
                         else None for syn, j_pos in zip(layer.synapses, self.j_pos)]
         self.fan_in = sum(int(np.prod(syn.J.shape[1:])) for syn in layer.synapses)
+        # the grid bound's weights: max(J, 0) above min(J, 0), built on first use
+        self.split: list[np.ndarray] | None = None
 
     def fire(self, t_in: list[np.ndarray]) -> tuple[np.ndarray, int, int, int]:
         """Spike times (N, *shape) for the input spike times of each synapse set (undelayed);
@@ -180,8 +191,15 @@ class CompiledLayer:
         u, p = self._drives(a)
         with np.errstate(divide="ignore"):  # a non-rising potential (slope ≤ 0) never crosses after T
             t = np.where(self.slope > 0, self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope, np.inf)
-        failing, late = self._uncertified(a, u, p)
+        failing, late, in_window = self._uncertified(a, u, p)
         rows, cols = np.nonzero(failing)
+        screen = np.flatnonzero(in_window[rows])
+        if len(screen):   # the grid bound certifies most of the pairs the bound from sums leaves
+            sure = self._grid_screen(a, u, p, rows[screen], cols[screen])
+            failing[rows[screen[sure]], cols[screen[sure]]] = False
+            keep = np.ones(len(rows), dtype=bool)
+            keep[screen[sure]] = False
+            rows, cols = rows[keep], cols[keep]
         scan = late[rows]    # an input after T: the closed form does not hold, every such pair is scanned
         if not scan.all():
             r, c = rows[~scan], cols[~scan]
@@ -225,9 +243,9 @@ class CompiledLayer:
                     p = p + drive(syn, a_k, j_pos).reshape(n, -1)[:, self.unsure_cols]
         return u, (p if len(self.unsure) else np.zeros((n, 0)))
 
-    def _uncertified(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _uncertified(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, ...]:
         """(N, neurons) mask of the pairs the closed form cannot be trusted for without a look at their inputs,
-        and the (N,) mask of samples with an input after T.
+        the (N,) mask of samples with an input after T and that of samples with every input in its window.
 
         A pair is trusted when no input arrives after the input window (a_j < 0, an input value
         above the encoder's range: the closed form assumes every input is in by T) and either the
@@ -248,7 +266,44 @@ class CompiledLayer:
             p_all = sum(drive(syn, a_k[idx], j_pos).reshape(len(idx), -1)
                         for syn, j_pos, a_k in zip(self.layer.synapses, self.j_pos, a))
             self._mark(failing, idx, np.arange(self.size), u, p_all, np.ones(self.size, dtype=bool))
-        return failing, late
+        return failing, late, in_window
+
+    def _grid_screen(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray, rows: np.ndarray,
+                     cols: np.ndarray) -> np.ndarray:
+        """(P,) mask of the pairs (rows, cols) of samples with every input in its window that ``mapping.grid_bound``
+        certifies: its bound, plus a rounding margin, is below ϑ − TIE·max(1, |ϑ|) (docs/math.md §5, grid bound).
+
+        E and I at the grid times σ_g come from one product per interior time with (a − σ_g)+ and the
+        excitatory and inhibitory weights of the channels that have a pair (stacked when not grouped); at
+        σ = 0 they are p and u − p, at the largest code of these samples both are 0; ``mapping.grid_margin``
+        covers the rounding.
+        """
+        n_pairs, per_ch = len(rows), self.size // self.layer.shape[0]
+        samples, r_idx = np.unique(rows, return_inverse=True)
+        channels, c_idx = np.unique(cols // per_ch, return_inverse=True)
+        sigmas = grid_times(np.concatenate([a_k[samples].reshape(-1) for a_k in a]))
+        e, i = np.zeros((n_pairs, len(sigmas))), np.zeros((n_pairs, len(sigmas)))
+        in_p = np.searchsorted(self.unsure_cols, cols)   # in-window pairs are in the unsure channels
+        e[:, 0] = p[rows, in_p]
+        i[:, 0] = u[rows, cols] - e[:, 0]
+        if self.split is None:
+            self.split = [np.concatenate([j_pos, syn.J - j_pos]) for syn, j_pos in zip(self.layer.synapses, self.j_pos)]
+        n_out = self.layer.shape[0]
+        subset = 2 * len(channels) <= n_out and all(syn.groups == 1 for syn in self.layer.synapses)
+        if subset:   # only the channels that have a pair, when that saves at least half of the product
+            weights = [split[np.concatenate([channels, channels + n_out])] for split in self.split]
+            at, n_ch = c_idx * per_ch + cols % per_ch, len(channels)
+        else:
+            weights, at, n_ch = self.split, cols, n_out
+        for g, sigma in enumerate(sigmas[1:-1], 1):
+            both = sum(split_drive(syn, np.maximum(a_k[samples] - sigma, 0.0), w)
+                       for syn, w, a_k in zip(self.layer.synapses, weights, a)).reshape(len(samples), -1)
+            e[:, g] = both[r_idx, at]
+            i[:, g] = both[r_idx, at + n_ch * per_ch]
+        alpha, theta = self.alpha[cols], self.theta[cols]
+        bound = grid_bound(e, i, alpha * self.b_in, alpha, self.j_neg[cols], sigmas)
+        margin = grid_margin(e, i, alpha * self.b_in, self.fan_in)
+        return bound + margin < theta - TIE * np.maximum(1.0, np.abs(theta))
 
     def _mark(self, failing, idx, cols, u, p, check) -> None:
         """Mark the pairs (idx × cols, where ``check``) whose ``mapping.early_bound`` is not below ϑ. The plain

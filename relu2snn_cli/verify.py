@@ -14,8 +14,9 @@ import numpy as np
 from . import h5io, ir, ops, snn
 from .calibrate import run_model, session
 from .convert import import_model
-from .data import batches, check_inputs, load_array, load_labels
+from .data import batches, check_inputs, load_labels
 from .errors import ArtifactError, NonFiniteError, naming, onnxruntime_errors
+from .shard import load_data
 from .simulator import Counts, Simulator
 
 
@@ -74,66 +75,109 @@ def _finite(values: np.ndarray, path, what: str, data_spec: str) -> np.ndarray:
     return values
 
 
+class Checker:
+    """What one process needs to check batches: the network and its simulator, the imported graph and an
+    onnxruntime session (``threads`` intra-op threads, 0 for onnxruntime's default). Without ``run`` (the
+    client of a sharded run) only the network and the graph, checked against each other."""
+
+    def __init__(self, snn_path, onnx_path, batch_size: int, threads: int = 0, run: bool = True,
+                 output: str | None = None):
+        self.snn_path, self.onnx_path, self.batch_size = snn_path, onnx_path, batch_size
+        self.net = h5io.read(snn_path)
+        # the ONNX tensor converted: ``output``, by default the artifact's source_output
+        self.imported = import_model(onnx_path, batch_size,
+                                     output if output is not None else self.net.meta.get("source_output"))
+        check_source(snn_path, onnx_path, self.net, self.imported)
+        self.graph = self.imported.graph
+        if run:
+            self.sess = session(onnx_path, [self.graph.output_name], threads)
+            self.sim = Simulator(self.net)
+        self.layers = [n for n in self.net.nodes if isinstance(n, snn.SpikingLayer)]
+
+    def batch(self, x: np.ndarray, y: np.ndarray | None, data_spec: str) -> dict:
+        """The figures of one batch (sums and maxima, merged by ``merge``); y: its labels or None."""
+        graph = self.graph
+        with onnxruntime_errors(self.onnx_path, self.batch_size):
+            onnx_logits = _finite(run_model(self.sess, x)[0].astype(np.float64), self.onnx_path, "onnxruntime",
+                                  data_spec)
+        ref = ir.forward(graph, x, keep=True)
+        ref_logits = _finite(ref[graph.nodes[-1].name], self.onnx_path, "the float64 forward pass", data_spec)
+        with naming(self.snn_path):
+            result = self.sim.run(x, keep_times=True)
+        logits = result.logits
+        return {
+            "agree": int(np.sum(np.argmax(logits, 1) == np.argmax(onnx_logits, 1))),
+            "correct_ann": int(np.sum(np.argmax(onnx_logits, 1) == y)) if y is not None else 0,
+            "correct_snn": int(np.sum(np.argmax(logits, 1) == y)) if y is not None else 0,
+            "err_onnx": float(np.max(np.abs(logits - onnx_logits))),
+            "err_ref": float(np.max(np.abs(logits - ref_logits))),
+            "max_logit": float(np.max(np.abs(ref_logits))),
+            "errors": {layer.name: spike_time_error(layer, result.times[layer.name], ref[layer.name])
+                       for layer in self.layers},
+            "counts": result.counts,
+        }
+
+
+def merge(parts: list[dict]) -> dict:
+    """The figures of several batches, in the order given: sums of counts, maxima of errors (the same whatever
+    the order, so sharded and single-process runs agree)."""
+    total = {"agree": 0, "correct_ann": 0, "correct_snn": 0, "err_onnx": 0.0, "err_ref": 0.0, "max_logit": 0.0,
+             "errors": {}, "counts": Counts()}
+    for part in parts:
+        for key in ("agree", "correct_ann", "correct_snn"):
+            total[key] += part[key]
+        for key in ("err_onnx", "err_ref", "max_logit"):
+            total[key] = max(total[key], part[key])
+        for name, value in part["errors"].items():
+            total["errors"][name] = max(total["errors"].get(name, 0.0), value)
+        total["counts"].add(part["counts"])
+    return total
+
+
 def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, min_agreement: float = 1.0,
            max_logit_error: float = 1e-9, max_early_spikes: int = 0, batch_size: int = 256, progress=None,
-           output: str | None = None) -> dict:
+           output: str | None = None, client=None) -> dict:
     """Run all three on the data; the report's ``failures`` lists the failed checks, ``passed`` is true when none
-    failed. ``output`` is the ONNX tensor converted, by default the artifact's ``source_output``."""
-    net = h5io.read(snn_path)
-    imported = import_model(onnx_path, batch_size, output if output is not None else net.meta.get("source_output"))
-    check_source(snn_path, onnx_path, net, imported)
-    graph = imported.graph
-    data = load_array(data_spec)
-    check_inputs(data, graph.input.shape, data_spec)
-    sess = session(onnx_path, [graph.output_name])
-    sim = Simulator(net)
+    failed. ``output`` is the ONNX tensor converted, by default the artifact's ``source_output``. With a Dask
+    ``client`` the batches (the same ones) are checked on its workers (``shard.verify``), each with its own
+    onnxruntime session of one intra-op thread."""
+    checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output)
+    net = checker.net
+    neurons = sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer)))
+    data = load_data(data_spec)
+    check_inputs(data, checker.graph.input.shape, data_spec)
     labels = load_labels(labels_spec, len(data), net.nodes[-1].shape[0]) if labels_spec else None
-    layers = [n for n in net.nodes if isinstance(n, snn.SpikingLayer)]
-    errors = {n.name: 0.0 for n in layers}
-    agree = correct_ann = correct_snn = 0
-    err_onnx = err_ref = max_logit = 0.0
-    counts = Counts()
-    for start, x in batches(data, batch_size, data_spec):
-        with onnxruntime_errors(onnx_path, batch_size):
-            onnx_logits = _finite(run_model(sess, x)[0].astype(np.float64), onnx_path, "onnxruntime", data_spec)
-        ref = ir.forward(graph, x, keep=True)
-        ref_logits = _finite(ref[graph.nodes[-1].name], onnx_path, "the float64 forward pass", data_spec)
-        with naming(snn_path):
-            result = sim.run(x, keep_times=True)
-        counts.add(result.counts)
-        logits = result.logits
-        agree += int(np.sum(np.argmax(logits, 1) == np.argmax(onnx_logits, 1)))
-        if labels is not None:
-            y = labels[start:start + batch_size]
-            correct_ann += int(np.sum(np.argmax(onnx_logits, 1) == y))
-            correct_snn += int(np.sum(np.argmax(logits, 1) == y))
-        err_onnx = max(err_onnx, float(np.max(np.abs(logits - onnx_logits))))
-        err_ref = max(err_ref, float(np.max(np.abs(logits - ref_logits))))
-        max_logit = max(max_logit, float(np.max(np.abs(ref_logits))))
-        for layer in layers:
-            errors[layer.name] = max(errors[layer.name],
-                                     spike_time_error(layer, result.times[layer.name], ref[layer.name]))
-        if progress is not None:
-            progress(len(x), len(data))
+    if client is not None:
+        from .shard import verify as sharded
+        parts = sharded(client, snn_path, onnx_path, data_spec, len(data), labels, batch_size, progress, output)
+    else:
+        parts = []
+        for start, x in batches(data, batch_size, data_spec):
+            parts.append(checker.batch(x, labels[start:start + batch_size] if labels is not None else None,
+                                       data_spec))
+            if progress is not None:
+                progress(len(x), len(data))
+    total = merge(parts)
+    counts, errors = total["counts"], {n.name: total["errors"].get(n.name, 0.0) for n in checker.layers}
     n = len(data)
     report = {
         "n_samples": n,
-        "agreement": agree / n,
+        "agreement": total["agree"] / n,
         "min_agreement": min_agreement,
         "max_logit_error": max_logit_error,
         "max_early_spikes": max_early_spikes,
         "passed": None,
         "failures": None,
-        "accuracy_ann": correct_ann / n if labels is not None else None,
-        "accuracy_snn": correct_snn / n if labels is not None else None,
-        "max_abs_logit": max_logit,
-        "max_abs_logit_error_onnx": err_onnx,
-        "max_abs_logit_error_ref": err_ref,
+        "accuracy_ann": total["correct_ann"] / n if labels is not None else None,
+        "accuracy_snn": total["correct_snn"] / n if labels is not None else None,
+        "max_abs_logit": total["max_logit"],
+        "max_abs_logit_error_onnx": total["err_onnx"],
+        "max_abs_logit_error_ref": total["err_ref"],
         "max_spike_time_error": max(errors.values(), default=0.0),
         "spike_time_error_per_layer": errors,
         "early_spikes": counts.early_spikes,
         "out_of_range_inputs": counts.out_of_range_inputs,
-        "spikes_per_neuron": counts.spikes / (n * sim.neurons),
+        "spikes_per_neuron": counts.spikes / (n * neurons),
         "forced_spike_share": counts.forced_share,
         "checked_pairs": counts.checked,
         "event_scan_pairs": counts.scanned,

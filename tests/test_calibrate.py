@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -316,8 +317,32 @@ def test_update_requirement(make):
     needs = [mapping.required_window(vals[None], wts[None], bias[c:c + 1], s[c // per_channel:c // per_channel + 1])[0]
              for n, c, vals, wts in pairs]
     want = max(running, max(needs))  # pairs below the running maximum have R* ≤ bound ≤ running
-    got = calibrate.update_requirement(layer, [a], running)
+    got, _ = calibrate.update_requirement(layer, [a], running)
     assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
+def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make):
+    """For running maxima from the smallest to the largest exact R* of the batch, the pairs the grid bound rules
+    out all have R* ≤ running (against ``required_window`` on explicitly gathered inputs), and it rules out some."""
+    rng = np.random.default_rng(9)
+    layer, a, gather = make(rng)
+    per_channel = int(np.prod(layer.shape[1:]))
+    s, bias = ir.incoming_sum(layer), ir.full_bias(layer).reshape(-1)
+    pairs = gather(layer, a)
+    rows, cols = np.array([n for n, *_ in pairs]), np.array([c for _, c, *_ in pairs])
+    need = np.array([mapping.required_window(vals[None], wts[None], bias[c:c + 1],
+                                             s[c // per_channel:c // per_channel + 1])[0] for _, c, vals, wts in pairs])
+    z = ir.apply_linear(layer, [a]).reshape(len(a), -1)
+    pos_layer = ir.Affine("p", (dataclasses.replace(layer.terms[0], weight=np.clip(layer.terms[0].weight, 0, None)),),
+                          layer.bias, relu=True)
+    positive = ir.apply_linear(pos_layer, [a]).reshape(len(a), -1)
+    ruled_out = 0
+    for running in np.quantile(need, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]):
+        sure = calibrate.grid_screen(layer, [a], rows, cols, positive, z, float(running))
+        assert np.all(need[sure] <= running)
+        ruled_out += int(np.count_nonzero(sure & (need > np.quantile(need, 0.0))))
+    assert ruled_out > 0
 
 
 def test_update_requirement_ignores_pairs_below_running_maximum():
@@ -325,7 +350,7 @@ def test_update_requirement_ignores_pairs_below_running_maximum():
     layer, a, _ = dense_layer(rng)
     positive = np.clip(layer.terms[0].weight, 0, None)
     top = float(np.max(a @ positive.T + layer.bias))
-    assert calibrate.update_requirement(layer, [a], top) == top
+    assert calibrate.update_requirement(layer, [a], top) == (top, 0)
 
 
 def test_update_requirement_only_pairs_above_running():
@@ -337,9 +362,9 @@ def test_update_requirement_only_pairs_above_running():
     s = ir.incoming_sum(layer)
     need = mapping.required_window(a, np.repeat(weight, 2, axis=0), np.zeros(2), np.repeat(s, 2))
     np.testing.assert_allclose(need, [0.9, 0.0], atol=1e-12)
-    assert calibrate.update_requirement(layer, [a], 0.5) == pytest.approx(0.9, abs=1e-12)
-    assert calibrate.update_requirement(layer, [a], 1.0) == 1.0
-    assert calibrate.update_requirement(layer, [a], 3.0) == 3.0
+    assert calibrate.update_requirement(layer, [a], 0.5)[0] == pytest.approx(0.9, abs=1e-12)
+    assert calibrate.update_requirement(layer, [a], 1.0) == (1.0, 0)
+    assert calibrate.update_requirement(layer, [a], 3.0) == (3.0, 0)
 
 
 # ----------------------------------------------------------------------------- bad calibration data
@@ -389,9 +414,17 @@ def test_boolean_calibration_data(tmp_path):
 
 
 def test_an_import_that_does_not_reproduce_onnxruntime_is_refused(tmp_path, monkeypatch):
-    """If the float64 forward pass of the imported graph disagrees with onnxruntime, convert stops."""
-    real = ir.forward
-    monkeypatch.setattr(calibrate.ir, "forward", lambda graph, x, keep=False: real(graph, x, keep) + 1.0)
+    """If the float64 forward pass of the imported graph disagrees with onnxruntime, convert stops: an import
+    whose readout bias is off by 1."""
+    real = convert._import_model
+
+    def wrong(path, *args):
+        imported = real(path, *args)
+        *body, last = imported.graph.nodes
+        nodes = (*body, dataclasses.replace(last, bias=last.bias + 1.0))
+        return dataclasses.replace(imported, graph=dataclasses.replace(imported.graph, nodes=nodes))
+
+    monkeypatch.setattr(convert, "_import_model", wrong)
     with pytest.raises(ModelError) as info:
         convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), tmp_path / "m.snn.h5")
     assert "does not reproduce onnxruntime" in str(info.value)

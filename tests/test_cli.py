@@ -59,6 +59,7 @@ def test_convert_report(converted):
     assert report["forward_max_abs_error_vs_onnxruntime"] <= 1e-4 * report["forward_max_abs_logit"]
     assert report["removed_output_ops"] == (["Softmax"] if name in ("mlp", "nhwc") else [])
     assert set(report["seconds"]) == {"import", "calibration", "mapping", "write"}
+    assert isinstance(report["requirement_pairs"], int) and report["requirement_pairs"] >= 0
 
 
 def test_verify_sample_model_is_exact(converted):

@@ -176,6 +176,53 @@ def test_early_bound_is_an_upper_bound_and_sharper_than_the_certificate(seed, k)
     assert bound <= alpha * b_in + p + 1e-12
 
 
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(0, 12), intervals=st.integers(1, 6),
+       quantile_grid=st.booleans())
+def test_grid_bound_is_never_below_the_potential_on_its_window(seed, k, intervals, quantile_grid):
+    """max over σ ∈ [0, σ_G] of V(T − σ) = α·(B_in − σ) + Σ J·(a − σ)+, evaluated densely and at every
+    breakpoint with the event-by-event reference, is at most grid_bound; on a grid of the quantiles of the
+    codes (as the simulator places it) or at random times; ties, zeros and no input included."""
+    rng = np.random.default_rng(seed)
+    J = rng.normal(0, 1.5, k) * (rng.random(k) < 0.9)
+    alpha, b_in = rng.uniform(0.0, 2.0), rng.uniform(0.5, 4.0)
+    a = np.where(rng.random(k) < 0.3, rng.choice([0.0, 0.25 * b_in, b_in], k), rng.uniform(0, b_in, k))
+    top = a.max(initial=0.0)
+    sigmas = (mapping.grid_times(a, intervals) if quantile_grid or top == 0 else
+              np.unique(np.concatenate([[0.0], rng.uniform(0, top, intervals - 1), [top]])))
+    assert sigmas[0] == 0.0 and sigmas[-1] == top and len(sigmas) >= 2
+    ramps = np.maximum(a[None, :] - sigmas[:, None], 0.0)
+    e, i = ramps @ np.clip(J, 0, None), ramps @ np.clip(J, None, 0)
+    bound = mapping.grid_bound(e[None], i[None], np.array([alpha * b_in]), np.array([alpha]),
+                               np.array([np.clip(J, None, 0).sum()]), sigmas)[0]
+    times = list(zip(b_in - a, J))
+    dense = np.linspace(0, sigmas[-1], 201)
+    checks = np.concatenate([dense, a, sigmas])
+    exact = max(reference.potential(b_in - x, times, alpha, 0.0) for x in checks)
+    assert exact <= bound + 1e-12 * (1 + alpha * b_in + np.abs(J) @ a)
+    # never looser than the bound from sums on the same window (that is the grid with one interval)
+    u, p = J @ a, np.clip(J, 0, None) @ a
+    plain = mapping.early_bound(np.array([u]), np.array([p]), np.array([alpha]), b_in, np.array([np.clip(J, None, 0).sum()]))[0]
+    if len(sigmas) == 2 or not k:
+        assert bound <= plain + 1e-12 * (1 + alpha * b_in + np.abs(J) @ a)
+
+
+def test_grid_bound_numbers():
+    """Two inputs, J = (2, −3) at codes (2, 1), α = 1, B_in = 3: V(σ) = 3 − σ + 2·(2 − σ)+ − 3·(1 − σ)+ peaks at
+    σ = 1 with 4. Grid {0, 1, 2}: on [0, 1] the line is 3 + 4 − 3σ (E's chord 4 → 2), I from −3 up to 0 with
+    slope 3: the maximum 4 at σ = 1; on [1, 2]: 2 + 2 − 3·1 … at σ = 1, 4. The bound is exact here."""
+    a, J = np.array([2.0, 1.0]), np.array([2.0, -3.0])
+    sigmas = np.array([0.0, 1.0, 2.0])
+    ramps = np.maximum(a[None] - sigmas[:, None], 0.0)
+    e, i = ramps @ np.clip(J, 0, None), ramps @ np.clip(J, None, 0)
+    bound = mapping.grid_bound(e[None], i[None], np.array([3.0]), np.array([1.0]), np.array([-3.0]), sigmas)[0]
+    assert bound == pytest.approx(4.0, abs=1e-12)
+    # one interval [0, 2]: 3 − σ + chord of E (4 → 0) + min(I(2) = 0, −3 + 3σ): at σ* = 1, 3 − 1 + 2 + 0 = 4
+    one = mapping.grid_bound(e[None][:, ::2], i[None][:, ::2], np.array([3.0]), np.array([1.0]), np.array([-3.0]),
+                             sigmas[::2])[0]
+    assert one == pytest.approx(4.0, abs=1e-12)
+
+
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), k=st.integers(1, 8))
 def test_requirement_bound_is_an_upper_bound_of_the_exact_requirement(seed, k):

@@ -141,6 +141,37 @@ def test_layer_matches_reference(kind, early):
 
 
 @pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_grid_screen_agrees_with_the_reference(kind, monkeypatch):
+    """Inputs all in their windows, thresholds from far above to below the potential's peak: the pairs the
+    grid bound certifies take the closed form, the others the exact check, and the spike times equal the
+    event-by-event reference's, early spikes included. The screen must have certified and left pairs."""
+    screened = {"certified": 0, "left": 0}
+    screen = simulator.CompiledLayer._grid_screen
+
+    def spy(self, *args):
+        sure = screen(self, *args)
+        screened["certified"] += int(sure.sum())
+        screened["left"] += int((~sure).sum())
+        return sure
+
+    monkeypatch.setattr(simulator.CompiledLayer, "_grid_screen", spy)
+    rng = np.random.default_rng(11 + LAYER_KINDS.index(kind))
+    total_early = 0
+    for early in (-3.0, -1.0, 0.0, 1.5, 3.0):
+        for _ in range(3):
+            layer, windows = random_layer(rng, kind, early)
+            t_in = [t + b - b * rng.choice([0.0, 1.0], (6,) + syn.in_shape) * rng.random((6,) + syn.in_shape)
+                    for syn, (t, b) in zip(layer.synapses, windows)]   # codes in [0, B_k], half of them 0
+            got, n_early, _, _ = simulator.CompiledLayer(layer, windows).fire(t_in)
+            merged, _ = snn.merge_windows(windows)
+            want = reference.fire_layer(layer, merged, t_in)
+            assert close(got, want)
+            assert n_early == int(np.sum(want < sum(merged)))
+            total_early += n_early
+    assert total_early > 0 and screened["certified"] > 0 and screened["left"] > 0, (total_early, screened)
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
 def test_fast_path_is_used_only_where_certified(kind):
     """A layer whose thresholds are far above any input drive: every neuron is statically certified, no scan."""
     rng = np.random.default_rng(3)
