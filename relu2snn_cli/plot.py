@@ -118,7 +118,7 @@ def spikes_figure(net: snn.Network, pops: list[dict], traces: list[dict], title:
         ax.scatter(pop["times"][plain], y[plain], s=2, color=color, lw=0)
         ax.scatter(pop["times"][pop["forced"]], y[pop["forced"]], s=2, color="0.6", lw=0)
         if pop["early"].any():
-            ax.scatter(pop["times"][pop["early"]], y[pop["early"]], s=14, marker="x", color="red", lw=0.8)
+            ax.scatter(pop["times"][pop["early"]], y[pop["early"]], s=14, marker="x", color="black", lw=0.8)
         ticks.append((offset + n / 2, pop["name"]))
         offset += n
     ax.set_ylim(-0.5, offset - 0.5)
@@ -126,7 +126,7 @@ def spikes_figure(net: snn.Network, pops: list[dict], traces: list[dict], title:
     ax.set_yticks([t for t, _ in ticks], [_short(name) for _, name in ticks], fontsize=7)
     ax.set_xlabel("time (τ_c)")
     ax.set_title(f"{title}: one band per population, windows shaded; grey = forced at the window end (activation 0), "
-                 "red × = fired early", fontsize=9)
+                 "black × = fired early", fontsize=9)
     for k, pop in enumerate(pops):
         h = fig.add_subplot(grid[1, k])
         h.hist(pop["times"], bins=40, color=f"C{k % 10}")
