@@ -231,8 +231,8 @@ Example:
 @click.option("--input-range", type=(float, float), metavar="P Q",
               help="Input range coded in the input window [default: calibration min/max widened by zeta/2 each side].")
 @click.option("--onnx-output", metavar="NAME",
-              help="The ONNX tensor to convert, for a model with several outputs [default: the only float output "
-                   "computed by a linear layer].")
+              help="The ONNX tensor to convert, for a model with several outputs [default: the model's only output, or "
+                   "the only float output that imports].")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -267,7 +267,7 @@ Example:
 @click.option("--max-logit-error", type=click.FloatRange(0), default=1e-9, show_default=True,
               help="Exit 1 when the largest |SNN logit − float64 ReLU logit| exceeds this times the largest |logit|.")
 @click.option("--max-early-spikes", type=click.IntRange(0), default=0, show_default=True,
-              help="Exit 1 when more neurons than this fire before all their inputs are in.")
+              help="Exit 1 when more (sample, neuron) pairs than this fire before all their inputs are in.")
 @click.option("--onnx-output", metavar="NAME",
               help="The ONNX tensor converted [default: the one the artifact records as source_output].")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)

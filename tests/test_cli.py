@@ -290,8 +290,10 @@ def test_debug_shows_the_traceback(tmp_path):
     assert plain.exit_code == 2 and isinstance(plain.exception, SystemExit)
 
 
-def test_progress_bar_only_after_a_second_and_not_when_quiet(capsys):
+def test_progress_bar_only_after_a_second_and_not_when_quiet(capsys, monkeypatch):
+    from relu2snn_cli import cli as cli_module
     from relu2snn_cli.cli import Progress
+    monkeypatch.setattr(cli_module.time, "monotonic", lambda: 100.0)   # a clock that stands still
     quick = Progress("x", enabled=True)
     quick(5, 10)
     assert quick.bar is None  # under a second: no bar

@@ -817,10 +817,36 @@ def smallest_change(value):
     return arr
 
 
+def stored_digest(path) -> tuple[str, str]:
+    """(the stored content_sha256, the hash of every other attribute, group and dataset as the file holds them),
+    walking the file with h5py alone, the way ``h5io.content_hash`` enumerates a network's contents."""
+    entries = {}
+    with h5py.File(path) as f:
+        def attrs(prefix, obj):
+            entries.update({f"{prefix}@{k}": np.asarray(v) for k, v in obj.attrs.items()})
+
+        def visit(name, obj):
+            here = "/" + name
+            if isinstance(obj, h5py.Group):
+                entries[here] = None
+                attrs(here, obj)
+            else:
+                entries[here] = np.asarray(obj[()])
+
+        attrs("", f)
+        f.visititems(visit)
+    stored = entries.pop("@content_sha256").item().decode()
+    return stored, h5io._digest(entries)
+
+
 def test_every_stored_value_is_protected(converted, tmp_path):
     """The smallest change of any attribute or dataset of a converted file (one at a time, the hash not
-    recomputed) is refused: the hash covers every node field, synapse field and root attribute."""
+    recomputed) changes the hash of the contents, so the stored one no longer matches — whatever other check
+    refuses the edit first — and the file is refused: the hash covers every node field, synapse field and
+    root attribute."""
     _, path = converted["mlp"]
+    stored, digest = stored_digest(path)
+    assert digest == stored   # the walk sees the contents as the writer hashed them
     with h5py.File(path) as f:
         entries = [("/", k, None) for k in f.attrs]
         f.visititems(lambda n, obj: entries.extend((obj.name, k, None) for k in obj.attrs)
@@ -839,6 +865,8 @@ def test_every_stored_value_is_protected(converted, tmp_path):
                     f[group].attrs[attr] = np.zeros(1, dtype=np.asarray(value).dtype)
             else:
                 replace_dataset(f, dataset, smallest_change(f[dataset][()]))
+        stored, digest = stored_digest(bad)
+        assert digest != stored, (group, attr, dataset)
         with pytest.raises(ArtifactError):
             h5io.read(bad)
 

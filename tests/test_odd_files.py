@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
@@ -477,6 +477,7 @@ def test_selections_are_exact_and_match_the_event_reference(tmp_path_factory, ne
     net_early = h5io.read(tmp / "early.snn.h5")
     big = 2.0 * x[:3].astype(np.float64)
     result = simulator.simulate(net_early, big, keep_times=True)
+    assume(result.counts.early_spikes > 0)   # the case this test is for: neurons that fire early
     logits, times = reference.run(net_early, big)
     for name, t in times.items():
         np.testing.assert_allclose(result.times[name], t, rtol=1e-9, atol=1e-9)

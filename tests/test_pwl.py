@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import reference
@@ -32,7 +32,8 @@ def pipeline(model, tmp_path, seed=0, n=48):
     np.save(tmp_path / "x.npy", x)
     convert.convert(path, str(tmp_path / "x.npy"), tmp_path / "m.snn.h5")
     report = verify.verify(tmp_path / "m.snn.h5", path, str(tmp_path / "x.npy"))
-    assert report["agreement"] == 1.0
+    # the agreement with onnxruntime's float32 argmax could flip on a near-tie of these random logits on another
+    # CPU; the bound against the float64 forward pass is the exactness claim (its argmax is checked in ``exact``)
     assert report["early_spikes"] == 0
     assert report["max_abs_logit_error_ref"] <= 1e-9 * report["max_abs_logit"]
     return imp, report
@@ -523,6 +524,7 @@ def test_random_piecewise_linear_dags_match_the_reference_with_early_spikes(tmp_
     net = h5io.read(tmp / "m.snn.h5")
     x = 2.0 * rng.normal(size=(3,) + shape)
     result = simulator.simulate(net, x, batch_size=2, keep_times=True)
+    assume(result.counts.early_spikes > 0)   # the case this test is for: neurons that fire early
     counts = {}
     logits, times = reference.run(net, x, counts)
     for name, t in times.items():

@@ -54,16 +54,16 @@ def test_mismatched_drive_is_clipped_at_zero():
     assert got.tolist() == [1.25, 0.0, 0.0]
 
 
-def test_negative_zeta_only_for_the_sweep():
+def test_negative_zeta_only_for_the_sweep(tmp_path):
     with pytest.raises(GraphError, match="≥ 0"):
         mapping.MappingOptions(zeta=-0.2)
     assert mapping.MappingOptions(zeta=-0.2, short_windows=True).zeta == -0.2
     with pytest.raises(GraphError, match="> -1"):
         mapping.MappingOptions(zeta=-1.0, short_windows=True)
     with pytest.raises(GraphError, match="robustness sweep only"):
-        convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), "never.snn.h5",
+        convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), tmp_path / "never.snn.h5",
                         mapping.MappingOptions(zeta=-0.2, short_windows=True))
-    assert not Path("never.snn.h5").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- the sample CNN
