@@ -5,6 +5,7 @@ a byte-identical .snn.h5 and ``verify`` gives the same report as the single proc
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -144,12 +145,15 @@ def test_unreachable_scheduler_and_missing_dask_are_one_line_errors(tmp_path, mo
                "--quiet").exit_code == 0
     common = ["verify", snn, "--onnx", SAMPLES / "mlp" / "model.onnx", "--data", SAMPLES / "mlp" / "test.npy",
               "--quiet"]
-    monkeypatch.setattr(shard, "CONNECT_TIMEOUT", "1s")
-    result = run(*common, "--scheduler", "tcp://127.0.0.1:9")
+    with socket.socket() as s:   # a loopback port that nothing listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(shard, "CONNECT_TIMEOUT", "1s")   # refused at once; the timeout only ends the retries
+    result = run(*common, "--scheduler", address)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.stderr
-    result = run(*common, "--workers", 2, "--scheduler", "tcp://127.0.0.1:9")
+    assert f"cannot reach the Dask scheduler at {address}" in result.stderr
+    result = run(*common, "--workers", 2, "--scheduler", address)
     assert result.exit_code == 2 and "not both" in result.stderr
     monkeypatch.setitem(sys.modules, "dask.distributed", None)   # as if the extra were not installed
     result = run(*common, "--workers", 2)
