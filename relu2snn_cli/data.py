@@ -96,7 +96,30 @@ def _check_npy_header(where: str, f, total: int) -> None:
                         f"holds {total - offset}: truncated or damaged")
 
 
-class NpyRows:
+class Rows:
+    """An array-like of samples read a contiguous range of rows at a time (``rows``): len, shape, dtype,
+    slices with step 1 (any other index reads everything first), and np.asarray."""
+
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not (isinstance(key, slice) and key.step in (None, 1)):
+            return self[:][key]
+        start, stop, _ = key.indices(len(self))
+        return self.rows(start, max(start, stop))
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class NpyRows(Rows):
     """A C-ordered ``.npy`` file as an array-like whose slices are read from the file when asked for.
 
     A memory map would do the same, but every page it has read stays in the resident set
@@ -108,23 +131,13 @@ class NpyRows:
         self.ndim = len(self.shape)
         self.row = int(np.prod(self.shape[1:], dtype=np.int64))
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key):
-        if not (isinstance(key, slice) and key.step in (None, 1)):
-            return self[:][key]
-        start, stop, _ = key.indices(len(self))
-        n = max(0, stop - start)
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        n = stop - start
         offset = self.offset + start * self.row * self.dtype.itemsize
         flat = np.fromfile(self.path, dtype=self.dtype, count=n * self.row, offset=offset)
         if flat.size != n * self.row:
             raise DataError(f"{self.path}: truncated while being read")
         return flat.reshape((n,) + self.shape[1:])
-
-    def __array__(self, dtype=None, copy=None):
-        arr = self[:]
-        return arr if dtype is None else arr.astype(dtype)
 
 
 def _npy(path: Path):

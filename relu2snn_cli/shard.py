@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import check_finite, load_array, spec_path
+from .data import Rows, check_finite, load_array, spec_path
 from .errors import ClusterError, DataError
 
 PATTERN = set("*?[")
@@ -39,7 +39,7 @@ def load_data(spec: str):
     return Shards([load_array(p) for p in paths], paths, spec)
 
 
-class Shards:
+class Shards(Rows):
     """Several arrays of samples as one array-like (len, shape, dtype, contiguous slices), in the order given."""
 
     def __init__(self, parts: list, paths: list[str], spec: str):
@@ -53,20 +53,10 @@ class Shards:
         self.shape = (int(self.bounds[-1]),) + tuple(first.shape[1:])
         self.ndim = len(self.shape)
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key):
-        if not (isinstance(key, slice) and key.step in (None, 1)):
-            return self[:][key]
-        start, stop, _ = key.indices(len(self))
+    def rows(self, start: int, stop: int) -> np.ndarray:
         pieces = [np.asarray(part[max(start - lo, 0):max(min(stop, hi) - lo, 0)])
                   for part, lo, hi in zip(self.parts, self.bounds[:-1], self.bounds[1:]) if lo < stop and hi > start]
         return np.concatenate(pieces) if pieces else np.empty((0,) + self.shape[1:], self.dtype)
-
-    def __array__(self, dtype=None, copy=None):
-        arr = self[:]
-        return arr if dtype is None else arr.astype(dtype)
 
 
 def read_batch(data, start: int, batch_size: int, spec: str) -> np.ndarray:

@@ -63,3 +63,17 @@ def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def save(model: onnx.ModelProto, path) -> str:
     onnx.save(model, str(path))
     return str(path)
+
+
+def converted_sample(tmp, name: str, n: int) -> tuple:
+    """The sample model ``name`` converted into the folder ``tmp`` with its calibration data, and files of its
+    first n test samples and labels: (artifact, inputs, labels) as paths."""
+    from pathlib import Path
+
+    from relu2snn_cli import convert
+    samples = Path(__file__).resolve().parent.parent / "sample_models" / name
+    out = Path(tmp) / f"{name}.snn.h5"
+    convert.convert(samples / "model.onnx", str(samples / "calib.npy"), out)
+    np.save(Path(tmp) / "x.npy", np.load(samples / "test.npy")[:n])
+    np.save(Path(tmp) / "y.npy", np.load(samples / "labels.npy")[:n])
+    return out, Path(tmp) / "x.npy", Path(tmp) / "y.npy"

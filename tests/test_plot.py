@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from relu2snn_cli import convert, h5io, plot, snn
+from builders import converted_sample
+from relu2snn_cli import h5io, plot, snn
 from relu2snn_cli.cli import cli
 from relu2snn_cli.simulator import Simulator
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
 def run(*args):
@@ -23,12 +22,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cnn")
-    out = tmp / "cnn.snn.h5"
-    convert.convert(SAMPLES / "cnn" / "model.onnx", str(SAMPLES / "cnn" / "calib.npy"), out)
-    np.save(tmp / "x.npy", np.load(SAMPLES / "cnn" / "test.npy")[:24])
-    np.save(tmp / "y.npy", np.load(SAMPLES / "cnn" / "labels.npy")[:24])
-    return out, tmp / "x.npy", tmp / "y.npy"
+    return converted_sample(tmp_path_factory.mktemp("cnn"), "cnn", 24)
 
 
 def test_membrane_potential_is_the_ramp_sum():

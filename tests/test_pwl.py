@@ -16,12 +16,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import reference
 from builders import GraphBuilder, run_ort, save
 from relu2snn_cli import convert, h5io, ir, onnx_import, simulator, snn, verify
 from relu2snn_cli.errors import UnsupportedOperatorError
 from test_onnx_import import assert_close, bn, check, conv, gemm, import_error, ir_kinds, readout, rnd
-from test_simulator import assert_counts_match, close
+from test_simulator import assert_matches_reference
 
 
 def pipeline(model, tmp_path, seed=0, n=48):
@@ -525,12 +524,7 @@ def test_random_piecewise_linear_dags_match_the_reference_with_early_spikes(tmp_
     x = 2.0 * rng.normal(size=(3,) + shape)
     result = simulator.simulate(net, x, batch_size=2, keep_times=True)
     assume(result.counts.early_spikes > 0)   # the case this test is for: neurons that fire early
-    counts = {}
-    logits, times = reference.run(net, x, counts)
-    for name, t in times.items():
-        assert close(result.times[name], t), name
-    assert close(result.logits, logits)
-    assert_counts_match(net, result, counts)
+    assert_matches_reference(net, x, result)
 
 
 def save_model(model, directory) -> Path:

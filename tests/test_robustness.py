@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import reference
-from builders import GraphBuilder, save
+from builders import GraphBuilder, converted_sample, save
 from relu2snn_cli import convert, h5io, mapping, robustness, simulator, snn
 from relu2snn_cli.errors import ArtifactError, DataError, GraphError
 
@@ -20,12 +20,8 @@ TOL = 1e-9
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory):
     """The sample CNN converted, and its first 40 test samples and labels."""
-    tmp = tmp_path_factory.mktemp("cnn")
-    out = tmp / "cnn.snn.h5"
-    convert.convert(SAMPLES / "cnn" / "model.onnx", str(SAMPLES / "cnn" / "calib.npy"), out)
-    np.save(tmp / "x.npy", np.load(SAMPLES / "cnn" / "test.npy")[:40])
-    np.save(tmp / "y.npy", np.load(SAMPLES / "cnn" / "labels.npy")[:40])
-    return out, str(tmp / "x.npy"), str(tmp / "y.npy")
+    out, x, y = converted_sample(tmp_path_factory.mktemp("cnn"), "cnn", 40)
+    return out, str(x), str(y)
 
 
 # ----------------------------------------------------------------------------- the perturbations

@@ -201,7 +201,12 @@ def test_network_matches_reference_including_early_spikes(tmp_path_factory, stac
     model, shape, seed = stack
     net, _, rng = converted(tmp_path_factory.mktemp("n"), model, shape, seed, calib_scale=0.2, input_range=(-6, 6))
     x = 2.0 * rng.normal(size=(3,) + shape)
-    result = simulator.simulate(net, x, batch_size=2, keep_times=True)
+    assert_matches_reference(net, x, simulator.simulate(net, x, batch_size=2, keep_times=True))
+
+
+def assert_matches_reference(net, x, result) -> None:
+    """The simulator's run of x (``result``, with spike times) equals the event-by-event reference: every
+    population's spike times, the logits and the spike counts."""
     counts = {}
     logits, times = reference.run(net, x, counts)
     for name, t in times.items():
