@@ -107,10 +107,10 @@ class Converted(dict):
         self.tmp_path_factory = tmp_path_factory
 
     def __missing__(self, key):
-        model, zeta = key
+        model, zeta, *coding = key
         path = self.tmp_path_factory.mktemp(model) / f"z{zeta}.snn.h5"
         convert.convert(SAMPLES / model / "model.onnx", str(SAMPLES / model / "calib.npy"), path,
-                        mapping.MappingOptions(zeta=zeta))
+                        mapping.MappingOptions(zeta=zeta, coding=coding[0] if coding else "dense"))
         self[key] = h5io.read(path)
         return self[key]
 
@@ -190,11 +190,61 @@ def test_no_early_spike_on_calibration_data(converted, model, zeta):
             assert early == 0, node.name
 
 
-def brute_force_r_star(a, w, b, s, grid=2001) -> float:
-    """max over σ ∈ linspace(0, max a) ∪ {0} ∪ {a_j} of R(σ) = b + Σ w·max(0, a − σ) − (1 − s)·σ."""
-    sigma = np.concatenate([np.linspace(0.0, a.max(initial=0.0), grid), a, [0.0]])
-    r = b + np.maximum(0.0, a[None, :] - sigma[:, None]) @ w - (1.0 - s) * sigma
+@pytest.mark.parametrize("zeta", [0.5, 0.0])
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_no_early_spike_on_calibration_data_sparse(converted, model, zeta):
+    """The same guarantee in the sparse coding (docs/math.md §9): R* with slope 0 holds every calibration sample's
+    input phase below ϑ = B − b."""
+    net = converted[model, zeta, "sparse"]
+    assert net.coding == "sparse"
+    calib = np.load(SAMPLES / model / "calib.npy")
+    result = simulator.simulate(net, calib, keep_times=True)
+    assert result.counts.early_spikes == 0
+
+
+def brute_force_r_star(a, w, b, s, grid=2001, c=None) -> float:
+    """max over σ ∈ linspace(0, 2·max a) ∪ {0} ∪ {a_j} of R(σ) = b + Σ w·max(0, a − σ) − c·σ, c = 1 − s unless
+    given (0: the sparse coding, where R = b beyond the largest code)."""
+    c = 1.0 - s if c is None else c
+    sigma = np.concatenate([np.linspace(0.0, 2.0 * a.max(initial=0.0), grid), a, [0.0]])
+    r = b + np.maximum(0.0, a[None, :] - sigma[:, None]) @ w - c * sigma
     return float(r.max())
+
+
+def test_sparse_required_window_equals_brute_force():
+    """R* with c = 0 (docs/math.md §9) against the brute-force maximum, which is never below b; the bound from
+    sums is never below it."""
+    for a, w, b, s in random_cases(seed=5):
+        got = mapping.required_window(a[None], w[None], np.array([b]), np.array([s]), np.zeros(1))[0]
+        want = brute_force_r_star(a, w, b, s, c=0.0)
+        scale = max(1.0, abs(want), abs(b) + float(np.abs(w) @ a) + float(a.max()))
+        assert abs(got - want) <= 1e-9 * scale and got >= b - 1e-12 * scale, (a, w, b, got, want)
+        z, p = b + w @ a, b + np.clip(w, 0, None) @ a
+        bound = mapping.requirement_bound(np.array([z]), np.array([p]), np.array([s]),
+                                          np.array([np.clip(w, None, 0).sum()]), np.zeros(1))[0]
+        assert bound >= got - 1e-9 * scale
+
+
+def test_sparse_required_window_is_the_smallest_safe_window():
+    """Simulated with the sparse neuron (J = W, α = 0, ϑ = B_out − b): with B_out a little above R* the input
+    phase never reaches ϑ by the end T of the input window; a little below R* (reached at some σ > 0) it does."""
+    t_in = 3.0
+    checked_early = 0
+    for a, w, b, s in random_cases(120, seed=13):
+        r_star = mapping.required_window(a[None], w[None], np.array([b]), np.array([s]), np.zeros(1))[0]
+        b_in = float(a.max()) + 1.0
+        t_end = t_in + b_in
+        times = t_end - a
+        eps = 1e-6 * max(1.0, abs(r_star))
+        for b_out, early in ((r_star + eps, False), (r_star - eps, True)):
+            theta = mapping.sparse_threshold(np.array([b]), b_out)
+            t = simulator.first_crossing(times[None], w[None], np.zeros(1), theta, t_in)[0]
+            if not early:
+                assert t > t_end, (a, w, b)
+            elif r_star > b + w @ a + 10 * eps:  # the maximum is not at σ = 0 (the pre-activation z)
+                assert t < t_end, (a, w, b)
+                checked_early += 1
+    assert checked_early > 10
 
 
 def random_cases(n=200, seed=7):
