@@ -250,8 +250,8 @@ def convert(model, calib, output, zeta, s_max, s_min, coding, input_range, onnx_
     _check_output(out, force, model, calib)
     with _client(workers, scheduler) as client:
         report = _run(run_convert, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
-                      options=MappingOptions(zeta, s_min, s_max, coding=coding), input_range=input_range, batch_size=batch_size,
-                      output=onnx_output, client=client)
+                      options=MappingOptions(zeta, s_min, s_max, coding=coding), input_range=input_range,
+                      batch_size=batch_size, output=onnx_output, client=client)
     _print(report, as_json)
 
 
