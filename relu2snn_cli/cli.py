@@ -361,11 +361,13 @@ def inspect(snn_file, as_json):
     net = h5io.read(snn_file)
     rows = snn.layer_table(net)
     if as_json:
-        click.echo(_json({"meta": net.meta, "content_sha256": h5io.content_hash(net), "layers": rows}))
+        click.echo(_json({"meta": net.meta, "coding": net.coding, "content_sha256": h5io.content_hash(net),
+                          "layers": rows}))
         return
     for key in ("source_model_name", "source_model_sha256", "calibration_samples", "input_range", "zeta",
                 "removed_output_ops", "latency"):
         click.echo(f"{key:<20} {_fmt(net.meta.get(key))}")
+    click.echo(f"{'coding':<20} {net.coding}")
     click.echo(f"{'content_sha256':<20} {h5io.content_hash(net)}")
     click.echo(f"\n{'#':>3} {'layer':<24} {'kind':<13} {'shape':<14} {'window [T, T+B]':<22} {'X_n':>10} "
                f"{'certified':>9}  {'reads':<8}  from")
