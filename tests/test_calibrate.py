@@ -351,8 +351,11 @@ def conv_layer(rng):
     return layer, rng.uniform(0, 2, (3, 2, 6, 5)), gathered_conv
 
 
+@pytest.mark.parametrize("coding", ["dense", "sparse"])
 @pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
-def test_update_requirement(make):
+def test_update_requirement(make, coding):
+    """Against ``required_window`` on explicitly gathered inputs, with R's slope c = 1 − s (dense) or 0 (sparse,
+    docs/math.md §9)."""
     rng = np.random.default_rng(5)
     layer, a, gather = make(rng)
     channels = layer.shape[0]
@@ -364,15 +367,18 @@ def test_update_requirement(make):
     bound = {(n, c): bias[c] + positive.reshape(channels, -1)[c // per_channel] @ vals
              for n, c, vals, _ in pairs}
     running = float(np.median(list(bound.values())))
-    needs = [mapping.required_window(vals[None], wts[None], bias[c:c + 1], s[c // per_channel:c // per_channel + 1])[0]
+    slope = mapping.ramp_slope(s, coding)
+    needs = [mapping.required_window(vals[None], wts[None], bias[c:c + 1], s[c // per_channel:c // per_channel + 1],
+                                     slope[c // per_channel:c // per_channel + 1])[0]
              for n, c, vals, wts in pairs]
     want = max(running, max(needs))  # pairs below the running maximum have R* ≤ bound ≤ running
-    got, _ = calibrate.update_requirement(layer, [a], running)
+    got, _ = calibrate.update_requirement(layer, [a], running, coding=coding)
     assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
+@pytest.mark.parametrize("coding", ["dense", "sparse"])
 @pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
-def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make):
+def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make, coding):
     """For running maxima from the smallest to the largest exact R* of the batch, the pairs the grid bound rules
     out all have R* ≤ running (against ``required_window`` on explicitly gathered inputs), and it rules out some."""
     rng = np.random.default_rng(9)
@@ -381,15 +387,18 @@ def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make):
     s, bias = ir.incoming_sum(layer), ir.full_bias(layer).reshape(-1)
     pairs = gather(layer, a)
     rows, cols = np.array([n for n, *_ in pairs]), np.array([c for _, c, *_ in pairs])
+    slope = mapping.ramp_slope(s, coding)
     need = np.array([mapping.required_window(vals[None], wts[None], bias[c:c + 1],
-                                             s[c // per_channel:c // per_channel + 1])[0] for _, c, vals, wts in pairs])
+                                             s[c // per_channel:c // per_channel + 1],
+                                             slope[c // per_channel:c // per_channel + 1])[0]
+                     for _, c, vals, wts in pairs])
     z = ir.apply_linear(layer, [a]).reshape(len(a), -1)
     pos_layer = ir.Affine("p", (dataclasses.replace(layer.terms[0], weight=np.clip(layer.terms[0].weight, 0, None)),),
                           layer.bias, relu=True)
     positive = ir.apply_linear(pos_layer, [a]).reshape(len(a), -1)
     ruled_out = 0
     for running in np.quantile(need, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]):
-        sure = calibrate.grid_screen(layer, [a], rows, cols, positive, z, float(running))
+        sure = calibrate.grid_screen(layer, [a], rows, cols, positive, z, float(running), coding)
         assert np.all(need[sure] <= running)
         ruled_out += int(np.count_nonzero(sure & (need > np.quantile(need, 0.0))))
     assert ruled_out > 0
@@ -479,3 +488,14 @@ def test_an_import_that_does_not_reproduce_onnxruntime_is_refused(tmp_path, monk
         convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), tmp_path / "m.snn.h5")
     assert "does not reproduce onnxruntime" in str(info.value)
     assert not (tmp_path / "m.snn.h5").exists()
+
+
+def test_sparse_requirement_holds_the_bias():
+    """In the sparse coding R(σ) = b beyond the largest code (docs/math.md §9): a neuron with bias 1 whose input
+    inhibits it (z = 1 − 5·1 = −4) needs B > 1, or ϑ = B − b ≤ 0 fires it before its inputs arrive; the dense
+    coding's R falls beyond the codes (c = 1 − s = 6), so there R* = z."""
+    layer = dense("d", "x", np.array([[-5.0]]), np.ones(1))
+    a = np.array([[1.0]])
+    assert calibrate.update_requirement(layer, [a], 0.0, coding="sparse")[0] == pytest.approx(1.0, abs=1e-12)
+    assert calibrate.update_requirement(layer, [a], 0.0, coding="dense") == (0.0, 0)
+    assert calibrate.update_requirement(layer, [a], -10.0, coding="dense")[0] == pytest.approx(-4.0, abs=1e-12)
