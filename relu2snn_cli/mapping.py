@@ -385,7 +385,8 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
     the largest ``required_window`` over the calibration data that the activations' window would
     not hold (code units; 0 if none). The window is B = (1 + ζ)·X_n with X_n = ``layer_extent``:
     no calibration sample fires early. A node reading several populations gets the input window
-    and delays of ``snn.merge_windows``.
+    and delays of ``snn.merge_windows``. A spiking layer has J = W/(1 − s), ϑ of ``spike_threshold`` and α = 1
+    in the dense coding (§3), J = W, ϑ = B − b (``sparse_threshold``) and α = 0 in the sparse one (§9).
     """
     graph = scaled.graph
     enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(input_range[0]), float(input_range[1]))
