@@ -2,11 +2,13 @@
 
 Both are timed on the same batches, already in memory: one warm-up batch, then ``repeats``
 passes over all the data; the figure is the median pass divided by the number of samples.
-Work is counted from the network and the simulation:
+Work is counted from the network and from one untimed pass over all the data (``Simulator.run`` with
+``count_events``), in either coding (docs/math.md §1, §9):
 
-- synaptic events: every spike of a population times the synapses leaving that neuron
-  towards the layers that read it (hidden layers and the readout), counted on the warm-up
-  batch; padded taps of a convolution are not neurons and send nothing;
+- spikes: overall, per population and per hidden neuron (in the sparse coding only neurons of
+  activation > 0 fire, so this is the share of positive hidden activations);
+- synaptic events: spikes that reach a synapse of nonzero weight, over the receiving layers and the
+  readout; padded taps of a convolution are not neurons and send nothing;
 - the ANN's multiply-adds: dense out·in, convolution O·Ho·Wo·C·kh·kw, over the same layers.
 """
 
@@ -20,46 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import h5io, ops, snn
+from . import h5io, snn
 from .data import batches, check_inputs, load_array
 from .errors import DataError, RegressionFailed, naming
-from .simulator import Counts, Simulator
-
-
-def fan_out(syn: snn.Synapses) -> np.ndarray:
-    """Synapses leaving each input neuron of a synapse set, flat in C order.
-
-    Dense: every input reaches all ``out`` neurons. Convolution: the output channels of its
-    group (O/groups) times the number of output positions whose window holds the input
-    position at a real (not padded) tap.
-    """
-    if not syn.is_conv:
-        return np.full(int(np.prod(syn.in_shape)), float(syn.J.shape[0]))
-    spatial = tuple(syn.in_shape[1:])
-    n = int(np.prod(spatial))
-    index = np.arange(n, dtype=np.float64).reshape((1, 1) + spatial)
-    taps = ops.windows(index, syn.J.shape[2:], syn.strides, syn.pads, syn.dilations, -1.0)
-    taps = taps[taps >= 0].astype(np.int64)
-    per_position = np.bincount(taps, minlength=n) * (syn.J.shape[0] // syn.groups)
-    return np.tile(per_position.astype(np.float64), syn.in_shape[0])
+from .simulator import Counts, Simulator, hidden_share
 
 
 def macs(layer) -> int:
     """Multiply-adds of a layer's linear map per sample, over its synapse sets: out·in (dense),
     O·Ho·Wo·(C/groups)·kh·kw (convolution)."""
     return sum(int(np.prod(layer.shape)) * int(np.prod(syn.J.shape[1:])) for syn in layer.synapses)
-
-
-def synaptic_events(net: snn.Network, times: dict[str, np.ndarray]) -> int:
-    """Σ over synapse sets of Σ_j (spikes of input neuron j) · fan-out_j, over a batch's spike times."""
-    events = 0
-    for node in net.nodes:
-        if isinstance(node, (snn.SpikingLayer, snn.Readout)):
-            for syn in node.synapses:
-                t = times[syn.input]
-                fired = np.isfinite(t).reshape(len(t), -1)
-                events += int(np.sum(fired @ fan_out(syn)))
-    return events
 
 
 class LayerClock:
@@ -121,22 +93,24 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
     check_inputs(data, net.nodes[0].shape, data_spec)
     parts = [x for _, x in batches(data, batch_size, data_spec)]
     n = sum(len(x) for x in parts)
+    total = n * (repeats + 2) + len(parts[0])   # the counting pass, the warm-up batch and the timed passes
+    counts = Counts()
+    with naming(snn_path):   # a NonFiniteError of the simulation names the file
+        counter = Simulator(net)
+        for x in parts:   # one untimed pass counts the spikes and synaptic events
+            counts.add(counter.run(x, count_events=True).counts)
+            if progress is not None:
+                progress(len(x), total)
     sim = Simulator(net)
-
     clocks = {name: LayerClock(c) for name, c in sim.compiled.items()}
     sim.compiled = clocks
-    counts, events = Counts(), []
 
     def run_snn(x):
-        result = sim.run(x, keep_times=not events)  # the warm-up keeps the spike times to count events
-        if not events:
-            events.append(synaptic_events(net, result.times) / len(x))
-        else:   # the timed passes, each over all the data: their counts give the shares of one pass
-            counts.add(result.counts)
+        sim.run(x)
         if progress is not None:
-            progress(len(x), n * (repeats + 1))
+            progress(len(x), total)
 
-    with naming(snn_path):   # a NonFiniteError of the simulation names the file
+    with naming(snn_path):
         snn_seconds = median_pass(run_snn, parts, repeats) / n
 
     ann_seconds = None
@@ -154,9 +128,15 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
         "snn_seconds_per_sample": snn_seconds,
         "ann_seconds_per_sample": ann_seconds,
         "snn_over_ann": snn_seconds / ann_seconds if ann_seconds else None,
-        "synaptic_events_per_sample": events[0],
+        "coding": net.coding,
+        "spikes": counts.spikes,
+        "spikes_per_sample": counts.spikes / n,
+        "spikes_per_neuron": counts.spikes / (n * sim.neurons),
+        "spikes_per_hidden_neuron": hidden_share(counts, sim),
+        "layer_spikes_per_sample": {name: value / n for name, value in counts.layer_spikes.items()},
+        "synaptic_events": counts.synaptic_events,
+        "synaptic_events_per_sample": counts.synaptic_events / n,
         "ann_macs_per_sample": sum(macs(node) for node in layers),
-        "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons),
         "forced_spike_share": counts.forced_share,
         "checked_pairs_per_sample": counts.checked / counts.samples,
         "event_scan_pairs_per_sample": counts.scanned / counts.samples,

@@ -27,7 +27,7 @@ import onnxruntime as ort
 from . import ir, ops
 from .data import batches, check_inputs
 from .errors import ModelError
-from .mapping import Scaled, grid_bound, grid_margin, grid_times, requirement_bound, sorted_requirement
+from .mapping import Scaled, grid_bound, grid_margin, grid_times, ramp_slope, requirement_bound, sorted_requirement
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
 FORWARD_TOLERANCE = 1e-3  # relative to max |logit|: float32 rounding is far below, an import error far above
@@ -128,13 +128,15 @@ def split_term(term: ir.Term, x: np.ndarray) -> np.ndarray:
 
 
 def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: np.ndarray, positive: np.ndarray,
-                z: np.ndarray, running: float) -> np.ndarray:
+                z: np.ndarray, running: float, coding: str = "dense") -> np.ndarray:
     """(P,) mask of the pairs (rows, cols) whose requirement R* cannot exceed ``running``: ``mapping.grid_bound``
-    of R(σ) = b + E(σ) + I(σ) − (1 − s)·σ, plus ``mapping.grid_margin``, is at most it (docs/math.md §4, §5).
+    of R(σ) = b + E(σ) + I(σ) − c·σ (c = ``mapping.ramp_slope``: 1 − s, or 0 in the sparse coding), plus
+    ``mapping.grid_margin``, is at most it (docs/math.md §4, §5, §9).
 
     positive, z: (N, neurons) b + Σ max(W, 0)·a and b + Σ W·a, so E(0) = positive − b and I(0) = z − positive;
     E and I at the interior grid times from one product per time with (a − σ_g)+ of the pairs' samples.
-    Beyond the largest code R falls (1 − s > 0), so the grid's maximum is R*'s bound.
+    Beyond the largest code R falls (c > 0) or stays at b, its value there (c = 0), so the grid's maximum is
+    R*'s bound.
     """
     n_out = layer.shape[0]
     per_channel = int(np.prod(layer.shape[1:]))
@@ -150,20 +152,21 @@ def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: n
                    for t, a_k in zip(layer.terms, a)).reshape(len(samples), -1)
         e[:, g] = both[r_idx, cols]
         i[:, g] = both[r_idx, cols + n_out * per_channel]
-    s = ir.incoming_sum(layer)[channel]
+    c = ramp_slope(ir.incoming_sum(layer), coding)[channel]
     w_neg = sum(t.weight.clip(None, 0).reshape(n_out, -1).sum(axis=1) for t in layer.terms)[channel]
     fan_in = sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms)
-    bound = grid_bound(e, i, bias, 1.0 - s, w_neg, sigmas)
+    bound = grid_bound(e, i, bias, c, w_neg, sigmas)
     return bound + grid_margin(e, i, bias, fan_in) <= running
 
 
 def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
-                       z: np.ndarray | None = None) -> tuple[float, int]:
+                       z: np.ndarray | None = None, coding: str = "dense") -> tuple[float, int]:
     """max(running, the no-early-spike requirement of every (sample, neuron) pair of a batch), and the number of
     pairs whose exact requirement was evaluated.
 
     a: the layer's input codes, one (N, *in_shape) array per term; z: the layer's pre-activation
-    ``ir.apply_linear(layer, a)`` when the caller has it already. A pair whose
+    ``ir.apply_linear(layer, a)`` when the caller has it already; ``coding`` chooses R's slope c
+    (``mapping.ramp_slope``: 1 − s dense, 0 sparse, docs/math.md §9). A pair whose
     ``mapping.requirement_bound`` is at most ``running`` cannot raise the maximum (its
     requirement is below its bound), nor one whose grid bound is (``grid_screen``); the others get the
     exact requirement (``mapping.sorted_requirement`` on ``ops.sorted_fan_ins``), the largest bounds first,
@@ -171,15 +174,16 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
     """
     n = len(a[0])
     s = ir.incoming_sum(layer)
+    slope = ramp_slope(s, coding)
     w_neg = sum(t.weight.clip(None, 0).reshape(t.weight.shape[0], -1).sum(axis=1) for t in layer.terms)
     positive = ir.apply_linear(replace(layer, terms=tuple(replace(t, weight=np.clip(t.weight, 0, None))
                                                           for t in layer.terms)), a).reshape(n, -1)
     z = (ir.apply_linear(layer, a) if z is None else z).reshape(n, -1)
     flat = (ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1))
-    bound = requirement_bound(z, positive, *flat)
+    bound = requirement_bound(z, positive, *flat, ops.per_neuron(slope, layer.shape).reshape(-1))
     rows, cols = np.nonzero(bound > running)
     if len(rows):
-        keep = ~grid_screen(layer, a, rows, cols, positive, z, running)
+        keep = ~grid_screen(layer, a, rows, cols, positive, z, running, coding)
         rows, cols = rows[keep], cols[keep]
     if not len(rows):
         return running, 0
@@ -198,7 +202,8 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
         evaluated += len(r)
 
         def requirement(index, codes, w, c=c):
-            return float(sorted_requirement(codes, w, bias[c[index]], s[c[index] // per_channel]).max())
+            ch = c[index] // per_channel
+            return float(sorted_requirement(codes, w, bias[c[index]], s[ch], slope[ch]).max())
 
         for _, need in ops.sorted_fan_ins(requirement, sources, weights, layer.shape, r, c):
             found = max(found, need)
@@ -212,7 +217,7 @@ def new_bounds(scaled: Scaled) -> tuple[dict, dict]:
 
 
 def batch_bounds(scaled: Scaled, batch: np.ndarray, input_range: tuple[float, float], zeta: float,
-                 x_max: dict, required: dict) -> tuple[int, np.ndarray]:
+                 x_max: dict, required: dict, coding: str = "dense") -> tuple[int, np.ndarray]:
     """One batch of pass 2: raise ``x_max`` and ``required`` (per ReLU layer) in place; return the number of
     pairs whose exact requirement was evaluated and the logits of the scaled graph (the ANN's logits).
 
@@ -235,7 +240,7 @@ def batch_bounds(scaled: Scaled, batch: np.ndarray, input_range: tuple[float, fl
             x_max[node.name] = np.maximum(x_max[node.name], channel_max(code / c))
             window = (1.0 + zeta) * float(np.max(c * x_max[node.name].reshape(c.shape)))
             threshold = max(required[node.name], window)
-            found, evaluated = update_requirement(node, inputs, threshold, z)
+            found, evaluated = update_requirement(node, inputs, threshold, z, coding)
             pairs += evaluated
             if found > threshold:   # some pair would fire early in the window of the activations alone
                 required[node.name] = found
@@ -268,23 +273,25 @@ def forward_check(model_path, sess: ort.InferenceSession, batch: np.ndarray, log
 
 def calibrate(model_path, graph: ir.Graph, scaled: Scaled, data, input_range: tuple[float, float],
               spec: str = "calibration data", batch_size: int = 256, progress=None, zeta: float = 0.5,
-              client=None) -> Calibration:
+              client=None, coding: str = "dense") -> Calibration:
     """Pass 2: the scaled graph's float64 forward pass over ``data`` in batches, and the bounds of every ReLU layer.
 
     The activations are those of the float64 network the simulator runs (in code units, divided by
     the layer's scale c), so the window holds them exactly; onnxruntime's float32 activations may
-    lie a rounding below them (docs/math.md §4). With a Dask ``client`` the batches (the same ones)
+    lie a rounding below them (docs/math.md §4); ``coding`` chooses the requirement R* (§4 dense, §9 sparse).
+    With a Dask ``client`` the batches (the same ones)
     run on its workers (``shard.calibrate``), and the artifact is the same.
     """
     if client is not None:
         from .shard import calibrate as sharded
-        return sharded(client, model_path, graph, scaled, spec, len(data), input_range, batch_size, progress, zeta)
+        return sharded(client, model_path, graph, scaled, spec, len(data), input_range, batch_size, progress, zeta,
+                       coding)
     sess = session(model_path, [graph.output_name])
     x_max, required = new_bounds(scaled)
     forward_error = max_logit = 0.0
     requirement_pairs = 0
     for start, batch in batches(data, batch_size, spec):
-        pairs, logits = batch_bounds(scaled, batch, input_range, zeta, x_max, required)
+        pairs, logits = batch_bounds(scaled, batch, input_range, zeta, x_max, required, coding)
         requirement_pairs += pairs
         if start == 0:
             forward_error, max_logit = forward_check(model_path, sess, batch, logits)

@@ -228,6 +228,9 @@ Example:
 @click.option("--zeta", type=float, default=0.5, show_default=True, help="Window headroom: B = (1 + zeta)·X.")
 @click.option("--s-max", type=float, default=0.99, show_default=True, help="Largest allowed incoming weight sum.")
 @click.option("--s-min", type=float, default=-10.0, show_default=True, help="Smallest allowed incoming weight sum.")
+@click.option("--coding", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+              help="dense: every neuron fires once, a zero activation at its window end; sparse: a zero activation "
+                   "sends no spike (docs/math.md §9).")
 @click.option("--input-range", type=(float, float), metavar="P Q",
               help="Input range coded in the input window [default: calibration min/max widened by zeta/2 each side].")
 @click.option("--onnx-output", metavar="NAME",
@@ -238,7 +241,7 @@ Example:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_sharding
-def convert(model, calib, output, zeta, s_max, s_min, input_range, onnx_output, batch_size, force, as_json, quiet,
+def convert(model, calib, output, zeta, s_max, s_min, coding, input_range, onnx_output, batch_size, force, as_json, quiet,
             workers, scheduler):
     """Convert MODEL (ONNX) into a spiking network (.snn.h5), calibrating activation bounds on --calib."""
     from .convert import convert as run_convert
@@ -247,8 +250,8 @@ def convert(model, calib, output, zeta, s_max, s_min, input_range, onnx_output, 
     _check_output(out, force, model, calib)
     with _client(workers, scheduler) as client:
         report = _run(run_convert, "calibrating", quiet, model_path=model, calib_spec=calib, out_path=out,
-                      options=MappingOptions(zeta, s_min, s_max), input_range=input_range, batch_size=batch_size,
-                      output=onnx_output, client=client)
+                      options=MappingOptions(zeta, s_min, s_max, coding=coding), input_range=input_range,
+                      batch_size=batch_size, output=onnx_output, client=client)
     _print(report, as_json)
 
 
@@ -358,11 +361,13 @@ def inspect(snn_file, as_json):
     net = h5io.read(snn_file)
     rows = snn.layer_table(net)
     if as_json:
-        click.echo(_json({"meta": net.meta, "content_sha256": h5io.content_hash(net), "layers": rows}))
+        click.echo(_json({"meta": net.meta, "coding": net.coding, "content_sha256": h5io.content_hash(net),
+                          "layers": rows}))
         return
     for key in ("source_model_name", "source_model_sha256", "calibration_samples", "input_range", "zeta",
                 "removed_output_ops", "latency"):
         click.echo(f"{key:<20} {_fmt(net.meta.get(key))}")
+    click.echo(f"{'coding':<20} {net.coding}")
     click.echo(f"{'content_sha256':<20} {h5io.content_hash(net)}")
     click.echo(f"\n{'#':>3} {'layer':<24} {'kind':<13} {'shape':<14} {'window [T, T+B]':<22} {'X_n':>10} "
                f"{'certified':>9}  {'reads':<8}  from")

@@ -116,7 +116,7 @@ def build(model_path, calib_spec: str, options: mapping.MappingOptions = mapping
     scaled = mapping.scale_graph(graph, (low, high), options)
     with onnxruntime_errors(model_path, batch_size):
         cal = calibrate(model_path, graph, scaled, data, (low, high), calib_spec, batch_size, progress, options.zeta,
-                        client)
+                        client, options.coding)
     seconds["calibration"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -132,10 +132,11 @@ def build(model_path, calib_spec: str, options: mapping.MappingOptions = mapping
         "input_range": (low, high), "input_shape": tuple(graph.input.shape), "input_layout": layout,
         "removed_output_ops": tuple(graph.removed),
     }
-    net = snn.Network(nodes, meta)
+    net = snn.Network(nodes, meta, options.coding)
     net.meta["latency"] = net.latency
     seconds["mapping"] = time.perf_counter() - clock
     return net, {
+        "coding": options.coding,
         "layers": len([n for n in nodes if isinstance(n, snn.SpikingLayer)]),
         "latency": net.latency,
         "input_range": [low, high],

@@ -62,9 +62,11 @@ def crosscheck(snn_path, data_spec: str, dt: float, samples: int | None = None, 
     """Run the first ``samples`` inputs of ``data_spec`` (all by default) in Brian2 at step dt and in relu2snn's
     simulator; report the agreement of the argmax, the spike-time differences per population against their
     bounds (``error_bounds``), the logit difference and both run times (docs/cli.md, crosscheck)."""
-    from .export import brian2 as export_brian2, require
-    require("brian2", "brian2", "crosscheck --simulator brian2")
+    from .export import brian2 as export_brian2, dense_only, require
     net = h5io.read(snn_path)
+    with naming(snn_path):
+        dense_only(net, "crosscheck --simulator brian2")
+    require("brian2", "brian2", "crosscheck --simulator brian2")
     data = load_array(data_spec)
     check_inputs(data, net.nodes[0].shape, data_spec)
     total = len(data) if samples is None else min(samples, len(data))

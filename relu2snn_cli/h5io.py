@@ -1,7 +1,8 @@
 """The ``.snn.h5`` artifact (docs/artifact.md): one generic dataclass ↔ HDF5 writer and reader.
 
 Layout (documented in docs/artifact.md):
-- root attributes: ``format`` = "relu2snn.ttfs", ``format_version``, and the network's
+- root attributes: ``format`` = "relu2snn.ttfs", ``format_version``, the network's ``coding`` (dense or
+  sparse, docs/math.md §9; not in format 5, whose files are read as dense) and the network's
   ``meta`` (tool version, neuron model, source model, calibration, ζ, s_min, s_max, input
   range, latency, removed output ops, ...);
 - group ``/nodes`` with one subgroup per node in topological order, named ``000``, ``001``, …;
@@ -36,7 +37,7 @@ from . import snn, validate
 from .errors import ArtifactError, GraphError
 
 FORMAT = "relu2snn.ttfs"
-FORMAT_VERSION = 5  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv;
+# 2: DAGs — synapse sets with delays, Reshape/Transpose/Concat, 1-D and grouped conv;
 # 3: text as fixed-length UTF-8. Variable-length strings live in HDF5's global heap, and libhdf5 can
 # loop without end inside C code (no signal stops it) on a damaged heap, so the reader refuses them.
 # 4: the root attribute content_sha256 (``content_hash``) over everything else the file holds; the reader
@@ -44,7 +45,11 @@ FORMAT_VERSION = 5  # 2: DAGs — synapse sets with delays, Reshape/Transpose/Co
 # 5: the node kind Take (Slice, Split, Gather as data movement),
 #    and the text field ``origin`` of spiking layers and the readout: the ONNX node a population comes from and
 #    which term of it (e.g. "Clip 'c' of Conv 'conv1': relu(z − 6)"), for ``inspect``.
-RESERVED = ("format", "format_version", "content_sha256")  # the root attributes that are not the network's meta
+# 6: the root attribute ``coding``, dense or sparse (docs/math.md §9). A format-5 file has none and is read as
+#    dense: its contents are checked, and its hash recomputed, as format 5 wrote them.
+FORMAT_VERSION = 6
+OLDEST_VERSION = 5  # the oldest format this relu2snn reads
+RESERVED = ("format", "format_version", "content_sha256", "coding")  # the root attributes that are not the network's meta
 NAME = re.compile(r"[A-Za-z0-9_]+")  # the names of the groups and datasets relu2snn writes
 MAX_DEPTH = 5  # members nest no deeper than /nodes/000/synapses/0/J
 
@@ -179,13 +184,15 @@ class _Group:
     members: dict
 
 
-def _tree(net: snn.Network) -> _Group:
+def _tree(net: snn.Network, version: int = FORMAT_VERSION) -> _Group:
     """What the file of ``net`` holds (docs/artifact.md), but ``content_sha256``: every attribute and dataset
-    as the array written."""
+    as the array written; with ``version`` 5, as format 5 wrote a dense network (no ``coding``)."""
     reserved = [k for k in net.meta if k in RESERVED]
     if reserved:
         raise ArtifactError(f"root attribute {reserved[0]!r} is written by relu2snn itself; it cannot come from meta")
-    attrs = {"format": _encode(FORMAT), "format_version": _encode(FORMAT_VERSION)}
+    attrs = {"format": _encode(FORMAT), "format_version": _encode(version)}
+    if version >= 6:
+        attrs["coding"] = _encode(net.coding)
     attrs.update({k: _encode(v) for k, v in net.meta.items()})
     nodes = {f"{i:03d}": _fields_tree(node, {"kind": _encode(type(node).__name__)}) for i, node in enumerate(net.nodes)}
     return _Group(attrs, {"nodes": _Group({}, nodes)})
@@ -267,7 +274,7 @@ def read(path) -> snn.Network:
         with f:
             tree = _load(f, path.stat().st_size)
         net = _network(tree)
-        stored, written = _entries(tree), _entries(_tree(net))
+        stored, written = _entries(tree), _entries(_tree(net, _plain(tree.attrs["format_version"])))
         _check_encoding(stored, written)
         validate.check(net)
         _check_hash(stored, written)
@@ -351,9 +358,9 @@ def _load(f: h5py.File, file_size: int) -> _Group:
         raise ArtifactError(f"invalid format version {version!r}")
     if version > FORMAT_VERSION:
         raise ArtifactError(f"format version {version} is newer than this relu2snn reads ({FORMAT_VERSION}); upgrade relu2snn")
-    if version < FORMAT_VERSION:
-        raise ArtifactError(f"format version {version} is older than this relu2snn reads ({FORMAT_VERSION}); "
-                            "convert the model again")
+    if version < OLDEST_VERSION:
+        raise ArtifactError(f"format version {version} is older than this relu2snn reads ({OLDEST_VERSION}–"
+                            f"{FORMAT_VERSION}); convert the model again")
     return _Group(attrs, _members(f, "", file_size, 1))
 
 
@@ -385,7 +392,14 @@ def _network(tree: _Group) -> snn.Network:
     keys = sorted(nodes.members)
     if keys != [f"{i:03d}" for i in range(len(keys))]:
         raise ArtifactError(f"/nodes holds {keys[:8]}…; expected 000, 001, … in order")
-    return snn.Network(tuple(_node(key, nodes.members[key]) for key in keys), meta)
+    coding = "dense"   # format 5 knew only the dense coding
+    if _plain(tree.attrs["format_version"]) >= 6:
+        if "coding" not in tree.attrs:
+            raise ArtifactError("missing attribute 'coding'")
+        coding = _plain(tree.attrs["coding"])
+        if coding not in snn.CODINGS:
+            raise ArtifactError(f"attribute 'coding' = {coding!r} is not one of {', '.join(snn.CODINGS)}")
+    return snn.Network(tuple(_node(key, nodes.members[key]) for key in keys), meta, coding)
 
 
 def _node(key: str, g):

@@ -16,7 +16,8 @@ from .errors import GraphError
 
 @dataclass(frozen=True)
 class MappingOptions:
-    """The knobs of docs/math.md §3: ζ (window headroom) and the band [s_min, s_max] for incoming sums.
+    """The knobs of docs/math.md §3: ζ (window headroom), the band [s_min, s_max] for incoming sums (dense coding
+    only: the sparse one needs no scaling) and the ``coding``, dense (§3) or sparse (§9).
 
     ζ ≥ 0 keeps the conversion exact. ``short_windows`` also admits −1 < ζ < 0, windows shorter than the
     calibrated activations, for the robustness sweep only (docs/hardware.md): its networks are simulated in
@@ -27,8 +28,11 @@ class MappingOptions:
     s_min: float = -10.0
     s_max: float = 0.99
     short_windows: bool = False
+    coding: str = "dense"
 
     def __post_init__(self):
+        if self.coding not in snn.CODINGS:
+            raise GraphError(f"coding must be one of {', '.join(snn.CODINGS)}, got {self.coding!r}")
         if self.short_windows and not self.zeta > -1:
             raise GraphError(f"zeta must be > -1, got {self.zeta}")
         if not self.short_windows and not self.zeta >= 0:
@@ -91,6 +95,11 @@ def spike_threshold(bias: np.ndarray, s: np.ndarray, b_in: float, b_out: float) 
     return b_in + (b_out - bias) / ops.channel_axis(1.0 - s, bias.ndim)
 
 
+def sparse_threshold(bias: np.ndarray, b_out: float) -> np.ndarray:
+    """ϑ_i = B_out − b_i of the sparse coding — docs/math.md §9 (bias a vector or a per-position map)."""
+    return b_out - np.asarray(bias, dtype=np.float64)
+
+
 def static_certificate(blocks: list[tuple[np.ndarray, float]], theta: np.ndarray, alpha: np.ndarray,
                        b_in: float) -> np.ndarray:
     """Neurons that cannot fire before their last input window ends, for every input in its window.
@@ -124,18 +133,27 @@ def early_bound(u: np.ndarray, p: np.ndarray, alpha: np.ndarray, b_in: float, j_
     return np.maximum(np.maximum(np.minimum(a0, b0), np.minimum(a_end, b_end)), at_cross)
 
 
-def requirement_bound(z: np.ndarray, p: np.ndarray, s: np.ndarray, w_neg: np.ndarray) -> np.ndarray:
+def ramp_slope(s: np.ndarray, coding: str = "dense") -> np.ndarray:
+    """c of R(σ) = b + Σ_j w_j·(a_j − σ)+ − c·σ: 1 − s in the dense coding (docs/math.md §4), 0 in the sparse one,
+    whose input phase has no drive α (§9)."""
+    s = np.asarray(s, dtype=np.float64)
+    return np.zeros_like(s) if coding == "sparse" else 1.0 - s
+
+
+def requirement_bound(z: np.ndarray, p: np.ndarray, s: np.ndarray, w_neg: np.ndarray,
+                      c: np.ndarray | None = None) -> np.ndarray:
     """An upper bound of ``required_window`` R* from sums, without sorting: which pairs need the exact R*.
 
-    The two lines of ``early_bound`` in these units: R(σ) = b + Σ_j w_j·(a_j − σ)+ − (1 − s)·σ is at
-    most p − (1 − s)·σ and at most z − (1 − s + w_neg)·σ, with z = b + Σ w·a (the pre-activation),
-    p = b + Σ max(w, 0)·a and w_neg = Σ min(w, 0). The maximum of their minimum over σ ≥ 0 is z when
-    1 − s + w_neg ≥ 0, else where they cross, σ* = (z − p)/w_neg. Never above p, the plain bound.
+    The two lines of ``early_bound`` in these units: R(σ) = b + Σ_j w_j·(a_j − σ)+ − c·σ (c = 1 − s unless
+    given, ``ramp_slope``; c ≥ 0) is at most p − c·σ and at most z − (c + w_neg)·σ, with z = b + Σ w·a (the
+    pre-activation), p = b + Σ max(w, 0)·a and w_neg = Σ min(w, 0). The maximum of their minimum over σ ≥ 0
+    is z when c + w_neg ≥ 0, else where they cross, σ* = (z − p)/w_neg. Never above p, the plain bound.
     """
-    slope = 1.0 - s + w_neg            # −(slope of the second line)
+    c = 1.0 - s if c is None else c
+    slope = c + w_neg            # −(slope of the second line)
     with np.errstate(divide="ignore", invalid="ignore"):
         cross = np.where(w_neg < 0, (z - p) / w_neg, 0.0)
-    return np.where(slope >= 0, z, p - (1.0 - s) * np.maximum(cross, 0.0))
+    return np.where(slope >= 0, z, p - c * np.maximum(cross, 0.0))
 
 
 GRID_INTERVALS = 4   # intervals of the grid bound: the grid times 0 < σ_1 < … < σ_3 < σ_G cost one product each
@@ -196,23 +214,27 @@ def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
     return bias / b_in
 
 
-def required_window(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
+def required_window(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray,
+                    c: np.ndarray | None = None) -> np.ndarray:
     """The smallest B_out for which a neuron does not fire before its last input window ends.
 
     With J = W/(1 − s), α = 1 and ϑ = B_in + (B_out − b)/(1 − s) (docs/math.md §3), the potential
     σ before the end of the input window stays below ϑ exactly when
-    R(σ) = b + Σ_j w_j·max(0, a_j − σ) − (1 − s)·σ < B_out. R is piecewise linear with
-    breakpoints at the a_j and falls beyond them, so R* = max over σ ∈ {0} ∪ {a_j}; R(0) = z,
-    the pre-activation. a, w: (P, K) inputs (codes) and weights of P neurons; b, s: (P,).
+    R(σ) = b + Σ_j w_j·max(0, a_j − σ) − c·σ < B_out with c = 1 − s; in the sparse coding (J = W, α = 0,
+    ϑ = B_out − b, §9) the same with c = 0 (``ramp_slope``, passed as ``c``). R is piecewise linear with
+    breakpoints at the a_j and, beyond them, falls (c > 0) or stays at b (c = 0), so
+    R* = max over σ ∈ {0} ∪ {a_j}; R(0) = z, the pre-activation. a, w: (P, K) inputs (codes) and weights
+    of P neurons; b, s (and c): (P,).
     """
     order = np.argsort(-a, axis=1)  # ties add w·(a − σ) = 0 at σ = a, in any order
-    return sorted_requirement(np.take_along_axis(a, order, axis=1), np.take_along_axis(w, order, axis=1), b, s)
+    return sorted_requirement(np.take_along_axis(a, order, axis=1), np.take_along_axis(w, order, axis=1), b, s, c)
 
 
-def sorted_requirement(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
+def sorted_requirement(a: np.ndarray, w: np.ndarray, b: np.ndarray, s: np.ndarray,
+                       c: np.ndarray | None = None) -> np.ndarray:
     """``required_window`` for codes already in decreasing order along each row (P, K), as
-    ``ops.sorted_fan_ins`` gives them: b + max(Σ w·a, ``ramp_peak``(a, w, 1 − s))."""
-    peak, total = ramp_peak(a, w, 1.0 - s)
+    ``ops.sorted_fan_ins`` gives them: b + max(Σ w·a, ``ramp_peak``(a, w, c)), c = 1 − s unless given."""
+    peak, total = ramp_peak(a, w, 1.0 - s if c is None else c)
     return b + np.maximum(total, peak)
 
 
@@ -326,8 +348,9 @@ def _scale_once(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
                     return scales
                 raise GraphError(f"layer {node.name}: {e}") from None
             c = np.ones(node.shape[0])
-            if node.relu:
-                c = scale_layer(ir.incoming_sum(node), options.s_min, options.s_max)
+            if node.relu:   # the sparse coding needs no scaling (docs/math.md §9): c = 1
+                c = c if options.coding == "sparse" else scale_layer(ir.incoming_sum(node), options.s_min,
+                                                                      options.s_max)
                 c = np.minimum(c, cap[node.name]) if node.name in cap else c
                 node = ir.scale_outputs(node, c)
                 scales[node.name] = c
@@ -362,7 +385,8 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
     the largest ``required_window`` over the calibration data that the activations' window would
     not hold (code units; 0 if none). The window is B = (1 + ζ)·X_n with X_n = ``layer_extent``:
     no calibration sample fires early. A node reading several populations gets the input window
-    and delays of ``snn.merge_windows``.
+    and delays of ``snn.merge_windows``. A spiking layer has J = W/(1 − s), ϑ of ``spike_threshold`` and α = 1
+    in the dense coding (§3), J = W, ϑ = B − b (``sparse_threshold``) and α = 0 in the sparse one (§9).
     """
     graph = scaled.graph
     enc = snn.Encoder(graph.input.name, tuple(graph.input.shape), float(input_range[0]), float(input_range[1]))
@@ -375,10 +399,15 @@ def spiking_nodes(scaled: Scaled, x_max: dict, required: dict, input_range: tupl
             xm = np.asarray(x_max[node.name], dtype=np.float64).reshape(-1)
             x_n = layer_extent(float(np.max(c * xm, initial=0.0)), float(required.get(node.name, 0.0)), options.zeta)
             b_out = window_length(x_n, options.zeta)
-            s = ir.incoming_sum(node)
-            J = [synaptic_weights(t.weight, s) for t in node.terms]
-            theta = spike_threshold(node.bias, s, b_in, b_out)
-            alpha = np.ones(node.shape[0])
+            if options.coding == "sparse":   # J = W, ϑ = B − b, α = 0 (docs/math.md §9)
+                J = [t.weight for t in node.terms]
+                theta = sparse_threshold(node.bias, b_out)
+                alpha = np.zeros(node.shape[0])
+            else:
+                s = ir.incoming_sum(node)
+                J = [synaptic_weights(t.weight, s) for t in node.terms]
+                theta = spike_threshold(node.bias, s, b_in, b_out)
+                alpha = np.ones(node.shape[0])
             certified = static_certificate([(j, window[t.input][1]) for j, t in zip(J, node.terms)], theta, alpha, b_in)
             out = snn.SpikingLayer(node.name, _synapses(node, J, delays), alpha, (t_in + b_in, b_out),
                                    theta=theta, certified=certified, scale=c, x_max=xm, x_n=x_n, source=node.source,

@@ -73,29 +73,41 @@ def trace(net: snn.Network, times: dict, name: str, index: int, points: int = TR
     windows and spike time."""
     layer = next(n for n in net.nodes if n.name == name)
     t_in, b_in = net.input_window(layer)
-    sources = [fan_in_source(syn, times[syn.input] + syn.delay, t_in + b_in) for syn in layer.synapses]
+    arrive = [times[syn.input] + syn.delay for syn in layer.synapses]
+    if net.coding == "sparse":   # a late input is lost (docs/math.md §9)
+        arrive = [np.minimum(t, t_in + b_in) for t in arrive]
+    sources = [fan_in_source(syn, t, t_in + b_in) for syn, t in zip(layer.synapses, arrive)]
     arrivals, weights = ops.gather_fan_ins(sources, [syn.J for syn in layer.synapses], layer.shape,
                                            np.array([0]), np.array([index]))
     alpha = float(ops.per_neuron(layer.alpha, layer.shape).reshape(-1)[index])
     theta = float(ops.per_neuron(layer.theta, layer.shape).reshape(-1)[index])
     spike = float(times[name].reshape(-1)[index])
     grid = np.union1d(np.linspace(t_in, spike, points), arrivals[0][(arrivals[0] > t_in) & (arrivals[0] < spike)])
-    return {"layer": name, "index": index, "grid": grid,
-            "v": membrane_potential(arrivals[0], weights[0], alpha, t_in, grid), "theta": theta,
+    v = membrane_potential(arrivals[0], weights[0], alpha, t_in, grid)
+    if net.coding == "sparse":   # after T the currents are off and V rises with slope 1 (docs/math.md §9)
+        end = t_in + b_in
+        v_end = membrane_potential(arrivals[0], weights[0], alpha, t_in, np.array([end]))[0]
+        v = np.where(grid <= end, v, v_end + (grid - end))
+    return {"layer": name, "index": index, "grid": grid, "v": v, "theta": theta,
             "input_window": (t_in, t_in + b_in), "window": (layer.window[0], sum(layer.window)), "spike": spike}
 
 
 def populations(net: snn.Network, times: dict) -> list[dict]:
-    """The populations that emit spikes (the encoder and the spiking layers), with sample 0's spike times."""
+    """The populations that emit spikes (the encoder and the spiking layers), with sample 0's spike times; in the
+    sparse coding the neurons at or after their window end are ``silent`` (no spike, docs/math.md §9), in the
+    dense one the hidden neurons at their window end are ``forced``."""
     out = []
+    sparse = net.coding == "sparse"
     for node in net.nodes:
         if isinstance(node, (snn.Encoder, snn.SpikingLayer)):
             t = times[node.name][0].reshape(-1)
             start, end = node.window[0], sum(node.window)
             spiking = isinstance(node, snn.SpikingLayer)
+            none = np.zeros(t.size, bool)
             out.append({"name": node.name, "times": t, "window": (start, end),
-                        "early": t < start if spiking else np.zeros(t.size, bool),
-                        "forced": t == end if spiking else np.zeros(t.size, bool)})
+                        "early": t < start if spiking else none,
+                        "forced": t == end if spiking and not sparse else none,
+                        "silent": t >= end if sparse else none})
     return out
 
 
@@ -114,7 +126,7 @@ def spikes_figure(net: snn.Network, pops: list[dict], traces: list[dict], title:
         start, end = pop["window"]
         ax.add_patch(plt.Rectangle((start, offset - 0.5), end - start, n, color=color, alpha=0.12, lw=0))
         y = offset + np.arange(n)
-        plain = ~pop["early"] & ~pop["forced"]
+        plain = ~pop["early"] & ~pop["forced"] & ~pop["silent"]   # silent neurons (sparse coding) are not drawn
         ax.scatter(pop["times"][plain], y[plain], s=2, color=color, lw=0)
         ax.scatter(pop["times"][pop["forced"]], y[pop["forced"]], s=2, color="0.6", lw=0)
         if pop["early"].any():
@@ -129,7 +141,7 @@ def spikes_figure(net: snn.Network, pops: list[dict], traces: list[dict], title:
                  "black × = fired early", fontsize=9)
     for k, pop in enumerate(pops):
         h = fig.add_subplot(grid[1, k])
-        h.hist(pop["times"], bins=40, color=f"C{k % 10}")
+        h.hist(pop["times"][~pop["silent"]], bins=40, color=f"C{k % 10}")
         for edge in pop["window"]:
             h.axvline(edge, color="k", lw=0.6, ls="--")
         h.set_title(_short(pop["name"]), fontsize=7)
@@ -213,7 +225,8 @@ def plot_file(snn_path, data_spec: str, sample: int, out_path, neurons=()) -> di
     save(spikes_figure(net, pops, traces, f"sample {sample}"), out_path)
     return {"output": str(out_path), "sample": sample,
             "populations": [{"name": p["name"], "neurons": int(p["times"].size), "window": list(p["window"]),
-                             "early_spikes": int(p["early"].sum()), "forced_spikes": int(p["forced"].sum())}
+                             "early_spikes": int(p["early"].sum()), "forced_spikes": int(p["forced"].sum()),
+                             "silent": int(p["silent"].sum())}
                             for p in pops],
             "neurons": [{"layer": t["layer"], "index": t["index"], "theta": t["theta"], "spike_time": t["spike"],
                          "window": list(t["window"])} for t in traces]}

@@ -163,7 +163,8 @@ def _predict(sim: Simulator, data, batch_size: int, emit, step) -> tuple[np.ndar
 def _rebuild(snn_path, net: snn.Network, onnx_path, calib_spec: str, zeta: float, batch_size: int) -> snn.Network:
     """The source model reconverted at ζ with the artifact's s_min, s_max and output, in memory."""
     from .convert import build
-    options = MappingOptions(zeta, net.meta.get("s_min", -10.0), net.meta.get("s_max", 0.99), short_windows=zeta < 0)
+    options = MappingOptions(zeta, net.meta.get("s_min", -10.0), net.meta.get("s_max", 0.99), short_windows=zeta < 0,
+                             coding=net.coding)
     rebuilt, _ = build(onnx_path, calib_spec, options, batch_size=batch_size, output=net.meta.get("source_output"))
     if rebuilt.meta["source_model_sha256"] != net.meta.get("source_model_sha256"):
         raise ArtifactError(f"{snn_path} was not converted from {onnx_path} (its sha256 differs from the recorded "

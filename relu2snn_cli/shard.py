@@ -133,11 +133,11 @@ def _stamp_spec(spec: str) -> tuple:
     return tuple(_stamp(p) for p in paths)
 
 
-def _calibrate_task(start, model_path, graph, scaled, spec, input_range, batch_size, zeta):
+def _calibrate_task(start, model_path, graph, scaled, spec, input_range, batch_size, zeta, coding="dense"):
     from .calibrate import batch_bounds, forward_check, new_bounds
     batch = read_batch(_data(spec, _stamp_spec(spec)), start, batch_size, spec)
     x_max, required = new_bounds(scaled)
-    pairs, logits = batch_bounds(scaled, batch, input_range, zeta, x_max, required)
+    pairs, logits = batch_bounds(scaled, batch, input_range, zeta, x_max, required, coding)
     check = None
     if start == 0:
         sess = _session(str(model_path), graph.output_name, _stamp(model_path))
@@ -145,13 +145,14 @@ def _calibrate_task(start, model_path, graph, scaled, spec, input_range, batch_s
     return x_max, required, pairs, check
 
 
-def calibrate(client, model_path, graph, scaled, spec: str, n: int, input_range, batch_size: int, progress, zeta):
+def calibrate(client, model_path, graph, scaled, spec: str, n: int, input_range, batch_size: int, progress, zeta,
+              coding: str = "dense"):
     """``calibrate.calibrate`` with one task per batch; per-layer maxima merged in batch order."""
     from .calibrate import Calibration, new_bounds
     starts = list(range(0, n, batch_size))
     graph_f, scaled_f = client.scatter([graph, scaled], broadcast=True)
     futures = [client.submit(_calibrate_task, s, str(model_path), graph_f, scaled_f, str(spec), tuple(input_range),
-                             batch_size, zeta, pure=False) for s in starts]
+                             batch_size, zeta, coding, pure=False) for s in starts]
     parts = gather(client, futures, [min(batch_size, n - s) for s in starts], n, progress)
     x_max, required = new_bounds(scaled)
     pairs = 0

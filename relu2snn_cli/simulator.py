@@ -16,6 +16,9 @@ Each SpikingLayer is simulated in two passes, vectorized over the batch:
 
 A neuron that has not fired by its window end fires there (activation 0): a *forced* spike,
 counted apart from the *threshold* spikes, whose potential reached ϑ before the window end.
+In the sparse coding (docs/math.md §9) such a neuron is silent: it sends no spike, and is represented by
+the time of its window end all the same (activation 0), so that the layers downstream compute the same.
+A sparse layer's potential rises with slope 1 once its input window ends, and inputs after that end are lost.
 Spike times and logits that come out infinite or NaN (parameters or inputs too large for
 float64) are refused with a NonFiniteError naming the node.
 """
@@ -115,28 +118,45 @@ def peak_potential(a: np.ndarray, w: np.ndarray, alpha: np.ndarray, b_in: float)
 class Counts:
     """Spike statistics, summed over the samples of one or more batches.
 
-    Every neuron fires once (docs/math.md §1): an input neuron at its encoded time, a hidden
-    neuron when its potential reaches ϑ before its window end (a threshold spike, activation
-    > 0) or else at the window end (a forced spike, activation 0).
+    In the dense coding every neuron fires once (docs/math.md §1): an input neuron at its encoded
+    time, a hidden neuron when its potential reaches ϑ before its window end (a threshold spike,
+    activation > 0) or else at the window end (a forced spike, activation 0). In the sparse coding
+    (§9) only the neurons with an activation > 0 fire — input neurons before their window end, hidden
+    neurons with a threshold spike —, the others are ``silent`` and there are no forced spikes.
+    ``layer_spikes`` holds the spikes per population (the encoder and each spiking layer);
+    ``synaptic_events`` the spikes that reach a synapse of nonzero weight, summed over the receiving
+    layers and the readout (counted only when ``Simulator.run`` is asked to, else 0).
     """
 
     samples: int = 0
     input_spikes: int = 0     # spikes of the encoder
     threshold_spikes: int = 0  # hidden neurons whose potential reached ϑ before their window end
-    forced_spikes: int = 0    # hidden neurons that fired at their window end without reaching ϑ before it
+    forced_spikes: int = 0    # hidden neurons that fired at their window end without reaching ϑ before it (dense)
+    silent: int = 0           # neurons that sent no spike (sparse: input and hidden neurons of activation 0)
     early_spikes: int = 0     # neurons that fired before all their inputs were in
     out_of_range_inputs: int = 0
     checked: int = 0          # (sample, neuron) pairs no certificate covered, checked input by input
     scanned: int = 0          # of those, pairs simulated event by event (an input after T, or ϑ reached)
+    synaptic_events: int = 0  # Σ over receiving layers of Σ_i Σ_j [J_ij ≠ 0]·[input j spiked]
+    layer_spikes: dict = field(default_factory=dict)   # spikes per population, by node name
 
     def add(self, other: "Counts") -> None:
         for key in self.__dataclass_fields__:
-            setattr(self, key, getattr(self, key) + getattr(other, key))
+            if key == "layer_spikes":
+                for name, value in other.layer_spikes.items():
+                    self.layer_spikes[name] = self.layer_spikes.get(name, 0) + value
+            else:
+                setattr(self, key, getattr(self, key) + getattr(other, key))
 
     @property
     def spikes(self) -> int:
         """Spikes emitted: input, threshold and forced spikes."""
         return self.input_spikes + self.threshold_spikes + self.forced_spikes
+
+    @property
+    def hidden_spikes(self) -> int:
+        """Spikes of the spiking layers: threshold and forced spikes."""
+        return self.threshold_spikes + self.forced_spikes
 
     @property
     def forced_share(self) -> float:
@@ -153,8 +173,9 @@ class CompiledLayer:
     spike time), the same as T − (t + delay_k) at the end T of the merged input window.
     """
 
-    def __init__(self, layer: snn.SpikingLayer, in_windows: list[tuple[float, float]]):
+    def __init__(self, layer: snn.SpikingLayer, in_windows: list[tuple[float, float]], coding: str = "dense"):
         self.layer = layer
+        self.sparse = coding == "sparse"   # docs/math.md §9
         self.ends = [t + b for t, b in in_windows]
         self.lengths = [b for _, b in in_windows]
         (self.t_in, self.b_in), _ = snn.merge_windows(in_windows)
@@ -184,13 +205,23 @@ class CompiledLayer:
 
     def fire(self, t_in: list[np.ndarray]) -> tuple[np.ndarray, int, int, int]:
         """Spike times (N, *shape) for the input spike times of each synapse set (undelayed);
-        also the counts of early spikes, checked pairs and pairs scanned event by event."""
+        also the counts of early spikes, checked pairs and pairs scanned event by event.
+
+        Sparse coding (docs/math.md §9): inputs after T (code < 0) are lost, so the codes are max(a, 0); once
+        the input window ends the potential is V(T) + (t − T), so the closed form is T + ϑ − V(T) with
+        V(T) = α·B_in + Σ J·a; early crossings (at or before T) are found as in the dense coding."""
         layer = self.layer
         n = t_in[0].shape[0]
         a = [end - t for end, t in zip(self.ends, t_in)]
+        if self.sparse:
+            a = [np.maximum(a_k, 0.0) for a_k in a]
         u, p = self._drives(a)
-        with np.errstate(divide="ignore"):  # a non-rising potential (slope ≤ 0) never crosses after T
-            t = np.where(self.slope > 0, self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope, np.inf)
+        if self.sparse:
+            t = self.t_start + (self.theta - self.alpha * self.b_in - u)
+        else:
+            with np.errstate(divide="ignore"):  # a non-rising potential (slope ≤ 0) never crosses after T
+                t = np.where(self.slope > 0, self.t_start + (self.theta - self.alpha * self.b_in - u) / self.slope,
+                             np.inf)
         failing, late, in_window = self._uncertified(a, u, p)
         rows, cols = np.nonzero(failing)
         screen = np.flatnonzero(in_window[rows])
@@ -218,12 +249,16 @@ class CompiledLayer:
         rows, cols = rows[scan], cols[scan]
         early = 0
         if len(rows):
-            sources = [fan_in_source(syn, t_k + syn.delay, self.t_start) for syn, t_k in zip(layer.synapses, t_in)]
+            arrive = [t_k + syn.delay for syn, t_k in zip(layer.synapses, t_in)]
+            if self.sparse:   # a late input is lost: it arrives at T at the latest, adding nothing before T
+                arrive = [np.minimum(t_k, self.t_start) for t_k in arrive]
+            sources = [fan_in_source(syn, t_k, self.t_start) for syn, t_k in zip(layer.synapses, arrive)]
             step = max(1, SCAN_CHUNK // self.fan_in)
             for lo in range(0, len(rows), step):
                 r, c = rows[lo:lo + step], cols[lo:lo + step]
                 times, weights = ops.gather_fan_ins(sources, [syn.J for syn in layer.synapses], layer.shape, r, c)
-                t[r, c] = first_crossing(times, weights, self.alpha[c], self.theta[c], self.t_in)
+                crossing = first_crossing(times, weights, self.alpha[c], self.theta[c], self.t_in)
+                t[r, c] = sparse_crossing(crossing, t[r, c], self.t_start) if self.sparse else crossing
                 early += int(np.count_nonzero(t[r, c] < self.t_start))
         t = np.minimum(t, self.t_end)
         return t.reshape((n,) + layer.shape), early, int(np.count_nonzero(failing)), len(rows)
@@ -315,6 +350,14 @@ class CompiledLayer:
         failing[rows[keep], neurons[keep]] = True
 
 
+def sparse_crossing(crossing: np.ndarray, closed: np.ndarray, t_start: float) -> np.ndarray:
+    """A sparse neuron's first crossing (docs/math.md §9): the input phase's first crossing where it comes at or
+    before T = t_start, else the output phase's closed form T + ϑ − V(T) (``closed``). Up to T the potential is
+    the input phase's, which ``first_crossing`` walks; after T it rises with slope 1 from V(T), so the input
+    phase's own crossings after T are not the neuron's."""
+    return np.where(crossing <= t_start, crossing, closed)
+
+
 def spike_counts(t: np.ndarray, t_end: float) -> tuple[int, int]:
     """(threshold spikes, forced spikes) among a layer's spike times t from ``CompiledLayer.fire``.
 
@@ -367,31 +410,43 @@ class Simulator:
 
     def __init__(self, net: snn.Network):
         self.net = net
+        self.sparse = net.coding == "sparse"
+        self.ends = {n.name: sum(n.window) for n in net.nodes}   # each population's window end
         windows = {n.name: n.window for n in net.nodes}
-        self.compiled = {n.name: CompiledLayer(n, [windows[name] for name in n.inputs])
+        self.compiled = {n.name: CompiledLayer(n, [windows[name] for name in n.inputs], net.coding)
                          for n in net.nodes if isinstance(n, snn.SpikingLayer)}
         spiking = [n for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer))]
         self.neurons = sum(int(np.prod(n.shape)) for n in spiking)  # spiking neurons per sample
+        self.hidden_neurons = self.neurons - int(np.prod(net.nodes[0].shape))   # those of the spiking layers
         self.last_use = {name: i for i, n in enumerate(net.nodes) for name in n.inputs}
+        self.nonzero: dict = {}   # per receiving node, its synapse sets' [J ≠ 0], built on first use
 
-    def run(self, x: np.ndarray, keep_times: bool = False, emit=None) -> Result:
+    def run(self, x: np.ndarray, keep_times: bool = False, emit=None, count_events: bool = False) -> Result:
         """Simulate one batch x (N, *input shape).
 
         ``emit(node, t) -> t``, when given, transforms the spike times of each population as it emits them
         (the encoder and every spiking layer; nodes that move neurons pass spikes on unchanged): the hook of
-        the robustness sweep for spike-time jitter and quantisation (docs/hardware.md). The counts describe
-        the spikes as fired, before the transform; the next layers integrate the transformed times exactly.
+        the robustness sweep for spike-time jitter and quantisation (docs/hardware.md). It applies to the
+        spikes only: in the sparse coding a silent neuron stays silent (its time, the window end, is kept).
+        The counts describe the spikes as fired, before the transform; the next layers integrate the
+        transformed times exactly. With ``count_events`` the counts include the synaptic events
+        (``synaptic_events``: one product per synapse set).
         """
         enc = self.net.nodes[0]
         t, outside = encode(enc, x)
         check_finite(t, enc.name, "spike times")
+        fired = t < self.ends[enc.name] if self.sparse else np.ones(t.shape, dtype=bool)   # a > 0 (sparse)
+        spikes = int(np.count_nonzero(fired))
         if emit is not None:
-            t = emit(enc, t)
-        counts = Counts(samples=len(t), out_of_range_inputs=outside, input_spikes=t.size)
+            t = self._emit(emit, enc, t, fired)
+        counts = Counts(samples=len(t), out_of_range_inputs=outside, input_spikes=spikes, silent=t.size - spikes,
+                        layer_spikes={enc.name: spikes})
         times = {enc.name: t}
         logits = None
         for i, node in enumerate(self.net.nodes[1:], 1):
             t_in = [times[name] for name in node.inputs]
+            if count_events and isinstance(node, (snn.SpikingLayer, snn.Readout)):
+                counts.synaptic_events += self.events(node, t_in)
             if isinstance(node, snn.SpikingLayer):
                 out, early, checked, scanned = self.compiled[node.name].fire(t_in)
                 check_finite(out, node.name, "spike times")
@@ -400,9 +455,13 @@ class Simulator:
                 counts.checked += checked
                 counts.scanned += scanned
                 counts.threshold_spikes += threshold
+                if self.sparse:   # no spike at the window end: the neuron is silent
+                    counts.silent += forced
+                    forced = 0
                 counts.forced_spikes += forced
+                counts.layer_spikes[node.name] = threshold + forced
                 if emit is not None:
-                    out = emit(node, out)
+                    out = self._emit(emit, node, out, out < sum(node.window) if self.sparse else None)
             elif isinstance(node, snn.Readout):
                 logits = read_out(node, t_in)
                 check_finite(logits, node.name, "logits")
@@ -414,12 +473,31 @@ class Simulator:
                 times = {k: v for k, v in times.items() if self.last_use.get(k, -1) > i}
         return Result(logits, times if keep_times else {}, counts)
 
+    @staticmethod
+    def _emit(emit, node, t: np.ndarray, fired: np.ndarray | None) -> np.ndarray:
+        """``emit(node, t)`` where a neuron fired (all of them when ``fired`` is None); silent neurons keep t."""
+        out = emit(node, t)
+        return out if fired is None or fired.all() else np.where(fired, out, t)
+
+    def events(self, node, t_in: list[np.ndarray]) -> int:
+        """Synaptic events of a receiving node (a spiking layer or the readout) for a batch: spikes that reach a
+        synapse of nonzero weight, Σ_i Σ_j [J_ij ≠ 0]·[input j spiked], one product per synapse set with the
+        indicator of the inputs that spiked (all of them in the dense coding; in the sparse one those before
+        their window end, a > 0). Padded taps of a convolution are not inputs."""
+        if node.name not in self.nonzero:
+            self.nonzero[node.name] = [(syn.J != 0).astype(np.float64) for syn in node.synapses]
+        total = 0.0
+        for syn, mask, t in zip(node.synapses, self.nonzero[node.name], t_in):
+            fired = (t < self.ends[syn.input]) if self.sparse else np.ones(t.shape, dtype=bool)
+            total += float(np.sum(drive(syn, fired.astype(np.float64), mask)))
+        return int(round(total))
+
     def stream(self, data, batch_size: int = 256, keep_times: bool = False, progress=None, spec: str = "inputs",
-               emit=None):
+               emit=None, count_events: bool = False):
         """Yield a Result per batch of an array-like ``data`` (read lazily, batch by batch; NaN/Inf refused);
-        ``emit`` as in ``run``."""
+        ``emit`` and ``count_events`` as in ``run``."""
         for _, batch in batches(data, batch_size, spec):
-            yield self.run(batch, keep_times, emit)
+            yield self.run(batch, keep_times, emit, count_events)
             if progress is not None:
                 progress(len(batch), len(data))
 
@@ -467,5 +545,13 @@ def simulate_file(snn_path, data_spec: str, out_path, keep_times: bool = False, 
     counts = result.counts
     return {"output": str(out_path), "n_samples": counts.samples, "early_spikes": counts.early_spikes,
             "out_of_range_inputs": counts.out_of_range_inputs, "latency": sim.net.latency,
-            "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons),
+            "coding": sim.net.coding, "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons),
+            "spikes_per_hidden_neuron": hidden_share(counts, sim),
             "forced_spike_share": counts.forced_share}
+
+
+def hidden_share(counts: Counts, sim: Simulator) -> float | None:
+    """Spikes per hidden neuron and sample: the spiking layers' spikes over their neurons (None without any). In
+    the sparse coding the share of positive hidden activations (docs/math.md §9); 1 in the dense one."""
+    total = counts.samples * sim.hidden_neurons
+    return counts.hidden_spikes / total if total else None

@@ -15,7 +15,11 @@ Conventions, in one place:
   a map of the whole output shape; ``scale`` (c of docs/math.md §3) and ``x_max`` (calibrated
   maximum activation, before scaling) are per output channel; ``x_n`` is the calibrated
   X_n of the window rule B = (1 + ζ)·X_n: the largest scaled activation or no-early-spike
-  requirement (``mapping.required_window``), in code units.
+  requirement (``mapping.required_window``), in code units;
+- the network's ``coding`` (docs/math.md §9): ``dense``, every neuron fires once, a zero activation at its
+  window end (a forced spike); ``sparse``, a zero activation sends no spike. Inside the simulator a silent
+  neuron is represented by the time of its window end (activation 0) in both codings, so that everything
+  downstream computes the same; only the spike counts and the dynamics of a spiking layer differ.
 """
 
 from __future__ import annotations
@@ -312,17 +316,24 @@ def _expected_window(node, sources: list) -> tuple[tuple[float, float], tuple[fl
     return (t_in, b_in), delays
 
 
+CODINGS = ("dense", "sparse")   # docs/math.md §1 and §9
+
+
 @dataclass(frozen=True)
 class Network:
     """A converted network: nodes in topological order, ``nodes[0]`` the Encoder, ``nodes[-1]`` the Readout.
 
-    ``meta`` holds the artifact's descriptive root attributes (docs/artifact.md).
+    ``meta`` holds the artifact's descriptive root attributes (docs/artifact.md); ``coding`` is ``dense``
+    (docs/math.md §1) or ``sparse`` (§9).
     """
 
     nodes: tuple
     meta: dict = field(default_factory=dict, hash=False)
+    coding: str = "dense"
 
     def __post_init__(self):
+        if self.coding not in CODINGS:
+            raise GraphError(f"coding {self.coding!r} is not one of {', '.join(CODINGS)}")
         if not self.nodes or not isinstance(self.nodes[0], Encoder) or not isinstance(self.nodes[-1], Readout):
             raise GraphError("a network runs from an Encoder to a Readout")
         seen: dict[str, object] = {}

@@ -20,6 +20,7 @@ the nodes that have the fields involved): the stored static certificate is what
 ``mapping.static_certificate`` gives for the synapses, ϑ, α and the input windows; the window length
 is B = (1 + ζ)·X_n (1 when X_n = 0); X_n is at least the largest scaled activation; the
 scales c lie in (0, 1]; with α = 1 the incoming sums s = ΣJ/(1 + ΣJ), over all synapse sets, lie in [s_min, s_max].
+In the sparse coding (docs/math.md §9) the mapping writes α = 0 and c = 1 in every spiking layer.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def check(net: snn.Network) -> None:
         _check_fields(node)
         _check_inputs(node, nodes)
         _check_mapping(node, nodes, net.meta)
+        if net.coding == "sparse":
+            _check_sparse(node)
         nodes[node.name] = node
     _check_meta(net)
 
@@ -226,6 +229,16 @@ def _check_mapping(node, earlier: dict, meta: dict) -> None:
         slack = RTOL * (1 + np.abs(total))
         if not np.all((1 + total > 0) & (s >= s_min - slack) & (s <= s_max + slack)):
             raise GraphError(f"{node.name}: incoming weight sums outside [s_min, s_max] = [{s_min}, {s_max}]")
+
+
+def _check_sparse(node) -> None:
+    """A spiking layer of the sparse coding has no drive in its input phase (α = 0) and no scaling (c = 1):
+    J = W and ϑ = B − b (docs/math.md §9)."""
+    if isinstance(node, snn.SpikingLayer):
+        if np.any(node.alpha != 0):
+            raise GraphError(f"{node.name}: alpha must be 0 in the sparse coding (docs/math.md §9)")
+        if np.any(node.scale != 1):
+            raise GraphError(f"{node.name}: activation scales must be 1 in the sparse coding (docs/math.md §9)")
 
 
 def _plain(value) -> bool:

@@ -144,6 +144,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output)
     net = checker.net
     neurons = sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer)))
+    hidden = neurons - int(np.prod(net.nodes[0].shape))
     data = load_data(data_spec)
     check_inputs(data, checker.graph.input.shape, data_spec)
     labels = load_labels(labels_spec, len(data), net.nodes[-1].shape[0]) if labels_spec else None
@@ -177,7 +178,9 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
         "spike_time_error_per_layer": errors,
         "early_spikes": counts.early_spikes,
         "out_of_range_inputs": counts.out_of_range_inputs,
+        "coding": net.coding,
         "spikes_per_neuron": counts.spikes / (n * neurons),
+        "spikes_per_hidden_neuron": counts.hidden_spikes / (n * hidden) if hidden else None,
         "forced_spike_share": counts.forced_share,
         "checked_pairs": counts.checked,
         "event_scan_pairs": counts.scanned,

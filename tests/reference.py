@@ -6,6 +6,11 @@ fire at the end of the input window — then step from event to event, evaluatin
 potential V(t) = α·(t − T_in) + Σ_j w_j·max(0, t − t_j) directly at each event.
 A neuron whose first crossing comes before its window end fires there (a threshold spike),
 else at the window end (a forced spike, activation 0); ``run`` can count both per layer.
+
+Sparse coding (docs/math.md §9): inputs arriving after the end T of the input window are dropped; the
+input-phase potential is walked the same way up to T, and a neuron that has not crossed by then crosses at
+T + ϑ − V(T) (slope 1, currents off); one that does not cross before its window end is silent, written as
+its window end (activation 0) and counted as silent, not as a spike.
 """
 
 from __future__ import annotations
@@ -66,11 +71,21 @@ def _param(values: np.ndarray, index: tuple[int, ...]) -> float:
     return float(values[index] if values.ndim == len(index) else values[index[0]])
 
 
+def sparse_first_spike(inputs: list[tuple[float, float]], alpha: float, theta: float, t0: float,
+                       t_stop: float) -> float:
+    """Sparse coding: the first crossing of the input phase if it comes by t_stop = T (late inputs already
+    dropped), else T + ϑ − V(T) of the output phase, whose potential is V(T) + (t − T)."""
+    crossing = first_spike(inputs, alpha, theta, t0)
+    if crossing <= t_stop:
+        return crossing
+    return t_stop + (theta - potential(t_stop, inputs, alpha, t0))
+
+
 def fire_layer(layer: snn.SpikingLayer, in_window: tuple[float, float], t_ins: list[np.ndarray],
-               counts: dict | None = None) -> np.ndarray:
+               counts: dict | None = None, coding: str = "dense") -> np.ndarray:
     """Spike times of a spiking layer for a batch of input spike times, one array per synapse set; with
     ``counts``, counts[layer name] = (threshold spikes, forced spikes): first crossings before the window end,
-    and neurons that do not cross before it."""
+    and neurons that do not cross before it (in the sparse coding: silent neurons)."""
     t0 = in_window[0]
     t_pad = in_window[0] + in_window[1]
     t_end = sum(layer.window)
@@ -79,7 +94,12 @@ def fire_layer(layer: snn.SpikingLayer, in_window: tuple[float, float], t_ins: l
     for s in range(len(t_ins[0])):
         for index in np.ndindex(*layer.shape):
             inputs = all_inputs(layer, t_ins, s, index, t_pad)
-            crossing = first_spike(inputs, _param(layer.alpha, index), _param(layer.theta, index), t0)
+            alpha, theta = _param(layer.alpha, index), _param(layer.theta, index)
+            if coding == "sparse":
+                inputs = [(tj, w) for tj, w in inputs if tj <= t_pad]   # a late spike is lost
+                crossing = sparse_first_spike(inputs, alpha, theta, t0, t_pad)
+            else:
+                crossing = first_spike(inputs, alpha, theta, t0)
             forced += not crossing < t_end
             out[(s,) + index] = min(crossing, t_end)
     if counts is not None:
@@ -126,17 +146,36 @@ def take(node: snn.Take, t_in: np.ndarray) -> np.ndarray:
 def run(net: snn.Network, x: np.ndarray, counts: dict | None = None,
         emit=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Logits and every population's spike times for inputs x; with ``counts``, each spiking layer's
-    (threshold spikes, forced spikes) as ``fire_layer`` counts them; ``emit(node, t) -> t`` transforms the
-    times each population emits (the encoder and the spiking layers), as ``Simulator.run`` does."""
-    emit = emit or (lambda node, t: t)
+    (threshold spikes, forced or silent neurons) as ``fire_layer`` counts them, and the encoder's (spikes,
+    silent neurons) in the sparse coding; ``emit(node, t) -> t`` transforms the times each population emits
+    (the encoder and the spiking layers), as ``Simulator.run`` does: in the sparse coding only those of
+    the neurons that fire, one at a time."""
+    sparse = net.coding == "sparse"
+
+    def send(node, t):
+        if emit is None:
+            return t
+        if not sparse:
+            return emit(node, t)
+        out = t.copy()
+        sent = emit(node, t)
+        for index in np.ndindex(*t.shape):
+            if t[index] < sum(node.window):   # a spike; a silent neuron keeps its window end
+                out[index] = sent[index]
+        return out
+
     enc = net.nodes[0]
     a = (np.asarray(x, dtype=np.float64) - enc.low) / (enc.high - enc.low)
-    times = {enc.name: emit(enc, 1.0 - a)}
+    t_enc = 1.0 - a
+    if counts is not None and sparse:
+        fired = sum(1 for v in t_enc.reshape(-1) if v < 1.0)
+        counts[enc.name] = (fired, t_enc.size - fired)
+    times = {enc.name: send(enc, t_enc)}
     logits = None
     for node in net.nodes[1:]:
         t_ins = [times[name] for name in node.inputs]
         if isinstance(node, snn.SpikingLayer):
-            times[node.name] = emit(node, fire_layer(node, net.input_window(node), t_ins, counts))
+            times[node.name] = send(node, fire_layer(node, net.input_window(node), t_ins, counts, net.coding))
         elif isinstance(node, snn.SpikePool):
             times[node.name] = pool(node, t_ins[0])
         elif isinstance(node, snn.Reshape):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 from builders import GraphBuilder, save
 from relu2snn_cli import bench, convert, h5io, snn
 from relu2snn_cli.cli import cli
+from relu2snn_cli.mapping import MappingOptions
+from relu2snn_cli.simulator import Simulator
 
 
 def run(*args):
@@ -62,15 +65,27 @@ def brute_fan_out(syn: snn.Synapses) -> np.ndarray:
                                                               ((2, 1), (0, 2, 1, 0), (1, 2), 1),
                                                               ((2, 2), (0, 0, 0, 0), (1, 1), 1),
                                                               ((1, 2), (1, 0, 0, 1), (1, 1), 2)])
-def test_fan_out_counts_real_taps(strides, pads, dilations, groups):
+def test_events_count_real_taps(strides, pads, dilations, groups):
+    """Synaptic events of a convolution whose weights are all nonzero, with every input spiking (dense coding): the
+    synapses leaving each input neuron counted by walking every output neuron and tap; padded taps send nothing.
+    With a zero weight its events are gone."""
     syn = snn.Synapses("x", (2, 7, 6), np.ones((4, 2 // groups, 3, 2)), 0.0, strides, pads, dilations, groups)
     layer = snn.SpikingLayer("c", (syn,), np.ones(4), (1.0, 1.0), theta=np.full(4, 9.0),
                              certified=np.ones(4, bool), scale=np.ones(4), x_max=np.ones(4))
-    got = bench.fan_out(syn)
-    np.testing.assert_array_equal(got, brute_fan_out(syn))
+    readout = snn.Readout("out", (snn.Synapses("c", layer.shape, np.zeros((1, int(np.prod(layer.shape))))),),
+                          np.zeros(1), (1.0, 1.0))
+    sim = Simulator(snn.Network((snn.Encoder("x", (2, 7, 6), 0.0, 1.0), layer, readout), {}))
+    t = np.full((3, 2, 7, 6), 0.5)
+    got = sim.events(layer, [t])
+    assert got == 3 * brute_fan_out(syn).sum()
     # every multiply-add reads one input, a padded one sends no spike
-    assert got.sum() <= bench.macs(layer)
-    assert (got.sum() == bench.macs(layer)) == (max(pads) == 0)
+    assert got <= 3 * bench.macs(layer)
+    assert (got == 3 * bench.macs(layer)) == (max(pads) == 0)
+    assert sim.events(readout, [np.zeros((3,) + layer.shape)]) == 0   # zero weights: no events
+    J = syn.J.copy()
+    J[0, 0, 0, 0] = 0.0
+    sparser = dataclasses.replace(layer, name="c0", synapses=(dataclasses.replace(syn, J=J),))
+    assert sim.events(sparser, [t]) < got
 
 
 def test_macs_and_events_of_a_network(small):
@@ -78,13 +93,11 @@ def test_macs_and_events_of_a_network(small):
     conv, dense, readout = [n for n in net.nodes if isinstance(n, (snn.SpikingLayer, snn.Readout))]
     assert bench.macs(conv) == 3 * 6 * 5 * 2 * 3 * 3
     assert bench.macs(dense) == 4 * 18 and bench.macs(readout) == 3 * 4
-    from relu2snn_cli.simulator import Simulator
-    result = Simulator(net).run(np.load(small["data"]), keep_times=True)
-    events = bench.synaptic_events(net, result.times)
-    # every neuron fires once: each sample sends the fan-outs summed over all sending neurons
-    fan = [bench.fan_out(layer.synapses[0]).sum() for layer in (conv, dense, readout)]
-    assert events == 10 * sum(fan)
-    assert fan[1] == 4 * 18 and fan[2] == 3 * 4
+    result = Simulator(net).run(np.load(small["data"]), count_events=True)
+    # every neuron fires once: each sample sends the fan-outs summed over all sending neurons (nonzero weights)
+    fan = [brute_fan_out(conv.synapses[0]).sum(), 4 * 18, 3 * 4]
+    assert np.all(dense.synapses[0].J != 0) and np.all(readout.synapses[0].J != 0) and np.all(conv.synapses[0].J != 0)
+    assert result.counts.synaptic_events == 10 * sum(fan)
 
 
 def test_bench_report(small):
@@ -95,9 +108,12 @@ def test_bench_report(small):
     assert report["snn_over_ann"] == pytest.approx(report["snn_seconds_per_sample"] / report["ann_seconds_per_sample"])
     assert report["ann_macs_per_sample"] == 3 * 6 * 5 * 2 * 3 * 3 + 4 * 18 + 3 * 4
     assert 0 < report["synaptic_events_per_sample"] <= report["ann_macs_per_sample"]
-    assert report["spikes_per_neuron"] == 1.0
-    # the same share of forced spikes as one run over the data: every pass counts the same spikes
-    from relu2snn_cli.simulator import Simulator
+    assert report["spikes_per_neuron"] == 1.0 and report["spikes_per_hidden_neuron"] == 1.0
+    assert report["coding"] == "dense" and report["spikes"] == report["spikes_per_sample"] * 10
+    assert report["synaptic_events"] == report["synaptic_events_per_sample"] * 10
+    assert report["layer_spikes_per_sample"] == {n.name: float(np.prod(n.shape)) for n in net.nodes
+                                                 if isinstance(n, (snn.Encoder, snn.SpikingLayer))}
+    # the same share of forced spikes as one run over the data
     counts = Simulator(net).run(np.load(small["data"])).counts
     assert 0 < counts.forced_spikes < counts.threshold_spikes + counts.forced_spikes
     assert report["forced_spike_share"] == pytest.approx(counts.forced_share, rel=1e-12)
@@ -177,3 +193,21 @@ def test_overflowing_network_is_bad_input(tmp_path, monkeypatch):
     assert result.exit_code == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "huge.snn.h5" in lines[0] and f"'{readout.name}'" in lines[0]
+
+
+def test_bench_sparse_coding_counts_real_spikes(small):
+    """The same network converted with the sparse coding: spikes per hidden neuron is the share of threshold spikes
+    (the positive activations), the per-population spikes add up to the spikes, and the synaptic events fall
+    below the dense coding's."""
+    sparse = small["tmp"] / "sparse.snn.h5"
+    convert.convert(small["onnx"], str(small["tmp"] / "calib.npy"), sparse, MappingOptions(coding="sparse"))
+    report = bench.bench(sparse, str(small["data"]), batch_size=4, repeats=1)
+    dense = bench.bench(small["snn"], str(small["data"]), batch_size=4, repeats=1)
+    net = h5io.read(sparse)
+    counts = Simulator(net).run(np.load(small["data"]), count_events=True).counts
+    hidden = sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, snn.SpikingLayer))
+    assert report["coding"] == "sparse" and counts.forced_spikes == 0
+    assert report["spikes_per_hidden_neuron"] == counts.threshold_spikes / (10 * hidden) < 1.0
+    assert report["spikes"] == counts.spikes == sum(report["layer_spikes_per_sample"].values()) * 10
+    assert report["synaptic_events"] == counts.synaptic_events < dense["synaptic_events"]
+    assert report["spikes_per_neuron"] < dense["spikes_per_neuron"] == 1.0

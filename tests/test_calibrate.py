@@ -107,10 +107,10 @@ class Converted(dict):
         self.tmp_path_factory = tmp_path_factory
 
     def __missing__(self, key):
-        model, zeta = key
+        model, zeta, *coding = key
         path = self.tmp_path_factory.mktemp(model) / f"z{zeta}.snn.h5"
         convert.convert(SAMPLES / model / "model.onnx", str(SAMPLES / model / "calib.npy"), path,
-                        mapping.MappingOptions(zeta=zeta))
+                        mapping.MappingOptions(zeta=zeta, coding=coding[0] if coding else "dense"))
         self[key] = h5io.read(path)
         return self[key]
 
@@ -190,11 +190,61 @@ def test_no_early_spike_on_calibration_data(converted, model, zeta):
             assert early == 0, node.name
 
 
-def brute_force_r_star(a, w, b, s, grid=2001) -> float:
-    """max over σ ∈ linspace(0, max a) ∪ {0} ∪ {a_j} of R(σ) = b + Σ w·max(0, a − σ) − (1 − s)·σ."""
-    sigma = np.concatenate([np.linspace(0.0, a.max(initial=0.0), grid), a, [0.0]])
-    r = b + np.maximum(0.0, a[None, :] - sigma[:, None]) @ w - (1.0 - s) * sigma
+@pytest.mark.parametrize("zeta", [0.5, 0.0])
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_no_early_spike_on_calibration_data_sparse(converted, model, zeta):
+    """The same guarantee in the sparse coding (docs/math.md §9): R* with slope 0 holds every calibration sample's
+    input phase below ϑ = B − b."""
+    net = converted[model, zeta, "sparse"]
+    assert net.coding == "sparse"
+    calib = np.load(SAMPLES / model / "calib.npy")
+    result = simulator.simulate(net, calib, keep_times=True)
+    assert result.counts.early_spikes == 0
+
+
+def brute_force_r_star(a, w, b, s, grid=2001, c=None) -> float:
+    """max over σ ∈ linspace(0, 2·max a) ∪ {0} ∪ {a_j} of R(σ) = b + Σ w·max(0, a − σ) − c·σ, c = 1 − s unless
+    given (0: the sparse coding, where R = b beyond the largest code)."""
+    c = 1.0 - s if c is None else c
+    sigma = np.concatenate([np.linspace(0.0, 2.0 * a.max(initial=0.0), grid), a, [0.0]])
+    r = b + np.maximum(0.0, a[None, :] - sigma[:, None]) @ w - c * sigma
     return float(r.max())
+
+
+def test_sparse_required_window_equals_brute_force():
+    """R* with c = 0 (docs/math.md §9) against the brute-force maximum, which is never below b; the bound from
+    sums is never below it."""
+    for a, w, b, s in random_cases(seed=5):
+        got = mapping.required_window(a[None], w[None], np.array([b]), np.array([s]), np.zeros(1))[0]
+        want = brute_force_r_star(a, w, b, s, c=0.0)
+        scale = max(1.0, abs(want), abs(b) + float(np.abs(w) @ a) + float(a.max()))
+        assert abs(got - want) <= 1e-9 * scale and got >= b - 1e-12 * scale, (a, w, b, got, want)
+        z, p = b + w @ a, b + np.clip(w, 0, None) @ a
+        bound = mapping.requirement_bound(np.array([z]), np.array([p]), np.array([s]),
+                                          np.array([np.clip(w, None, 0).sum()]), np.zeros(1))[0]
+        assert bound >= got - 1e-9 * scale
+
+
+def test_sparse_required_window_is_the_smallest_safe_window():
+    """Simulated with the sparse neuron (J = W, α = 0, ϑ = B_out − b): with B_out a little above R* the input
+    phase never reaches ϑ by the end T of the input window; a little below R* (reached at some σ > 0) it does."""
+    t_in = 3.0
+    checked_early = 0
+    for a, w, b, s in random_cases(120, seed=13):
+        r_star = mapping.required_window(a[None], w[None], np.array([b]), np.array([s]), np.zeros(1))[0]
+        b_in = float(a.max()) + 1.0
+        t_end = t_in + b_in
+        times = t_end - a
+        eps = 1e-6 * max(1.0, abs(r_star))
+        for b_out, early in ((r_star + eps, False), (r_star - eps, True)):
+            theta = mapping.sparse_threshold(np.array([b]), b_out)
+            t = simulator.first_crossing(times[None], w[None], np.zeros(1), theta, t_in)[0]
+            if not early:
+                assert t > t_end, (a, w, b)
+            elif r_star > b + w @ a + 10 * eps:  # the maximum is not at σ = 0 (the pre-activation z)
+                assert t < t_end, (a, w, b)
+                checked_early += 1
+    assert checked_early > 10
 
 
 def random_cases(n=200, seed=7):
@@ -301,8 +351,11 @@ def conv_layer(rng):
     return layer, rng.uniform(0, 2, (3, 2, 6, 5)), gathered_conv
 
 
+@pytest.mark.parametrize("coding", ["dense", "sparse"])
 @pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
-def test_update_requirement(make):
+def test_update_requirement(make, coding):
+    """Against ``required_window`` on explicitly gathered inputs, with R's slope c = 1 − s (dense) or 0 (sparse,
+    docs/math.md §9)."""
     rng = np.random.default_rng(5)
     layer, a, gather = make(rng)
     channels = layer.shape[0]
@@ -314,15 +367,18 @@ def test_update_requirement(make):
     bound = {(n, c): bias[c] + positive.reshape(channels, -1)[c // per_channel] @ vals
              for n, c, vals, _ in pairs}
     running = float(np.median(list(bound.values())))
-    needs = [mapping.required_window(vals[None], wts[None], bias[c:c + 1], s[c // per_channel:c // per_channel + 1])[0]
+    slope = mapping.ramp_slope(s, coding)
+    needs = [mapping.required_window(vals[None], wts[None], bias[c:c + 1], s[c // per_channel:c // per_channel + 1],
+                                     slope[c // per_channel:c // per_channel + 1])[0]
              for n, c, vals, wts in pairs]
     want = max(running, max(needs))  # pairs below the running maximum have R* ≤ bound ≤ running
-    got, _ = calibrate.update_requirement(layer, [a], running)
+    got, _ = calibrate.update_requirement(layer, [a], running, coding=coding)
     assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
+@pytest.mark.parametrize("coding", ["dense", "sparse"])
 @pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
-def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make):
+def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make, coding):
     """For running maxima from the smallest to the largest exact R* of the batch, the pairs the grid bound rules
     out all have R* ≤ running (against ``required_window`` on explicitly gathered inputs), and it rules out some."""
     rng = np.random.default_rng(9)
@@ -331,15 +387,18 @@ def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make):
     s, bias = ir.incoming_sum(layer), ir.full_bias(layer).reshape(-1)
     pairs = gather(layer, a)
     rows, cols = np.array([n for n, *_ in pairs]), np.array([c for _, c, *_ in pairs])
+    slope = mapping.ramp_slope(s, coding)
     need = np.array([mapping.required_window(vals[None], wts[None], bias[c:c + 1],
-                                             s[c // per_channel:c // per_channel + 1])[0] for _, c, vals, wts in pairs])
+                                             s[c // per_channel:c // per_channel + 1],
+                                             slope[c // per_channel:c // per_channel + 1])[0]
+                     for _, c, vals, wts in pairs])
     z = ir.apply_linear(layer, [a]).reshape(len(a), -1)
     pos_layer = ir.Affine("p", (dataclasses.replace(layer.terms[0], weight=np.clip(layer.terms[0].weight, 0, None)),),
                           layer.bias, relu=True)
     positive = ir.apply_linear(pos_layer, [a]).reshape(len(a), -1)
     ruled_out = 0
     for running in np.quantile(need, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]):
-        sure = calibrate.grid_screen(layer, [a], rows, cols, positive, z, float(running))
+        sure = calibrate.grid_screen(layer, [a], rows, cols, positive, z, float(running), coding)
         assert np.all(need[sure] <= running)
         ruled_out += int(np.count_nonzero(sure & (need > np.quantile(need, 0.0))))
     assert ruled_out > 0
@@ -429,3 +488,14 @@ def test_an_import_that_does_not_reproduce_onnxruntime_is_refused(tmp_path, monk
         convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), tmp_path / "m.snn.h5")
     assert "does not reproduce onnxruntime" in str(info.value)
     assert not (tmp_path / "m.snn.h5").exists()
+
+
+def test_sparse_requirement_holds_the_bias():
+    """In the sparse coding R(σ) = b beyond the largest code (docs/math.md §9): a neuron with bias 1 whose input
+    inhibits it (z = 1 − 5·1 = −4) needs B > 1, or ϑ = B − b ≤ 0 fires it before its inputs arrive; the dense
+    coding's R falls beyond the codes (c = 1 − s = 6), so there R* = z."""
+    layer = dense("d", "x", np.array([[-5.0]]), np.ones(1))
+    a = np.array([[1.0]])
+    assert calibrate.update_requirement(layer, [a], 0.0, coding="sparse")[0] == pytest.approx(1.0, abs=1e-12)
+    assert calibrate.update_requirement(layer, [a], 0.0, coding="dense") == (0.0, 0)
+    assert calibrate.update_requirement(layer, [a], -10.0, coding="dense")[0] == pytest.approx(-4.0, abs=1e-12)

@@ -215,3 +215,25 @@ def test_export_cli_output_rules_and_missing_extra(tmp_path, monkeypatch):
         assert error_line(result) == (f"relu2snn: error: export --format {fmt} needs the optional extra: "
                                       f"pip install 'relu2snn[{fmt}]'")
         monkeypatch.delitem(sys.modules, module)
+
+
+def test_exports_refuse_the_sparse_coding(tmp_path):
+    """A sparse artifact (docs/math.md §9) is refused by both exports and by crosscheck in one line, exit 2: their
+    neuron models have the dense coding's dynamics. Nothing is written."""
+    from relu2snn_cli.export import dense_only
+    from relu2snn_cli.mapping import MappingOptions
+    path = tmp_path / "sparse.snn.h5"
+    convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), path, MappingOptions(coding="sparse"))
+    for fmt in ("nir", "brian2"):
+        out = tmp_path / f"x.{fmt}"
+        result = run("export", path, "--format", fmt, "-o", out)
+        assert result.exit_code == 2 and not out.exists()
+        assert error_line(result) == (f"relu2snn: error: {path}: export --format {fmt}: the network uses the sparse "
+                                      "coding; export supports the dense coding only (convert with --coding dense)")
+    result = run("crosscheck", path, "--data", SAMPLES / "mlp" / "test.npy", "--samples", 2)
+    assert result.exit_code == 2
+    assert error_line(result) == (f"relu2snn: error: {path}: crosscheck --simulator brian2: the network uses the "
+                                  "sparse coding; crosscheck supports the dense coding only (convert with --coding "
+                                  "dense)")
+    with pytest.raises(ExportError, match="dense coding only"):
+        dense_only(h5io.read(path), "export --format nir")

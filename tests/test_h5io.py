@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from relu2snn_cli import convert, h5io, snn, validate
-from relu2snn_cli.errors import ArtifactError
-from relu2snn_cli.mapping import static_certificate
+from relu2snn_cli.errors import ArtifactError, GraphError
+from relu2snn_cli.mapping import MappingOptions, static_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -892,3 +892,76 @@ def test_content_hash_sees_types_and_root_attributes(converted):
     hashes = {h5io.content_hash(snn.Network(net.nodes, {**net.meta, **extra}))
               for extra in ({}, {"n": 1}, {"n": 1.0}, {"n": True}, {"tool_version": "0.1.1"})}
     assert len(hashes) == 5
+
+
+# ----------------------------------------------------------------------------- the coding (format 6) and format 5
+
+def as_format_5(path) -> Path:
+    """The file as format 5 wrote it: no ``coding`` attribute, format_version 5, and the hash of that."""
+    with h5py.File(path, "r+") as f:
+        del f.attrs["coding"]
+        f.attrs["format_version"] = np.int64(5)
+    return rehash(path)
+
+
+def test_coding_is_stored_and_read(converted, tmp_path):
+    """Format 6 stores the coding as a root attribute; a sparse network round-trips as sparse, bit for bit."""
+    net, path = converted["cnn"]
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == 6 and f.attrs["coding"] == b"dense"
+    sparse = tmp_path / "sparse.snn.h5"
+    convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), sparse,
+                    MappingOptions(coding="sparse"))
+    back = h5io.read(sparse)
+    assert back.coding == "sparse" and h5io.read(path).coding == "dense"
+    copy = tmp_path / "again.snn.h5"
+    h5io.write(copy, back)
+    assert copy.read_bytes() == sparse.read_bytes()
+    layers = [n for n in back.nodes if isinstance(n, snn.SpikingLayer)]
+    assert all(np.all(n.alpha == 0) and np.all(n.scale == 1) for n in layers)
+
+
+def test_format_5_reads_as_dense(cnn_copy, converted):
+    """A format-5 file (before the coding existed) reads, as the dense coding, with the same network; one that
+    holds a ``coding`` attribute is not a format-5 file; format 4 is refused."""
+    net, _ = converted["cnn"]
+    as_format_5(cnn_copy)
+    back = h5io.read(cnn_copy)
+    assert back.coding == "dense"
+    assert_same_network(net, back)
+    edit(cnn_copy, lambda f: f.attrs.__setitem__("coding", h5io._text("dense")))
+    assert "coding" in read_error(rehash(cnn_copy))
+
+
+def test_format_4_is_refused(cnn_copy):
+    as_format_5(cnn_copy)
+    edit(cnn_copy, lambda f: f.attrs.__setitem__("format_version", np.int64(4)))
+    assert "convert the model again" in read_error(cnn_copy)
+
+
+@pytest.mark.parametrize("value", ["Sparse", "", 1])
+def test_unknown_coding_is_refused(cnn_copy, value):
+    edit(cnn_copy, lambda f: f.attrs.__setitem__("coding", h5io._text(value) if isinstance(value, str) else value))
+    assert "coding" in read_error(rehash(cnn_copy))
+
+
+def test_missing_coding_is_refused(cnn_copy):
+    edit(cnn_copy, lambda f: f.attrs.__delitem__("coding"))
+    assert "missing attribute 'coding'" in read_error(rehash(cnn_copy))
+
+
+def test_sparse_coding_needs_its_mapping(converted, tmp_path):
+    """Validation refuses a dense network marked sparse (the sparse mapping writes α = 0) and a sparse layer with a
+    scale c ≠ 1."""
+    net, _ = converted["mlp"]
+    with pytest.raises(GraphError, match="alpha must be 0 in the sparse coding"):
+        h5io.write(tmp_path / "x.snn.h5", dataclasses.replace(net, coding="sparse"))
+    path = tmp_path / "sparse.snn.h5"
+    convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), path,
+                    MappingOptions(coding="sparse"))
+    sparse = h5io.read(path)
+    nodes = [dataclasses.replace(n, scale=np.full_like(n.scale, 0.5)) if isinstance(n, snn.SpikingLayer) else n
+             for n in sparse.nodes]
+    validate.check(sparse)
+    with pytest.raises(GraphError, match="scales must be 1 in the sparse coding"):
+        validate.check(snn.Network(tuple(nodes), sparse.meta, "sparse"))

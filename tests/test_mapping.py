@@ -250,3 +250,25 @@ def test_layer_extent(activation, required, zeta, want):
     """The rule's X plus the rounding margin 1e-9·max(X, 1)."""
     margin = mapping.ROUNDING_MARGIN * max(want, 1.0) if want > 0 else 0.0
     assert mapping.layer_extent(activation, required, zeta) == want + margin
+
+
+def test_sparse_mapping_writes_j_w_and_theta_b_minus_bias():
+    """The sparse coding (docs/math.md §9): no scaling (c = 1), J = W of the folded graph, ϑ = B − b (a bias map
+    where the folded bias is one), α = 0; the readout as in the dense coding. An unknown coding is refused."""
+    graph = import_model("sample_models/cnn/model.onnx").graph
+    options = mapping.MappingOptions(coding="sparse")
+    scaled = mapping.scale_graph(graph, (-2.0, 3.0), options)
+    assert all(np.all(c == 1) for c in scaled.scales.values())
+    layers = [n for n in scaled.graph.nodes if isinstance(n, ir.Affine) and n.relu]
+    x_max = {n.name: np.ones(n.shape[0]) for n in layers}
+    nodes = {n.name: n for n in mapping.spiking_nodes(scaled, x_max, {}, (-2.0, 3.0), options)}
+    for node in layers:
+        out = nodes[node.name]
+        assert np.array_equal(out.synapses[0].J, node.terms[0].weight)
+        assert np.array_equal(out.alpha, np.zeros(node.shape[0])) and np.array_equal(out.scale, np.ones(node.shape[0]))
+        bias = node.bias if node.bias.ndim > 1 else ops.channel_axis(node.bias, len(node.shape))
+        assert np.allclose(ops.per_neuron(out.theta, node.shape), out.window[1] - np.broadcast_to(bias, node.shape),
+                           rtol=0, atol=1e-15)
+    assert any(nodes[n.name].theta.ndim > 1 for n in layers)   # the first conv's bias map (input folded, padding)
+    with pytest.raises(GraphError, match="coding"):
+        mapping.MappingOptions(coding="rate")

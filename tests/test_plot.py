@@ -129,3 +129,35 @@ def test_robustness_command_json_table_and_plot(cnn, tmp_path):
     assert bad.exit_code == 2 and "comma-separated list" in bad.output
     none = run("robustness", path, "--data", x)
     assert none.exit_code == 2 and "at least one axis" in none.output
+
+
+def test_sparse_traces_and_raster(tmp_path):
+    """In the sparse coding (docs/math.md §9) a trace rises with slope 1 after its input window and reaches ϑ at the
+    simulator's spike time; a silent neuron stays at or below ϑ up to its window end; the raster does not count
+    silent neurons as forced spikes (tolerance 1e-9 of max(1, |ϑ|))."""
+    from relu2snn_cli import convert
+    from relu2snn_cli.mapping import MappingOptions
+    path = tmp_path / "sparse.snn.h5"
+    convert.convert("sample_models/cnn/model.onnx", "sample_models/cnn/calib.npy", path,
+                    MappingOptions(coding="sparse"))
+    net = h5io.read(path)
+    result = Simulator(net).run(np.load("sample_models/cnn/test.npy")[2:3], keep_times=True)
+    checked = {"spike": 0, "silent": 0}
+    for layer in (n for n in net.nodes if isinstance(n, snn.SpikingLayer)):
+        t = result.times[layer.name].reshape(-1)
+        end = sum(layer.window)
+        for kind, picks in (("spike", np.flatnonzero(t < end)[:3]), ("silent", np.flatnonzero(t == end)[:2])):
+            for index in picks:
+                tr = plot.trace(net, result.times, layer.name, int(index))
+                tol = 1e-9 * max(1.0, abs(tr["theta"]))
+                assert np.all(tr["v"][:-1] < tr["theta"] + tol)
+                after = tr["grid"] > tr["input_window"][1]
+                np.testing.assert_allclose(np.diff(tr["v"][after]), np.diff(tr["grid"][after]), rtol=0, atol=tol)
+                if kind == "spike":
+                    assert abs(tr["v"][-1] - tr["theta"]) <= tol
+                else:
+                    assert tr["v"][-1] <= tr["theta"] + tol
+                checked[kind] += 1
+    assert checked["spike"] >= 8 and checked["silent"] >= 6
+    pops = plot.populations(net, result.times)
+    assert all(not p["forced"].any() for p in pops) and sum(p["silent"].sum() for p in pops) > 0

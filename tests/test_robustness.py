@@ -167,3 +167,41 @@ def test_perturbed_network_matches_the_reference(small, axis, value):
     if emit is None:   # the times as fired: the early ones are those before their window
         assert result.counts.early_spikes == sum(int(np.sum(times[n.name] < n.window[0]))
                                                  for n in net.nodes if isinstance(n, snn.SpikingLayer))
+
+
+def test_sparse_artifact_sweep(tmp_path):
+    """robustness accepts a sparse artifact (docs/math.md §9): agreement 1.0 at zero noise and at 16 time bits; the
+    jitter of its hook moves spikes only, so every silent neuron of the run stays silent (its window end), in the
+    simulator as in the reference; --zeta reconverts in the sparse coding."""
+    path = tmp_path / "sparse.snn.h5"
+    convert.convert(SAMPLES / "mlp" / "model.onnx", str(SAMPLES / "mlp" / "calib.npy"), path,
+                    mapping.MappingOptions(coding="sparse"))
+    x = np.load(SAMPLES / "mlp" / "test.npy")[:40]
+    np.save(tmp_path / "x.npy", x)
+    report = robustness.robustness(path, str(tmp_path / "x.npy"), axes={"time_noise": [0.0, 0.01], "time_bits": [16],
+                                                                         "zeta": [0.5]},
+                                   trials=2, onnx_path=SAMPLES / "mlp" / "model.onnx",
+                                   calib_spec=str(SAMPLES / "mlp" / "calib.npy"))
+    by = {(r["axis"], r["value"]): r for r in report["levels"]}
+    assert by["time_noise", 0.0]["agreement_mean"] == 1.0 and by["time_bits", 16]["agreement_mean"] == 1.0
+    assert by["zeta", 0.5]["agreement_mean"] == 1.0
+    net = h5io.read(path)
+    jitter, seen = robustness.Jitter(net, 0.05, seed=0, trial=0), {}
+
+    def hook(node, t):   # the times as fired and as jittered, per population
+        seen[node.name] = (t, jitter(node, t))
+        return seen[node.name][1]
+
+    noisy = simulator.Simulator(net).run(x[:4], keep_times=True, emit=hook)
+    silent_total = 0
+    for name, (fired, jittered) in seen.items():
+        end = sum(next(n for n in net.nodes if n.name == name).window)
+        silent = fired >= end
+        silent_total += int(silent.sum())
+        assert np.array_equal(noisy.times[name][silent], fired[silent]), name   # silent stays silent
+        assert np.array_equal(noisy.times[name][~silent], jittered[~silent]), name
+    assert silent_total > 0
+    logits, times = reference.run(net, x[:4], emit=robustness.Jitter(net, 0.05, seed=0, trial=0))
+    for name, t in times.items():
+        np.testing.assert_allclose(noisy.times[name], t, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(noisy.logits, logits, rtol=0, atol=1e-9)

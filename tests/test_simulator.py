@@ -13,6 +13,7 @@ import reference
 from builders import GraphBuilder, save
 from relu2snn_cli import convert, h5io, ir, simulator, snn
 from relu2snn_cli.errors import NonFiniteError
+from relu2snn_cli.mapping import MappingOptions
 from relu2snn_cli.onnx_import import import_model
 from strategies import relu_dags, relu_stacks
 
@@ -185,11 +186,12 @@ def test_fast_path_is_used_only_where_certified(kind):
 
 # ----------------------------------------------------------------------------- whole networks
 
-def converted(tmp_path, model, shape, seed, calib_scale=1.0, input_range=None):
+def converted(tmp_path, model, shape, seed, calib_scale=1.0, input_range=None, coding="dense"):
     path = save(model, tmp_path / "m.onnx")
     rng = np.random.default_rng(seed)
     np.save(tmp_path / "c.npy", (calib_scale * rng.normal(size=(64,) + shape)).astype(np.float32))
-    convert.convert(path, str(tmp_path / "c.npy"), tmp_path / "m.snn.h5", input_range=input_range)
+    convert.convert(path, str(tmp_path / "c.npy"), tmp_path / "m.snn.h5", MappingOptions(coding=coding),
+                    input_range=input_range)
     return h5io.read(tmp_path / "m.snn.h5"), import_model(path).graph, rng
 
 
@@ -217,14 +219,26 @@ def assert_matches_reference(net, x, result) -> None:
 
 def assert_counts_match(net, result, counts: dict) -> None:
     """Threshold and forced spikes per layer as the simulator counts them equal the reference's counts, exactly,
-    and add up to the run's Counts; every neuron fires once."""
+    and add up to the run's Counts; every neuron fires once. In the sparse coding the reference's second count
+    is the silent neurons (the encoder's included), which the Counts hold as ``silent``, and the spikes per
+    population are the reference's first counts."""
     sim = simulator.Simulator(net)
     windows = {n.name: n.window for n in net.nodes}
+    enc = net.nodes[0].name
     for name, want in counts.items():
-        assert simulator.spike_counts(result.times[name], sum(windows[name])) == want, name
-    assert result.counts.threshold_spikes == sum(c[0] for c in counts.values())
-    assert result.counts.forced_spikes == sum(c[1] for c in counts.values())
-    assert result.counts.spikes == result.counts.samples * sim.neurons
+        if name != enc:
+            assert simulator.spike_counts(result.times[name], sum(windows[name])) == want, name
+    hidden = {k: v for k, v in counts.items() if k != enc}
+    assert result.counts.threshold_spikes == sum(c[0] for c in hidden.values())
+    if net.coding == "sparse":
+        assert result.counts.forced_spikes == 0
+        assert result.counts.silent == sum(c[1] for c in counts.values())
+        assert result.counts.input_spikes == counts[enc][0]
+        assert result.counts.layer_spikes == {k: v[0] for k, v in counts.items()}
+        assert result.counts.spikes + result.counts.silent == result.counts.samples * sim.neurons
+    else:
+        assert result.counts.forced_spikes == sum(c[1] for c in counts.values())
+        assert result.counts.spikes == result.counts.samples * sim.neurons
 
 
 def test_network_with_early_spikes_counts_them(tmp_path):
@@ -421,3 +435,148 @@ def test_emit_hook_transforms_the_emitted_populations(tmp_path):
     plain = simulator.Simulator(net).run(x)
     assert plain.counts.spikes == result.counts.spikes
     assert not close(plain.logits, result.logits)
+
+
+# ----------------------------------------------------------------------------- sparse coding (docs/math.md §9)
+
+def sparse_layer(rng, kind: str, early: float) -> tuple[snn.SpikingLayer, list[tuple[float, float]]]:
+    """``random_layer`` as the sparse coding has it: α = 0, c = 1, ϑ = B − b for random biases b; ``early``
+    lowers the thresholds so that many neurons cross at or before the end of the input window."""
+    layer, windows = random_layer(rng, kind, 0.0)
+    theta = layer.window[1] - rng.normal(0, 1.5, layer.shape) - early
+    return dataclasses.replace(layer, alpha=np.zeros(layer.shape[0]), theta=theta), windows
+
+
+def sparse_times(rng, layer, windows, n):
+    """Spike times in each input's window, a third of them silent (at the window end), and outliers: one input
+    before its window, one after it (lost), one exactly at the end of the merged input window."""
+    out = input_times(rng, layer, windows, n)
+    for t, (start, b) in zip(out, windows):
+        t[rng.random(t.shape) < 0.3] = start + b
+    return out
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+@pytest.mark.parametrize("early", [0.0, 2.0])
+def test_sparse_layer_matches_reference(kind, early):
+    """A sparse layer (output phase of slope 1, late inputs lost) equals the event-by-event reference to 1e-12,
+    early crossings included, and its silent neurons are those the reference finds silent."""
+    rng = np.random.default_rng(31 + LAYER_KINDS.index(kind) + int(early))
+    total_early = total_silent = 0
+    for _ in range(5):
+        layer, windows = sparse_layer(rng, kind, early)
+        t_in = sparse_times(rng, layer, windows, 4)
+        got, n_early, _, _ = simulator.CompiledLayer(layer, windows, "sparse").fire(t_in)
+        merged, _ = snn.merge_windows(windows)
+        counts = {}
+        want = reference.fire_layer(layer, merged, t_in, counts, coding="sparse")
+        assert close(got, want, 1e-12)
+        assert n_early == int(np.sum(want < sum(merged)))
+        assert simulator.spike_counts(got, sum(layer.window)) == counts[layer.name]
+        total_early += n_early
+        total_silent += counts[layer.name][1]
+    assert total_silent > 0
+    if early:
+        assert total_early > 0
+
+
+def test_sparse_neuron_by_hand():
+    """One neuron, J = (2, −1, 5), input window [0, 2], window [2, 6], inputs at 0.5, 1.5 and 2.5 (late: lost).
+    Input phase V(t) = 2·(t − 0.5) − (t − 1.5)+, so V(2) = 2.5; then V = 2.5 + (t − 2). ϑ = 3: fires at 2.5
+    (code 3.5); ϑ = 2: crosses at 1.5 in the input phase (early); ϑ = 7: would cross at 6.5 > 6, silent."""
+    syn = snn.Synapses("in", (3,), np.array([[2.0, -1.0, 5.0]]))
+    layer = snn.SpikingLayer("l", (syn,), np.zeros(1), (2.0, 4.0), theta=np.array([3.0]),
+                             certified=np.zeros(1, bool), scale=np.ones(1), x_max=np.ones(1))
+    t_in = [np.array([[0.5, 1.5, 2.5]])]
+    t, early, _, _ = simulator.CompiledLayer(layer, [(0.0, 2.0)], "sparse").fire(t_in)
+    assert t[0, 0] == pytest.approx(2.5, abs=1e-12) and early == 0
+    low = dataclasses.replace(layer, theta=np.array([2.0]))
+    t, early, _, _ = simulator.CompiledLayer(low, [(0.0, 2.0)], "sparse").fire(t_in)
+    assert t[0, 0] == pytest.approx(1.5, abs=1e-12) and early == 1
+    high = dataclasses.replace(layer, theta=np.array([7.0]))   # V(2) + (t − 2) = 7 at t = 6.5 > T + B = 6: silent
+    t = simulator.CompiledLayer(high, [(0.0, 2.0)], "sparse").fire(t_in)[0]
+    assert t[0, 0] == 6.0
+
+
+@settings(max_examples=20, deadline=None)
+@given(stack=st.one_of(relu_stacks(), relu_dags()), short=st.booleans())
+def test_sparse_network_matches_reference(tmp_path_factory, stack, short):
+    """Sparse stacks and DAGs converted in memory, calibrated on small inputs and run on large ones (inputs beyond
+    the range, before and after the input window), or with windows shorter than the activations (ζ = −0.5):
+    neurons fire early and inputs arrive late; the simulator equals the reference, counts included."""
+    model, shape, seed = stack
+    tmp = tmp_path_factory.mktemp("s")
+    path = save(model, tmp / "m.onnx")
+    rng = np.random.default_rng(seed)
+    np.save(tmp / "c.npy", (0.2 * rng.normal(size=(64,) + shape)).astype(np.float32))
+    options = MappingOptions(zeta=-0.5 if short else 0.5, short_windows=short, coding="sparse")
+    net, _ = convert.build(path, str(tmp / "c.npy"), options, input_range=None if short else (-3, 3))
+    assert net.coding == "sparse"
+    x = (0.2 if short else 2.0) * rng.normal(size=(3,) + shape)
+    assert_matches_reference(net, x, simulator.simulate(net, x, batch_size=2, keep_times=True))
+
+
+def test_sparse_network_with_early_spikes_and_late_inputs(tmp_path):
+    """A fixed sparse case where early spikes and inputs after their window (below the input range) happen."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder((6,))
+    h = b.op("Relu", [b.op("Gemm", ["x", b.const(rng.normal(0, 1, (8, 6))), b.const(rng.normal(0, 0.3, 8))],
+                           transB=1)])
+    h = b.op("Relu", [b.op("Gemm", [h, b.const(rng.normal(0, 1, (8, 8))), b.const(rng.normal(0, 0.3, 8))], transB=1)])
+    model = b.build(b.op("Gemm", [h, b.const(rng.normal(0, 1, (3, 8))), b.const(np.zeros(3))], transB=1))
+    net, graph, rng = converted(tmp_path, model, (6,), 1, calib_scale=0.1, input_range=(-1, 1), coding="sparse")
+    x = 3.0 * rng.normal(size=(16, 6))
+    result = simulator.simulate(net, x, keep_times=True)
+    assert result.counts.early_spikes > 0 and result.counts.out_of_range_inputs > 0
+    assert np.any(result.times[net.nodes[0].name] > 1.0)   # late inputs
+    assert_matches_reference(net, x, result)
+    assert result.counts.silent > 0 and result.counts.threshold_spikes > 0
+
+
+def test_sparse_emit_hook_leaves_silent_neurons_silent(tmp_path):
+    """The emit hook (jitter) moves the spikes only: in the sparse coding a silent neuron keeps its window end,
+    in the simulator as in the reference, and the next layers see the same times."""
+    rng = np.random.default_rng(4)
+    b = GraphBuilder((1, 4, 4))
+    h = b.op("Relu", [b.op("Conv", ["x", b.const(rng.normal(0, 1, (2, 1, 3, 3))), b.const(np.zeros(2))],
+                           pads=[1, 1, 1, 1])])
+    h = b.op("Flatten", [b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])])
+    model = b.build(b.op("Gemm", [h, b.const(rng.normal(0, 1, (3, 8))), b.const(np.zeros(3))], transB=1))
+    net, _, rng = converted(tmp_path, model, (1, 4, 4), 2, coding="sparse")
+    x = rng.normal(size=(4, 1, 4, 4))
+    x[:, 0, 0, :] = net.nodes[0].low   # silent input neurons
+
+    def emit(node, t):
+        return t - 0.05 - 0.01 * np.sin(7.0 * t)   # every time earlier: a silent neuron would turn into a spike
+
+    result = simulator.Simulator(net).run(x, keep_times=True, emit=emit)
+    plain = simulator.Simulator(net).run(x, keep_times=True)
+    for node in net.nodes:
+        if isinstance(node, (snn.Encoder, snn.SpikingLayer)):
+            silent = plain.times[node.name] >= sum(node.window)
+            assert silent.any(), node.name
+            if node is net.nodes[0]:
+                assert np.array_equal(result.times[node.name][silent], plain.times[node.name][silent])
+    logits, times = reference.run(net, x, emit=emit)
+    for name, t in times.items():
+        assert close(result.times[name], t), name
+    assert close(result.logits, logits)
+
+
+def test_synaptic_events_count_spikes_at_nonzero_synapses():
+    """Synaptic events by hand: a dense layer with one zero weight and a readout; in the sparse coding only the
+    inputs that spike count, in the dense one all of them; without ``count_events`` none are counted."""
+    enc = snn.Encoder("in", (3,), 0.0, 1.0)
+    J = np.array([[1.0, 0.0, 2.0], [0.5, 0.5, 0.0]])   # 4 nonzero synapses
+    layer = snn.SpikingLayer("h", (snn.Synapses("in", (3,), J),), np.zeros(2), (1.0, 4.0),
+                             theta=np.array([3.0, 4.5]), certified=np.zeros(2, bool), scale=np.ones(2),
+                             x_max=np.ones(2), x_n=1.0)
+    readout = snn.Readout("out", (snn.Synapses("h", (2,), np.array([[1.0, -1.0]])),), np.zeros(1), (1.0, 4.0))
+    x = np.array([[0.5, 0.0, 0.8]])   # input 1 is silent in the sparse coding
+    sparse = simulator.Simulator(snn.Network((enc, layer, readout), {}, "sparse")).run(x, count_events=True)
+    # ϑ = B − b: b = (1, −0.5), codes z = (0.5 + 1.6 + 1, 0.25 − 0.5) = (3.1, −0.25): neuron 0 fires, 1 is silent
+    assert sparse.counts.layer_spikes == {"in": 2, "h": 1}
+    assert sparse.counts.synaptic_events == (2 + 1) + 1   # inputs 0, 2 reach 2 + 1 synapses; neuron 0 reaches 1
+    dense = simulator.Simulator(snn.Network((enc, dataclasses.replace(layer, alpha=np.ones(2)), readout), {}))
+    assert dense.run(x, count_events=True).counts.synaptic_events == 4 + 2
+    assert dense.run(x).counts.synaptic_events == 0

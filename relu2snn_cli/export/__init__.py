@@ -25,11 +25,21 @@ def require(module: str, extra: str, what: str) -> None:
                           f"reinstall it with pip install 'relu2snn[{extra}]'") from None
 
 
+def dense_only(net, what: str) -> None:
+    """Refuse a network of the sparse coding (docs/math.md §9): the exported neuron models integrate their input
+    currents after the input window and fire every neuron once, which is the dense coding's dynamics only."""
+    if net.coding != "dense":
+        raise ExportError(f"{what}: the network uses the {net.coding} coding; {what.split()[0]} supports the dense "
+                          "coding only (convert with --coding dense)")
+
+
 def export_file(snn_path, fmt: str, out_path, dt: float = 0.01) -> dict:
     """Write the network of ``snn_path`` as ``fmt`` ("brian2": a stand-alone script whose default time step
     is dt; "nir": a NIR graph) to ``out_path``, atomically; a short report (docs/cli.md, export)."""
     from .. import h5io
     from ..errors import naming
+    with naming(snn_path):
+        dense_only(h5io.read(snn_path), f"export --format {fmt}")
     if fmt == "nir":
         require("nir", "nir", "export --format nir")
         from . import nir
