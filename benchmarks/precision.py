@@ -34,6 +34,7 @@ import numpy as np
 
 from relu2snn_cli import h5io, ir, ops, snn
 from relu2snn_cli.convert import import_model
+from relu2snn_cli.rounding import logit_bound
 from relu2snn_cli.simulator import CompiledLayer, Simulator, move, read_out
 
 LD = np.longdouble
@@ -144,17 +145,13 @@ def main(argv=None) -> int:
     parser.add_argument("folder", type=Path, help="a case folder of benchmarks/sweep.py")
     parser.add_argument("--samples", type=int, default=8, help="the first samples of test.npy")
     args = parser.parse_args(argv)
-    try:
-        from relu2snn_cli.rounding import logit_bound
-    except ImportError:
-        logit_bound = None
     net = h5io.read(args.folder / "model.snn.h5")
     graph = import_model(args.folder / "model.onnx", args.samples, net.meta.get("source_output")).graph
     x = np.load(args.folder / "test.npy")[:args.samples]
     truth = forward(graph, x, LD)
     scale = float(np.max(np.abs(truth)))
     ann = ir.forward(graph, x)
-    result = Simulator(net).run(x)
+    result = Simulator(net).run(x, keep_times=True)
     rows = {
         "ANN float64 (verify's reference)": ann,
         "SNN float64 (the simulator)": result.logits,
@@ -167,9 +164,7 @@ def main(argv=None) -> int:
     for name, logits in rows.items():
         print(f"  {name:40s} {float(np.max(np.abs(logits.astype(LD) - truth))) / scale:.2e}")
     print(f"  {'SNN float64 vs ANN float64 (verify)':40s} {float(np.max(np.abs(result.logits - ann))) / scale:.2e}")
-    if logit_bound is None:
-        return 0
-    bound = logit_bound(net, x, graph)
+    bound = logit_bound(net, result.times, graph, ir.forward(graph, x, keep=True))
     print(f"  {'logit_rounding_bound (verify)':40s} {bound / scale:.2e}")
     return 0
 

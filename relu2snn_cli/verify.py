@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import h5io, ir, ops, snn
+from . import h5io, ir, ops, rounding, snn
 from .calibrate import run_model, session
 from .convert import import_model
 from .data import batches, check_inputs, load_labels
@@ -46,15 +46,19 @@ def check_source(snn_path, onnx_path, net: snn.Network, imported) -> None:
 
 def failures(report: dict) -> list[str]:
     """The exactness checks a report fails, as sentences: agreement below ``min_agreement``;
-    ``max_abs_logit_error_ref`` above ``max_logit_error`` × ``max_abs_logit``; more early spikes than
+    ``max_abs_logit_error_ref`` above the larger of ``max_logit_error`` × ``max_abs_logit`` and
+    ``logit_rounding_bound`` (what float64 rounding can explain, docs/math.md §1); more early spikes than
     ``max_early_spikes``, with what to reconvert with."""
     found = []
     if report["agreement"] < report["min_agreement"]:
         found.append(f"agreement {report['agreement']:.6g} is below --min-agreement {report['min_agreement']:g}")
     limit = report["max_logit_error"] * report["max_abs_logit"]
-    if report["max_abs_logit_error_ref"] > limit:
+    bound = report["logit_rounding_bound"]
+    if report["max_abs_logit_error_ref"] > max(limit, bound or 0.0):
         found.append(f"max_abs_logit_error_ref {report['max_abs_logit_error_ref']:.6g} exceeds --max-logit-error "
-                     f"{report['max_logit_error']:g} × max_abs_logit {report['max_abs_logit']:.6g} = {limit:.6g}")
+                     f"{report['max_logit_error']:g} × max_abs_logit {report['max_abs_logit']:.6g} = {limit:.6g}"
+                     + (f" and the float64 rounding bound logit_rounding_bound {bound:.6g}" if bound is not None
+                        else ""))
     if report["early_spikes"] > report["max_early_spikes"]:
         if report["out_of_range_inputs"]:
             cause = (f"{report['out_of_range_inputs']} input values lie outside the calibrated input range; "
@@ -81,8 +85,9 @@ class Checker:
     client of a sharded run) only the network and the graph, checked against each other."""
 
     def __init__(self, snn_path, onnx_path, batch_size: int, threads: int = 0, run: bool = True,
-                 output: str | None = None):
+                 output: str | None = None, max_logit_error: float = 1e-9):
         self.snn_path, self.onnx_path, self.batch_size = snn_path, onnx_path, batch_size
+        self.max_logit_error = max_logit_error   # above this × the batch's max |logit|, the rounding bound is needed
         self.net = h5io.read(snn_path)
         # the ONNX tensor converted: ``output``, by default the artifact's source_output
         self.imported = import_model(onnx_path, batch_size,
@@ -95,7 +100,9 @@ class Checker:
         self.layers = [n for n in self.net.nodes if isinstance(n, snn.SpikingLayer)]
 
     def batch(self, x: np.ndarray, y: np.ndarray | None, data_spec: str) -> dict:
-        """The figures of one batch (sums and maxima, merged by ``merge``); y: its labels or None."""
+        """The figures of one batch (sums and maxima, merged by ``merge``); y: its labels or None. Where the logit
+        error exceeds ``max_logit_error`` × the batch's max |logit|, also ``rounding.logit_bound`` of the batch
+        (else None): how far float64 rounding can move the two logits apart."""
         graph = self.graph
         with onnxruntime_errors(self.onnx_path, self.batch_size):
             onnx_logits = _finite(run_model(self.sess, x)[0].astype(np.float64), self.onnx_path, "onnxruntime",
@@ -105,12 +112,17 @@ class Checker:
         with naming(self.snn_path):
             result = self.sim.run(x, keep_times=True)
         logits = result.logits
+        err_ref = float(np.max(np.abs(logits - ref_logits)))
+        bound = None
+        if err_ref > self.max_logit_error * float(np.max(np.abs(ref_logits))):
+            bound = rounding.logit_bound(self.net, result.times, graph, ref)
         return {
             "agree": int(np.sum(np.argmax(logits, 1) == np.argmax(onnx_logits, 1))),
             "correct_ann": int(np.sum(np.argmax(onnx_logits, 1) == y)) if y is not None else 0,
             "correct_snn": int(np.sum(np.argmax(logits, 1) == y)) if y is not None else 0,
             "err_onnx": float(np.max(np.abs(logits - onnx_logits))),
-            "err_ref": float(np.max(np.abs(logits - ref_logits))),
+            "err_ref": err_ref,
+            "bound": bound,
             "max_logit": float(np.max(np.abs(ref_logits))),
             "errors": {layer.name: spike_time_error(layer, result.times[layer.name], ref[layer.name])
                        for layer in self.layers},
@@ -122,12 +134,14 @@ def merge(parts: list[dict]) -> dict:
     """The figures of several batches, in the order given: sums of counts, maxima of errors (the same whatever
     the order, so sharded and single-process runs agree)."""
     total = {"agree": 0, "correct_ann": 0, "correct_snn": 0, "err_onnx": 0.0, "err_ref": 0.0, "max_logit": 0.0,
-             "errors": {}, "counts": Counts()}
+             "bound": None, "errors": {}, "counts": Counts()}
     for part in parts:
         for key in ("agree", "correct_ann", "correct_snn"):
             total[key] += part[key]
         for key in ("err_onnx", "err_ref", "max_logit"):
             total[key] = max(total[key], part[key])
+        if part["bound"] is not None:
+            total["bound"] = max(total["bound"] or 0.0, part["bound"])
         for name, value in part["errors"].items():
             total["errors"][name] = max(total["errors"].get(name, 0.0), value)
         total["counts"].add(part["counts"])
@@ -141,7 +155,8 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     failed. ``output`` is the ONNX tensor converted, by default the artifact's ``source_output``. With a Dask
     ``client`` the batches (the same ones) are checked on its workers (``shard.verify``), each with its own
     onnxruntime session of one intra-op thread."""
-    checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output)
+    checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output,
+                      max_logit_error=max_logit_error)
     net = checker.net
     neurons = sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer)))
     data = load_data(data_spec)
@@ -173,6 +188,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
         "max_abs_logit": total["max_logit"],
         "max_abs_logit_error_onnx": total["err_onnx"],
         "max_abs_logit_error_ref": total["err_ref"],
+        "logit_rounding_bound": total["bound"],
         "max_spike_time_error": max(errors.values(), default=0.0),
         "spike_time_error_per_layer": errors,
         "early_spikes": counts.early_spikes,
