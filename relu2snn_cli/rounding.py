@@ -11,7 +11,7 @@ with λ_P the rounding a population's own computation adds (``snn_local``, ``ann
 network's Jacobian at the computed point, found by one backward pass per logit (``_backward``): the linear
 maps transposed, each ReLU (a spiking neuron's clip to its window) passing the gradient where its neuron is
 active. A propagation through |W| instead (each layer's worst case, the textbook bound) is rigorous also to
-higher order but grows like Π_n max Σ|W_n|: on MnasNet-0.5 it is 10¹² times the largest logit (docs/sweep.md,
+higher order but grows like Π_n max Σ|W_n|: on MnasNet-0.5 it is 3·10⁷ times the largest logit (docs/sweep.md,
 "Precision"), which would let any error pass.
 
 In deep converted networks the spiking term dominates: a spike time t ≈ T is stored absolute, so it carries
