@@ -62,7 +62,7 @@ def conv_transpose(g: np.ndarray, weight: np.ndarray, in_shape, strides, pads, d
     c = in_shape[0]
     per_in, per_out = c // groups, o // groups
     taps = np.einsum("ngohw,gocuv->ngchwuv", g.reshape(n, groups, per_out, ho, wo),
-                     w.reshape(groups, per_out, per_in, kh, kw)).reshape(n, c, ho, wo, kh, kw)
+                     w.reshape(groups, per_out, per_in, kh, kw), optimize=True).reshape(n, c, ho, wo, kh, kw)
     height = max(size[0] + pad[0] + pad[2], (ho - 1) * sh + (kh - 1) * dh + 1)
     width = max(size[1] + pad[1] + pad[3], (wo - 1) * sw + (kw - 1) * dw + 1)
     x = np.zeros((n, c, height, width))

@@ -53,7 +53,7 @@ def failures(report: dict) -> list[str]:
     if report["agreement"] < report["min_agreement"]:
         found.append(f"agreement {report['agreement']:.6g} is below --min-agreement {report['min_agreement']:g}")
     limit = report["max_logit_error"] * report["max_abs_logit"]
-    bound = report["logit_rounding_bound"]
+    bound = report.get("logit_rounding_bound")
     if report["max_abs_logit_error_ref"] > max(limit, bound or 0.0):
         found.append(f"max_abs_logit_error_ref {report['max_abs_logit_error_ref']:.6g} exceeds --max-logit-error "
                      f"{report['max_logit_error']:g} × max_abs_logit {report['max_abs_logit']:.6g} = {limit:.6g}"

@@ -163,3 +163,18 @@ def test_verify_reports_no_bound_where_the_plain_check_passes(tmp_path):
     artifact, x, _ = converted_sample(tmp_path, "mlp", 16)
     report = verify.verify(artifact, SAMPLES / "mlp" / "model.onnx", str(x))
     assert report["passed"] and report["logit_rounding_bound"] is None
+
+
+def test_failures_allow_the_rounding_bound_and_name_it():
+    """The logit check fails only above both --max-logit-error × max_abs_logit and logit_rounding_bound; its
+    sentence names the bound when there is one."""
+    from relu2snn_cli.verify import failures
+    report = {"agreement": 1.0, "min_agreement": 1.0, "max_logit_error": 1e-9, "max_abs_logit": 20.0,
+              "max_abs_logit_error_ref": 1e-6, "logit_rounding_bound": 1e-5, "early_spikes": 0,
+              "max_early_spikes": 0, "out_of_range_inputs": 0}
+    assert failures(report) == []
+    assert failures({**report, "logit_rounding_bound": 1e-5 * (1 - 1e-12), "max_abs_logit_error_ref": 1e-5}) != []
+    [message] = failures({**report, "max_abs_logit_error_ref": 2e-5})
+    assert message.startswith("max_abs_logit_error_ref 2e-05") and "logit_rounding_bound 1e-05" in message
+    [plain] = failures({**report, "logit_rounding_bound": None})
+    assert "rounding" not in plain
