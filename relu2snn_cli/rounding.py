@@ -15,7 +15,8 @@ higher order but grows like Π_n max Σ|W_n|: on MnasNet-0.5 it is 3·10⁷ time
 "Precision"), which would let any error pass.
 
 In deep converted networks the spiking term dominates: a spike time t ≈ T is stored absolute, so it carries
-u·T however small its code a = T + B − t, and the code scales c of docs/math.md §3 make codes 10⁻⁸ of T.
+u·T however small its code a = T + B − t, and the code scales c of docs/math.md §3 (down to 10⁻⁸) make codes
+10⁻⁵ of T in MnasNet-0.5.
 """
 
 from __future__ import annotations
@@ -144,11 +145,13 @@ def snn_local(net: snn.Network, times: dict[str, np.ndarray]) -> dict:
     form (docs/math.md §1, fast path); per encoder and Concat: λ of their codes.
 
     A layer of fan-in K crosses at τ = (ϑ − α·B_in − Σ J·â)/s after its input window, s = α + Σ J; with
-    S = Σ|J|·|â| + |ϑ| + α·B_in + |Σ J·â| and g = γ_{K+4} + PARAMETER_ROUNDINGS·u + γ_K·G (G = (α + Σ|J|)/s:
-    the rounding of s inside J and ϑ), its code B − τ is within λ = g·(S/s + G·|τ̂|) + TIME_ROUNDINGS·u·(T + B)
-    + |T − (T_in + B_in)| of the exact code for its computed inputs; active where B − τ̂ > −KINK·S/s. The readout
-    α·B_in + Σ J·â: λ = g·(Σ|J|·|â| + α·B_in + |V̂|) + Σ|J|·TIME_ROUNDINGS·u·T_out. The input:
-    (TIME_ROUNDINGS + 4)·u·(1 + â); a Concat's delays: TIME_ROUNDINGS·u·(T + B)."""
+    S = Σ|J|·|â| + |ϑ| + α·B_in + |Σ J·â|, G = (α + Σ|J|)/s and g = γ_{2K+5} + PARAMETER_ROUNDINGS·u, its code
+    B − τ is within λ = g·(S/s + G·|τ̂|) + TIME_ROUNDINGS·u·(T + B) + |T − (T_in + B_in)| of the exact code for
+    its computed inputs: g·S/s the sums, ϑ and the stored parameters; g·G·|τ̂| the slope s, rounded in the
+    simulator's Σ J and in the mapping's s inside J and ϑ (γ_K·Σ|J| each); the rest the absolute times, t formed
+    as T_in + B_in + τ and read as T + B − t, and the window's start. Active where B − τ̂ > −KINK·S/s. The
+    readout α·B_in + Σ J·â: λ = g'·(Σ|J|·|â| + α·B_in + |V̂|) + Σ|J|·TIME_ROUNDINGS·u·T_out, g' = γ_{K+2} +
+    PARAMETER_ROUNDINGS·u. The input: (TIME_ROUNDINGS + 4)·u·(1 + â); a Concat's delays: TIME_ROUNDINGS·u·(T + B)."""
     ends = {n.name: n.window[0] + n.window[1] for n in net.nodes}
     local = {}
     for node in net.nodes:

@@ -4,7 +4,8 @@ Three independent computations per batch — onnxruntime on the source model, th
 forward pass of the imported graph, and the spiking simulation — and a report as a plain dict.
 The conversion is exact (docs/math.md §1, §3), so the report lists under ``failures`` every
 exactness check that fails: agreement of the argmax with onnxruntime, the logit error against
-the float64 forward pass, early spikes.
+the float64 forward pass (beyond 1e-9 of max |logit| and what float64 rounding explains, ``rounding``),
+early spikes.
 """
 
 from __future__ import annotations
