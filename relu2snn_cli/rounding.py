@@ -3,7 +3,7 @@
 ``verify`` compares the simulator's logits with the float64 forward pass of the ReLU network. Both are exact
 in real arithmetic; in float64 each operation rounds (relative u = 2⁻⁵³; a sum of K products, in any order,
 is within γ_K·Σ|w|·|x| of the exact sum, γ_K = K·u/(1 − K·u)), and the network carries every rounding on to
-the logits. ``logit_bound`` bounds |SNN logit − forward-pass logit| per sample and logit to first order in u:
+the logits. ``logit_bounds`` bounds |SNN logit − forward-pass logit| per sample and logit to first order in u:
 
     Σ over populations P of  Σ_i |∂logit/∂y_P,i|·λ_P,i
 
@@ -241,7 +241,9 @@ def snn_bound(net: snn.Network, times: dict[str, np.ndarray]) -> np.ndarray:
                      lambda node: 1.0 / local[node.name][2])
 
 
-def logit_bound(net: snn.Network, times: dict[str, np.ndarray], graph: ir.Graph, values: dict[str, np.ndarray]) -> float:
-    """The largest first-order bound of |SNN logit − float64 forward-pass logit| over a batch: ``snn_bound`` of
-    the simulator's spike times plus ``ann_bound`` of the forward pass's values (both against the exact logits)."""
-    return float(np.max(snn_bound(net, times) + ann_bound(graph, values)))
+def logit_bounds(net: snn.Network, times: dict[str, np.ndarray], graph: ir.Graph,
+                 values: dict[str, np.ndarray]) -> np.ndarray:
+    """The first-order bound of |SNN logit − float64 forward-pass logit| per sample and logit (N, O): ``snn_bound``
+    of the simulator's spike times plus ``ann_bound`` of the forward pass's values (both against the exact
+    logits)."""
+    return snn_bound(net, times) + ann_bound(graph, values)

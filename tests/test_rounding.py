@@ -141,6 +141,7 @@ def test_verify_passes_within_the_bound_and_fails_beyond_it(deep, tmp_path):
     assert report["passed"], report["failures"]
     assert report["max_abs_logit_error_ref"] > 1e-9 * report["max_abs_logit"]
     assert report["max_abs_logit_error_ref"] <= report["logit_rounding_bound"]
+    assert report["logit_error_beyond_bound"] == 0.0
     net = h5io.read(artifact)
     last = [i for i, n in enumerate(net.nodes) if isinstance(n, snn.SpikingLayer)][-1]
     layer = net.nodes[last]
@@ -154,6 +155,7 @@ def test_verify_passes_within_the_bound_and_fails_beyond_it(deep, tmp_path):
     off = verify.verify(tmp_path / "moved.snn.h5", model, str(x))
     assert not off["passed"]
     assert off["max_abs_logit_error_ref"] > 100 * off["logit_rounding_bound"]
+    assert off["logit_error_beyond_bound"] == off["max_abs_logit_error_ref"]
     [message] = off["failures"]
     assert "logit_rounding_bound" in message
 
@@ -163,18 +165,20 @@ def test_verify_reports_no_bound_where_the_plain_check_passes(tmp_path):
     artifact, x, _ = converted_sample(tmp_path, "mlp", 16)
     report = verify.verify(artifact, SAMPLES / "mlp" / "model.onnx", str(x))
     assert report["passed"] and report["logit_rounding_bound"] is None
+    assert report["logit_error_beyond_bound"] == report["max_abs_logit_error_ref"]
 
 
 def test_failures_allow_the_rounding_bound_and_name_it():
-    """The logit check fails only above both --max-logit-error × max_abs_logit and logit_rounding_bound; its
-    sentence names the bound when there is one."""
+    """The logit check fails only for an error above --max-logit-error × max_abs_logit that is also above its own
+    (sample, logit) rounding bound (logit_error_beyond_bound); its sentence then names the bound."""
     from relu2snn_cli.verify import failures
     report = {"agreement": 1.0, "min_agreement": 1.0, "max_logit_error": 1e-9, "max_abs_logit": 20.0,
-              "max_abs_logit_error_ref": 1e-6, "logit_rounding_bound": 1e-5, "early_spikes": 0,
-              "max_early_spikes": 0, "out_of_range_inputs": 0}
+              "max_abs_logit_error_ref": 1e-6, "logit_rounding_bound": 1e-5, "logit_error_beyond_bound": 0.0,
+              "early_spikes": 0, "max_early_spikes": 0, "out_of_range_inputs": 0}
     assert failures(report) == []
-    assert failures({**report, "logit_rounding_bound": 1e-5 * (1 - 1e-12), "max_abs_logit_error_ref": 1e-5}) != []
-    [message] = failures({**report, "max_abs_logit_error_ref": 2e-5})
-    assert message.startswith("max_abs_logit_error_ref 2e-05") and "logit_rounding_bound 1e-05" in message
-    [plain] = failures({**report, "logit_rounding_bound": None})
-    assert "rounding" not in plain
+    assert failures({**report, "logit_error_beyond_bound": 2e-8}) == []   # above its bound, within the limit
+    [message] = failures({**report, "max_abs_logit_error_ref": 2e-5, "logit_error_beyond_bound": 2e-5})
+    assert message.startswith("max_abs_logit_error_ref 2e-05") and "logit_rounding_bound up to 1e-05" in message
+    plain = {k: v for k, v in report.items() if k not in ("logit_rounding_bound", "logit_error_beyond_bound")}
+    [message] = failures(plain)   # a report without bounds: the largest error against the limit, as before
+    assert message.startswith("max_abs_logit_error_ref 1e-06") and "rounding" not in message
