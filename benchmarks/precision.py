@@ -87,9 +87,9 @@ def simulate_longdouble(net: snn.Network, x: np.ndarray) -> np.ndarray:
     for node in net.nodes[1:]:
         t_in = [times[name] for name in node.inputs]
         if isinstance(node, snn.SpikingLayer):
-            out, early, _, _ = compiled[node.name].fire(t_in)
-            if early:
-                raise SystemExit(f"{node.name}: {early} early spikes in longdouble")
+            out = compiled[node.name].fire(t_in)[0]
+            if np.any(out < compiled[node.name].t_start):
+                raise SystemExit(f"{node.name}: early spikes in longdouble")
             times[node.name] = out
         elif isinstance(node, snn.Readout):
             end = windows[node.name][0] + windows[node.name][1]
@@ -149,7 +149,7 @@ def worst_case(net: snn.Network, times: dict[str, np.ndarray]) -> np.ndarray:
         parts = local.get(node.name)
         if isinstance(node, (snn.SpikingLayer, snn.Readout)):
             lam, active, slope = parts
-            spread = sum(rounding._product(s, bounds[s.input], np.abs(s.J)) for s in node.synapses)
+            spread = sum(rounding.product(s, bounds[s.input], np.abs(s.J)) for s in node.synapses)
             bounds[node.name] = np.where(active, spread / slope + lam, 0.0)
             if isinstance(node, snn.Readout):
                 return bounds[node.name]

@@ -42,7 +42,7 @@ def _weights(term) -> np.ndarray:
     return term.weight if isinstance(term, (ir.Dense, ir.Conv)) else term.J
 
 
-def _product(term, x: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+def product(term, x: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
     """Σ_j w_ij·x_j over a batch for a synapse term (``ir.Dense``/``ir.Conv`` or ``snn.Synapses``)."""
     weight = _weights(term) if weight is None else weight
     if weight.ndim == 2:
@@ -75,7 +75,7 @@ def conv_transpose(g: np.ndarray, weight: np.ndarray, in_shape, strides, pads, d
 
 
 def term_transpose(term, g: np.ndarray) -> np.ndarray:
-    """The transpose of a synapse term's product (``_product``): (N, *out shape) → (N, *in_shape)."""
+    """The transpose of a synapse term's product (``product``): (N, *out shape) → (N, *in_shape)."""
     weight = _weights(term)
     if weight.ndim == 2:
         return (g.reshape(len(g), -1) @ weight).reshape((len(g),) + tuple(term.in_shape))
@@ -131,7 +131,7 @@ def ann_local(graph: ir.Graph, values: dict[str, np.ndarray]) -> dict:
     for node in graph.nodes[1:]:
         if isinstance(node, ir.Affine):
             xs = [values[t.input] for t in node.terms]
-            size = sum(_product(t, np.abs(x), np.abs(t.weight)) for t, x in zip(node.terms, xs))
+            size = sum(product(t, np.abs(x), np.abs(t.weight)) for t, x in zip(node.terms, xs))
             size = size + np.abs(ir.full_bias(node))
             g = gamma(sum(int(np.prod(t.weight.shape[1:])) for t in node.terms) + len(node.terms) + 1)
             active = ir.apply_linear(node, xs) > -KINK * size if node.relu else np.ones(size.shape, dtype=bool)
@@ -167,8 +167,8 @@ def snn_local(net: snn.Network, times: dict[str, np.ndarray]) -> dict:
             alpha = ops.per_neuron(node.alpha, shape)
             _, b_in = net.input_window(node)
             k = sum(int(np.prod(s.J.shape[1:])) for s in node.synapses)
-            drive = sum(_product(s, a) for s, a in zip(node.synapses, codes))
-            size = sum(_product(s, np.abs(a), np.abs(s.J)) for s, a in zip(node.synapses, codes))
+            drive = sum(product(s, a) for s, a in zip(node.synapses, codes))
+            size = sum(product(s, np.abs(a), np.abs(s.J)) for s, a in zip(node.synapses, codes))
             abs_sums = sum(ops.per_neuron(np.abs(s.J).reshape(len(s.J), -1).sum(axis=1), shape) for s in node.synapses)
             if isinstance(node, snn.Readout):
                 g = gamma(k + 2) + PARAMETER_ROUNDINGS * U
