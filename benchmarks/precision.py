@@ -195,6 +195,10 @@ def main(argv=None) -> int:
     print(f"  {'first-order bound of the ANN float64':40s} {float(np.max(ann_bound)) / scale:.2e}")
     print(f"  {'logit_rounding_bound (verify: the sum)':40s} {float(np.max(snn_bound + ann_bound)) / scale:.2e}")
     print(f"  {'worst-case bound of the SNN (|J| pass)':40s} {float(np.max(worst_case(net, result.times))) / scale:.2e}")
+    for name, logits, bound in (("SNN", result.logits, snn_bound), ("ANN", ann, ann_bound)):
+        error = np.abs(logits.astype(LD) - truth).astype(np.float64).reshape(bound.shape)
+        print(f"  {name} error within its bound for every (sample, logit): {bool(np.all(error <= bound))}, "
+              f"smallest bound / error {float(np.min(bound / np.maximum(error, 1e-300))):.3g}")
     return 0
 
 
