@@ -20,6 +20,10 @@ from .errors import ArtifactError, NonFiniteError, naming, onnxruntime_errors
 from .shard import load_data
 from .simulator import Counts, Simulator
 
+# a batch whose logit error exceeds this × its largest |logit| gets the rounding bound (``rounding.logit_bounds``);
+# one number whatever --max-logit-error, so that sharded and single-process runs compute the same bounds
+BOUND_ABOVE = 1e-9
+
 
 def spike_time_error(layer: snn.SpikingLayer, times: np.ndarray, activation: np.ndarray) -> float:
     """max |t − (T + B − c·a)| over a batch: the spike time against window end − scaled ReLU activation."""
@@ -87,9 +91,8 @@ class Checker:
     client of a sharded run) only the network and the graph, checked against each other."""
 
     def __init__(self, snn_path, onnx_path, batch_size: int, threads: int = 0, run: bool = True,
-                 output: str | None = None, max_logit_error: float = 1e-9):
+                 output: str | None = None):
         self.snn_path, self.onnx_path, self.batch_size = snn_path, onnx_path, batch_size
-        self.max_logit_error = max_logit_error   # above this × the batch's max |logit|, the rounding bound is needed
         self.net = h5io.read(snn_path)
         # the ONNX tensor converted: ``output``, by default the artifact's source_output
         self.imported = import_model(onnx_path, batch_size,
@@ -103,7 +106,7 @@ class Checker:
 
     def batch(self, x: np.ndarray, y: np.ndarray | None, data_spec: str) -> dict:
         """The figures of one batch (sums and maxima, merged by ``merge``); y: its labels or None. Where the logit
-        error exceeds ``max_logit_error`` × the batch's max |logit|, also the largest ``rounding.logit_bounds`` of
+        error exceeds BOUND_ABOVE × the batch's max |logit|, also the largest ``rounding.logit_bounds`` of
         the batch (else None), how far float64 rounding can move the two logits apart, and ``beyond``: the largest
         error above its own (sample, logit) bound (without bounds: the largest error)."""
         graph = self.graph
@@ -117,7 +120,7 @@ class Checker:
         logits = result.logits
         err_ref = float(np.max(np.abs(logits - ref_logits)))
         bound, beyond = None, err_ref
-        if err_ref > self.max_logit_error * float(np.max(np.abs(ref_logits))):
+        if err_ref > BOUND_ABOVE * float(np.max(np.abs(ref_logits))):
             bounds = rounding.logit_bounds(self.net, result.times, graph, ref)
             error = np.abs(logits - ref_logits).reshape(bounds.shape)
             bound, beyond = float(np.max(bounds)), float(np.max(error, where=error > bounds, initial=0.0))
@@ -161,8 +164,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     failed. ``output`` is the ONNX tensor converted, by default the artifact's ``source_output``. With a Dask
     ``client`` the batches (the same ones) are checked on its workers (``shard.verify``), each with its own
     onnxruntime session of one intra-op thread."""
-    checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output,
-                      max_logit_error=max_logit_error)
+    checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output)
     net = checker.net
     neurons = sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer)))
     data = load_data(data_spec)
