@@ -268,7 +268,8 @@ Example:
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Exit 1 when the share of argmax equal to onnxruntime's is below this.")
 @click.option("--max-logit-error", type=click.FloatRange(0), default=1e-9, show_default=True,
-              help="Exit 1 when the largest |SNN logit − float64 ReLU logit| exceeds this times the largest |logit|.")
+              help="Exit 1 when the largest |SNN logit − float64 ReLU logit| exceeds this times the largest |logit| "
+                   "and its float64 rounding bound (docs/math.md §1).")
 @click.option("--max-early-spikes", type=click.IntRange(0), default=0, show_default=True,
               help="Exit 1 when more (sample, neuron) pairs than this fire before all their inputs are in.")
 @click.option("--onnx-output", metavar="NAME",

@@ -4,20 +4,25 @@ Three independent computations per batch — onnxruntime on the source model, th
 forward pass of the imported graph, and the spiking simulation — and a report as a plain dict.
 The conversion is exact (docs/math.md §1, §3), so the report lists under ``failures`` every
 exactness check that fails: agreement of the argmax with onnxruntime, the logit error against
-the float64 forward pass, early spikes.
+the float64 forward pass (beyond 1e-9 of max |logit| and what float64 rounding explains, ``rounding``),
+early spikes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import h5io, ir, ops, snn
+from . import h5io, ir, ops, rounding, snn
 from .calibrate import run_model, session
 from .convert import import_model
 from .data import batches, check_inputs, load_labels
 from .errors import ArtifactError, NonFiniteError, naming, onnxruntime_errors
 from .shard import load_data
 from .simulator import Counts, Simulator
+
+# a batch whose logit error exceeds this × its largest |logit| gets the rounding bound (``rounding.logit_bounds``);
+# one number whatever --max-logit-error, so that sharded and single-process runs compute the same bounds
+BOUND_ABOVE = 1e-9
 
 
 def spike_time_error(layer: snn.SpikingLayer, times: np.ndarray, activation: np.ndarray) -> float:
@@ -45,16 +50,21 @@ def check_source(snn_path, onnx_path, net: snn.Network, imported) -> None:
 
 
 def failures(report: dict) -> list[str]:
-    """The exactness checks a report fails, as sentences: agreement below ``min_agreement``;
-    ``max_abs_logit_error_ref`` above ``max_logit_error`` × ``max_abs_logit``; more early spikes than
+    """The exactness checks a report fails, as sentences: agreement below ``min_agreement``; a logit error above
+    ``max_logit_error`` × ``max_abs_logit`` that float64 rounding does not explain (``logit_error_beyond_bound``,
+    the largest error above its own rounding bound, docs/math.md §1); more early spikes than
     ``max_early_spikes``, with what to reconvert with."""
     found = []
     if report["agreement"] < report["min_agreement"]:
         found.append(f"agreement {report['agreement']:.6g} is below --min-agreement {report['min_agreement']:g}")
     limit = report["max_logit_error"] * report["max_abs_logit"]
-    if report["max_abs_logit_error_ref"] > limit:
+    bound = report.get("logit_rounding_bound")
+    beyond = report.get("logit_error_beyond_bound", report["max_abs_logit_error_ref"])
+    if beyond > limit:
         found.append(f"max_abs_logit_error_ref {report['max_abs_logit_error_ref']:.6g} exceeds --max-logit-error "
-                     f"{report['max_logit_error']:g} × max_abs_logit {report['max_abs_logit']:.6g} = {limit:.6g}")
+                     f"{report['max_logit_error']:g} × max_abs_logit {report['max_abs_logit']:.6g} = {limit:.6g}"
+                     + (f", and an error of {beyond:.6g} exceeds its float64 rounding bound (logit_rounding_bound up "
+                        f"to {bound:.6g})" if bound is not None else ""))
     if report["early_spikes"] > report["max_early_spikes"]:
         if report["out_of_range_inputs"]:
             cause = (f"{report['out_of_range_inputs']} input values lie outside the calibrated input range; "
@@ -95,7 +105,10 @@ class Checker:
         self.layers = [n for n in self.net.nodes if isinstance(n, snn.SpikingLayer)]
 
     def batch(self, x: np.ndarray, y: np.ndarray | None, data_spec: str) -> dict:
-        """The figures of one batch (sums and maxima, merged by ``merge``); y: its labels or None."""
+        """The figures of one batch (sums and maxima, merged by ``merge``); y: its labels or None. Where the logit
+        error exceeds BOUND_ABOVE × the batch's max |logit|, also the largest ``rounding.logit_bounds`` of
+        the batch (else None), how far float64 rounding can move the two logits apart, and ``beyond``: the largest
+        error above its own (sample, logit) bound (without bounds: the largest error)."""
         graph = self.graph
         with onnxruntime_errors(self.onnx_path, self.batch_size):
             onnx_logits = _finite(run_model(self.sess, x)[0].astype(np.float64), self.onnx_path, "onnxruntime",
@@ -105,12 +118,20 @@ class Checker:
         with naming(self.snn_path):
             result = self.sim.run(x, keep_times=True)
         logits = result.logits
+        err_ref = float(np.max(np.abs(logits - ref_logits)))
+        bound, beyond = None, err_ref
+        if err_ref > BOUND_ABOVE * float(np.max(np.abs(ref_logits))):
+            bounds = rounding.logit_bounds(self.net, result.times, graph, ref)
+            error = np.abs(logits - ref_logits).reshape(bounds.shape)
+            bound, beyond = float(np.max(bounds)), float(np.max(error, where=error > bounds, initial=0.0))
         return {
             "agree": int(np.sum(np.argmax(logits, 1) == np.argmax(onnx_logits, 1))),
             "correct_ann": int(np.sum(np.argmax(onnx_logits, 1) == y)) if y is not None else 0,
             "correct_snn": int(np.sum(np.argmax(logits, 1) == y)) if y is not None else 0,
             "err_onnx": float(np.max(np.abs(logits - onnx_logits))),
-            "err_ref": float(np.max(np.abs(logits - ref_logits))),
+            "err_ref": err_ref,
+            "bound": bound,
+            "beyond": beyond,
             "max_logit": float(np.max(np.abs(ref_logits))),
             "errors": {layer.name: spike_time_error(layer, result.times[layer.name], ref[layer.name])
                        for layer in self.layers},
@@ -122,12 +143,14 @@ def merge(parts: list[dict]) -> dict:
     """The figures of several batches, in the order given: sums of counts, maxima of errors (the same whatever
     the order, so sharded and single-process runs agree)."""
     total = {"agree": 0, "correct_ann": 0, "correct_snn": 0, "err_onnx": 0.0, "err_ref": 0.0, "max_logit": 0.0,
-             "errors": {}, "counts": Counts()}
+             "bound": None, "beyond": 0.0, "errors": {}, "counts": Counts()}
     for part in parts:
         for key in ("agree", "correct_ann", "correct_snn"):
             total[key] += part[key]
-        for key in ("err_onnx", "err_ref", "max_logit"):
+        for key in ("err_onnx", "err_ref", "max_logit", "beyond"):
             total[key] = max(total[key], part[key])
+        if part["bound"] is not None:
+            total["bound"] = max(total["bound"] or 0.0, part["bound"])
         for name, value in part["errors"].items():
             total["errors"][name] = max(total["errors"].get(name, 0.0), value)
         total["counts"].add(part["counts"])
@@ -174,6 +197,8 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
         "max_abs_logit": total["max_logit"],
         "max_abs_logit_error_onnx": total["err_onnx"],
         "max_abs_logit_error_ref": total["err_ref"],
+        "logit_rounding_bound": total["bound"],
+        "logit_error_beyond_bound": total["beyond"],
         "max_spike_time_error": max(errors.values(), default=0.0),
         "spike_time_error_per_layer": errors,
         "early_spikes": counts.early_spikes,
