@@ -510,11 +510,61 @@ def test_average_pool_without_padding_in_the_count(tmp_path, case, after_pad):
     exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 5, 5)))
 
 
-def test_average_pool_without_padding_in_the_count_read_by_a_conv_is_refused(tmp_path):
-    rng = np.random.default_rng(18)
-    b = GraphBuilder((2, 5, 5), opset=13)
+def test_ceil_mode_keeps_a_last_window_that_starts_in_a_pads_zeros(tmp_path):
+    """ceil_mode drops a last window that starts in the pooling's own padding, not one that starts in the zeros
+    of a Pad before it (real positions of the pooled tensor): 6 columns and 1 of the Pad → 4 windows, not 3."""
+    rng = np.random.default_rng(21)
+    b = GraphBuilder((2, 4, 6), opset=13)
     h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
-    h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)
-    _, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(1, 1))])), tmp_path,
-                          kind=UnsupportedOperatorError)
-    assert "Conv node" in msg and "different scales at different positions" in msg and "count_include_pad=0" in msg
+    h = b.op("Pad", [h, b.int_const([0, 0, 0, 0, 0, 0, 0, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    imp = check(readout(b, rng, h), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 4, 6)))
+
+
+@pytest.mark.parametrize("reader", ["conv1x1", "conv3x3", "bn_then_conv"])
+@pytest.mark.parametrize("after_pad", [False, True])
+@pytest.mark.parametrize("case", AVERAGE_POOLS)
+def test_average_pool_without_padding_in_the_count_read_by_a_conv(tmp_path, case, after_pad, reader):
+    """Inception-v2's pool projection: the pooling read by a convolution, which cannot carry a divisor that
+    varies with the position. The pooling becomes spiking blocks of positions with one divisor each, concatenated
+    back: as many neurons as pooled positions, exact against onnxruntime and in the whole pipeline."""
+    rng = np.random.default_rng(18)
+    b = GraphBuilder((2, 5, 6), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    if after_pad:
+        h = b.op("Pad", [h, b.int_const([0, 0, 1, 0, 0, 0, 0, 1])])
+    h = b.op("AveragePool", [h], count_include_pad=0, **AVERAGE_POOLS[case])
+    if reader == "bn_then_conv":
+        h = bn(b, rng, h)
+    kernel, pads = ((3, 3), [1, 1, 1, 1]) if reader == "conv3x3" else ((1, 1), [0, 0, 0, 0])
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=kernel, pads=pads)])), tmp_path)
+    blocks = [n for n in imp.graph.nodes if isinstance(n, ir.Affine) and "average pooling" in n.origin]
+    after = imp.graph.nodes[imp.graph.nodes.index(blocks[-1]) + 1:]
+    reader = next(n for n in after if isinstance(n, ir.Affine))   # the convolution reading the pooling
+    assert blocks and all(n.relu for n in blocks)
+    assert sum(int(np.prod(n.shape)) for n in blocks) == int(np.prod(reader.terms[0].in_shape))
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 5, 6)))
+
+
+def test_average_pool_without_padding_in_the_count_in_1d(tmp_path):
+    rng = np.random.default_rng(19)
+    b = GraphBuilder((2, 9), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, kernel=(3,), pads=[1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[3], strides=[2], pads=[1, 1], count_include_pad=0, ceil_mode=1)
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(3,), pads=[1, 1])])), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 9)))
+
+
+def test_linear_layer_concatenated_with_an_average_pool_without_padding_in_the_count(tmp_path):
+    """ShuffleNet (Caffe2) units with stride 2: Concat(BN(Conv(...)) before its ReLU, AveragePool of the unit's
+    input with count_include_pad = 0), then Relu. The linear layer is stacked with the pooling, whose divisor
+    varies over positions: the pooling becomes spiking blocks first."""
+    rng = np.random.default_rng(20)
+    b = GraphBuilder((2, 6, 6), opset=9)
+    x = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    branch = bn(b, rng, conv(b, rng, x, 4, pads=[1, 1, 1, 1], strides=[2, 2]))
+    pool = b.op("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    h = b.op("Relu", [b.op("Concat", [branch, pool], axis=1)])
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(1, 1))])), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 6, 6)))

@@ -3,6 +3,7 @@ context, and the folding helpers that converters share (docs/math.md §7, docs/s
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -256,11 +257,17 @@ class Context:
         return pop
 
     def pooled_layer(self, v: Pooled) -> Pop:
-        """``materialize`` without recording the result as the value of a tensor (a part of a Sum)."""
+        """``materialize`` without recording the result as the value of a tensor (a part of a Sum). A pending
+        scale that varies over the positions of a channel (count_include_pad = 0) goes into the weights of
+        spatial blocks (``divided_pooling``)."""
         shape = tuple(v.layer.shape)
-        name = self.add(replace(v.layer, name=self.unique(v.layer.name), relu=True,
-                                source=v.tensor if v.identity and v.tensor else ""))
-        pop = Pop(name, shape, v.scale.reshape(shape), v.shift.reshape(shape), nonnegative=v.identity)
+        scale = v.scale.reshape(shape)
+        if varies_in_channel(scale):
+            pop = divided_pooling(self, v.layer, scale, v.shift.reshape(shape))
+        else:
+            name = self.add(replace(v.layer, name=self.unique(v.layer.name), relu=True,
+                                    source=v.tensor if v.identity and v.tensor else ""))
+            pop = Pop(name, shape, scale, v.shift.reshape(shape), nonnegative=v.identity)
         if v.shape != shape:
             pop = reshaped(self, pop, v.shape, f"{v.layer.name}/reshape")
         return pop
@@ -349,6 +356,92 @@ class Context:
             k += 1
             name = f"{base}_{k}"
         return name
+
+
+def varies_in_channel(values: np.ndarray) -> bool:
+    """A map of a (C, …) shape whose values differ between positions of one channel."""
+    flat = np.asarray(values).reshape(values.shape[0], -1)
+    return bool(np.any(flat != flat[:, :1]))
+
+
+def position_runs(scale: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Per spatial axis of a (C, …) map, the runs [start, stop) of consecutive positions whose slices (every
+    channel, every other position) are equal: the map is constant per channel on each product of runs."""
+    runs = []
+    for axis in range(1, scale.ndim):
+        moved = np.moveaxis(scale, axis, 0)
+        cuts = [i for i in range(1, len(moved)) if not np.array_equal(moved[i], moved[i - 1])]
+        bounds = [0, *cuts, len(moved)]
+        runs.append(list(zip(bounds[:-1], bounds[1:])))
+    return runs
+
+
+def divided_pooling(ctx: "Context", layer: ir.Affine, scale: np.ndarray, shift: np.ndarray) -> Pop:
+    """An average pooling P·a under a pending map whose scale varies over the positions of a channel (the
+    divisor K/n(p) of count_include_pad = 0) as spiking layers, exactly (docs/math.md §6): scale = ρ(p)·k per
+    channel with ρ ≥ 0, and ρ is constant on each block of position runs (``position_runs``, at most three
+    per axis for a padded pooling). Each block is its own depthwise convolution of the positions of a its
+    windows read (a Take per axis, the pooling's padding where the block's windows reach past the border),
+    taps ρ_block/K, and ReLU the identity on it (a ≥ 0); the blocks are concatenated back along the spatial
+    axes, k and the shift pending on the result. Neurons: one per pooled position, as without the divisor."""
+    term = layer.terms[0]
+    c, rank = scale.shape[0], scale.ndim - 1
+    kernel = term.weight.shape[2:]
+    scale = np.array(scale)
+    for axis in range(rank):   # a window wholly in a Pad's zeros gives 0 at any scale: take its neighbour's
+        n, s, d, p = term.in_shape[axis + 1], term.strides[axis], term.dilations[axis], term.pads[axis]
+        taps = np.arange(scale.shape[axis + 1])[:, None] * s - p + d * np.arange(kernel[axis])[None]
+        live = np.flatnonzero(np.any((taps >= 0) & (taps < n), axis=1))
+        if not len(live):
+            raise _pooling_error(layer, f"all its windows along axis {axis + 2} lie in a Pad's zeros")
+        nearest = live[np.abs(np.arange(scale.shape[axis + 1])[:, None] - live[None]).argmin(axis=1)]
+        scale = np.take(scale, nearest, axis=axis + 1)
+    centre = scale[(slice(None),) + tuple(n // 2 for n in scale.shape[1:])]
+    flat = scale.reshape(c, -1)
+    widest = flat[np.arange(c), np.argmax(np.abs(flat), axis=1)]
+    k = np.where(centre != 0, centre, np.where(widest != 0, widest, 1.0))
+    rho = scale / ops.channel_axis(k, scale.ndim)
+    if np.any(rho < 0):
+        raise _pooling_error(layer, "its output is scaled with different signs at different positions of a channel")
+    blocks = []
+    for block in itertools.product(*position_runs(scale)):
+        src, in_shape, pads = term.input, tuple(term.in_shape), [0] * (2 * rank)
+        for axis, (start, stop) in enumerate(block):
+            n, s, d, p = in_shape[axis + 1], term.strides[axis], term.dilations[axis], term.pads[axis]
+            lo, hi = start * s - p, (stop - 1) * s + (kernel[axis] - 1) * d - p
+            first, last = max(lo, 0), min(hi, n - 1)
+            pads[axis], pads[axis + rank] = first - lo, hi - last
+            if (first, last) != (0, n - 1):
+                take = ir.Take(ctx.unique(f"{layer.name}/take"), src, in_shape, axis + 1, tuple(range(first, last + 1)))
+                src, in_shape = ctx.add(take), take.shape
+        at = (slice(None),) + tuple(b[0] for b in block)
+        taps = term.weight * ops.channel_axis(rho[at], term.weight.ndim)
+        conv = ir.Conv(src, taps, in_shape, term.strides, tuple(pads), term.dilations, groups=term.groups)
+        where = ", ".join(f"{b[0]}–{b[1] - 1}" for b in block)
+        blocks.append((block, ctx.add(ir.Affine(ctx.unique(layer.name), (conv,), np.zeros(c), relu=True,
+                                                origin=f"{layer.origin}, positions {where}"))))
+    name = _concat_blocks(ctx, layer.name, blocks, 0)
+    return Pop(name, tuple(scale.shape), ops.channel_axis(k, scale.ndim) * np.ones(scale.shape), shift,
+               nonnegative=bool(np.all(k == 1) and not np.any(shift)))
+
+
+def _pooling_error(layer: ir.Affine, why: str) -> UnsupportedOperatorError:
+    what = layer.origin.split(":")[0] or layer.name
+    return UnsupportedOperatorError(f"{what} is not supported: {why} (see {SUPPORTED_DOC})")
+
+
+def _concat_blocks(ctx: "Context", base: str, blocks: list, axis: int) -> str:
+    """The blocks (runs, IR node) of one product of runs, concatenated along spatial ``axis`` and the later ones."""
+    if axis == len(blocks[0][0]):
+        return blocks[0][1]
+    groups: dict = {}
+    for runs, name in blocks:
+        groups.setdefault(runs[axis], []).append((runs, name))
+    parts = [_concat_blocks(ctx, base, group, axis + 1) for group in groups.values()]
+    if len(parts) == 1:
+        return parts[0]
+    shapes = tuple(tuple(ctx.by_name[p].shape) for p in parts)
+    return ctx.add(ir.Concat(ctx.unique(f"{base}/concat"), tuple(parts), shapes, axis + 1))
 
 
 def unsupported(node: OnnxNode, why: str) -> UnsupportedOperatorError:
@@ -457,7 +550,7 @@ def as_linear(node: OnnxNode, ctx: Context, value) -> ir.Affine:
                          origin=origin_of(node))
     if isinstance(value, Pooled):
         shape = tuple(value.layer.shape)
-        if value.shape == shape:
+        if value.shape == shape and not varies_in_channel(value.scale):
             k = per_channel(node, value.scale, shape)
             return ir.scale_outputs(value.layer, k, value.shift)
         value = ctx.materialize(node.inputs[0], value) if value.tensor else ctx.pooled_layer(value)
