@@ -298,7 +298,8 @@ def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
         scaled = _scale_once(graph, input_range, options, cap, groups)
         if not isinstance(scaled, dict):
             return scaled
-        cap = {name: np.min([scaled[m] for m in members], axis=0) for name, members in groups.items()}
+        cap = {name: np.min([scaled[m] for m in members if m in scaled], axis=0)   # groups the walk reached
+               for name, members in groups.items() if any(m in scaled for m in members)}
     raise GraphError("the code scales of layers concatenated along a spatial axis do not settle")
 
 

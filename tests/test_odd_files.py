@@ -547,6 +547,19 @@ def test_average_pool_without_padding_in_the_count_read_by_a_conv(tmp_path, case
     exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 5, 6)))
 
 
+def test_two_average_pools_without_padding_in_the_count_in_sequence(tmp_path):
+    """Two poolings made of blocks, each read by a convolution: the blocks of each share one code scale per
+    channel, the second pooling's blocks scaled only once the walk reaches them (docs/math.md §8)."""
+    rng = np.random.default_rng(22)
+    b = GraphBuilder((2, 6, 6), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    for _ in range(2):
+        h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)
+        h = b.op("Relu", [conv(b, rng, h, 3, kernel=(1, 1))])
+    imp = check(readout(b, rng, h), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 6, 6)))
+
+
 def test_average_pool_without_padding_in_the_count_in_1d(tmp_path):
     rng = np.random.default_rng(19)
     b = GraphBuilder((2, 9), opset=13)
