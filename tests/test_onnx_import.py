@@ -1147,7 +1147,8 @@ def test_average_pooling_after_batchnorm_with_negative_scale(tmp_path, head):
 
 
 def test_concat_of_layers_before_their_relu(tmp_path):
-    """DenseNet-BC: concat(x, conv(x), grouped conv(x)) then BN → ReLU: one layer stacking the channels."""
+    """DenseNet-BC: concat(x, conv(x), grouped conv(x)) then BN → ReLU: one ReLU layer per operand, each on its
+    own channels (no weight padded to all 9), concatenated along the channels: the neurons of one layer."""
     rng = np.random.default_rng(95)
     b = GraphBuilder((2, 5, 5))
     x = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
@@ -1155,7 +1156,10 @@ def test_concat_of_layers_before_their_relu(tmp_path):
     h = b.op("Concat", [x, conv(b, rng, x, 3, pads=[1, 1, 1, 1]), grouped], axis=1)
     h = b.op("Relu", [bn(b, rng, h)])
     imp = check(readout(b, rng, h), tmp_path)
-    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+Conv+Conv+relu", "Flatten", "Dense"]
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+relu", "Conv+relu", "Conv+relu", "Concat", "Flatten",
+                                   "Dense"]
+    assert [n.shape[0] for n in imp.graph.nodes[2:5]] == [4, 3, 4]
+    assert [n.terms[0].weight.shape[0] for n in imp.graph.nodes[2:5]] == [4, 3, 4]
     x = rng.normal(size=(40, 2, 5, 5)).astype(np.float32)
     assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -46,9 +47,27 @@ class Pop:
 
 @dataclass(frozen=True, eq=False)
 class Lin:
-    """tensor = layer(a…): an affine layer on populations, its ReLU not yet applied."""
+    """tensor = layer(a…): an affine layer on populations, its ReLU not yet applied.
 
-    layer: ir.Affine
+    A Concat of linear layers (DenseNet's dense blocks) is given as its ``blocks``, the layers whose output
+    channels it puts side by side, and ``layer`` stacks them (``ir.stack_channels``, each block's weights
+    padded with zeros to every channel) only when a reader needs the layer whole: a per-channel affine map,
+    a ReLU and a further Concat act block by block (``apply_affine``, ``spiking_blocks``), so a dense block's
+    k-th concatenation holds k small layers, not k terms as wide as all its channels."""
+
+    whole: ir.Affine | None = None
+    blocks: tuple = ()
+    name: str = ""
+
+    @cached_property
+    def layer(self) -> ir.Affine:
+        return self.whole if self.whole is not None else ir.stack_channels(self.name, list(self.blocks))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.whole is not None:
+            return tuple(self.whole.shape)
+        return (sum(b.shape[0] for b in self.blocks), *self.blocks[0].shape[1:])
 
 
 @dataclass(frozen=True, eq=False)
@@ -482,10 +501,15 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         raise ModelError(f"{node.label}: its constants give a non-finite affine map "
                          "(a division by zero, or a negative variance)")
     if isinstance(value, Lin):
-        shape = value.layer.shape
+        shape = value.shape
         k = per_channel(node, const_for(node, k, shape), shape)
         h = const_for(node, h, shape)
-        ctx.set(node, Lin(ir.scale_outputs(value.layer, k, h)))
+        if value.blocks:
+            h, starts = np.broadcast_to(h, shape), np.cumsum([0] + [b.shape[0] for b in value.blocks])
+            ctx.set(node, Lin(blocks=tuple(ir.scale_outputs(b, k[i:j], h[i:j])
+                                           for b, i, j in zip(value.blocks, starts, starts[1:])), name=value.name))
+        else:
+            ctx.set(node, Lin(ir.scale_outputs(value.layer, k, h)))
     elif isinstance(value, (Pop, Pooled)):
         ctx.set(node, _mapped(node, value, k, h))
     elif isinstance(value, Sum):
@@ -563,6 +587,17 @@ def spiking(node: OnnxNode, ctx: Context, layer: ir.Affine) -> Pop:
     """Make ``layer`` a ReLU layer whose output is this node's output tensor; its population."""
     name = ctx.add(replace(layer, relu=True, source=node.outputs[0], origin=f"{of(node, layer)}: relu(z)"))
     return identity_pop(name, layer.shape, relu=True)
+
+
+def spiking_blocks(node: OnnxNode, ctx: Context, value: Lin) -> Pop:
+    """relu of a channel concatenation of linear layers (``Lin.blocks``), block by block: one ReLU layer per
+    block, concatenated along the channels. As many neurons as one ReLU layer of all the channels, each
+    block's synapses only to its own channels."""
+    names = [ctx.add(replace(b, name=ctx.unique(b.name), relu=True, origin=f"{of(node, b)}: relu(z)"))
+             for b in value.blocks]
+    shapes = tuple(tuple(ctx.by_name[name].shape) for name in names)
+    out = ctx.add(ir.Concat(ctx.unique(node.name), tuple(names), shapes, 0))
+    return identity_pop(out, value.shape, relu=True)
 
 
 def origin_of(node: OnnxNode) -> str:

@@ -10,8 +10,8 @@ import numpy as np
 from .. import ir, ops
 from ..errors import ModelError
 from .core import (Const, Context, Lin, OnnxNode, Pooled, Pop, Sum, affine, apply_affine, as_linear, check_window,
-                   const_for, converter, geometry, identity_pop, kernel_shape, of, origin_of, parts_of, spiking, spread,
-                   tensor_nonnegative, term_window_values, unsupported)
+                   const_for, converter, geometry, identity_pop, kernel_shape, of, origin_of, parts_of, spiking,
+                   spiking_blocks, spread, tensor_nonnegative, term_window_values, unsupported)
 
 
 @converter("Gemm")
@@ -148,6 +148,8 @@ def convert_relu(node: OnnxNode, ctx: Context) -> None:
     if isinstance(v, Pooled) and v.nonnegative or (isinstance(v, Pop) and not v.pads
                                                      and (v.nonnegative or tensor_nonnegative(v))):
         ctx.set(node, v)
+    elif isinstance(v, Lin) and v.blocks:
+        ctx.set(node, spiking_blocks(node, ctx, v))
     elif isinstance(v, (Lin, Pop, Pooled, Sum)):
         ctx.set(node, spiking(node, ctx, as_linear(node, ctx, v)))
     else:
