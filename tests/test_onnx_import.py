@@ -1164,6 +1164,39 @@ def test_concat_of_layers_before_their_relu(tmp_path):
     assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
 
 
+def test_dense_blocks_never_stack_their_concatenations(tmp_path, monkeypatch):
+    """DenseNet-BC (onnx-caffe2's light_densenet121): two dense blocks of BN → ReLU → Conv1x1 → BN → ReLU →
+    Conv3x3 layers whose linear outputs are concatenated (BN as BatchNormalization, and as Mul and Add of
+    constants), a transition Conv1x1 → AveragePool between them, GlobalAveragePool → Conv1x1 classifier. No
+    weight is padded to all the channels of a concatenation (``ir.stack_channels`` is never called): each
+    layer's ReLU is one spiking layer per concatenated block."""
+    def refuse(*args):
+        raise AssertionError("a concatenation was stacked into one layer")
+    monkeypatch.setattr(ir, "stack_channels", refuse)
+    rng = np.random.default_rng(96)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
+
+    def bn_mul_add(h):
+        c = shape_of(b, h)[0]
+        h = b.op("Mul", [h, b.const(rng.uniform(0.5, 1.5, (c, 1, 1)))])
+        return b.op("Add", [h, b.const(0.3 * rng.standard_normal((c, 1, 1)))])
+
+    for block in range(2):
+        for layer in range(3):
+            norm = bn(b, rng, h) if layer % 2 else bn_mul_add(h)
+            y = b.op("Relu", [bn(b, rng, conv(b, rng, b.op("Relu", [norm]), 4, kernel=(1, 1)))])
+            h = b.op("Concat", [h, conv(b, rng, y, 2, pads=[1, 1, 1, 1])], axis=1)
+        if block == 0:
+            h = conv(b, rng, b.op("Relu", [bn(b, rng, h)]), 3, kernel=(1, 1))
+            h = b.op("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("GlobalAveragePool", [b.op("Relu", [bn_mul_add(h)])])
+    model = b.build(conv(b, rng, h, 3, kernel=(1, 1)))
+    imp = check(model, tmp_path)
+    x = rng.normal(size=(40, 2, 6, 6)).astype(np.float32)
+    assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
+
+
 @pytest.mark.parametrize("opset", [11, 13])
 def test_constant_folding_uses_the_model_opset(tmp_path, opset):
     """Unsqueeze has an axes attribute before opset 13 and an axes input from 13 on."""

@@ -134,7 +134,7 @@ def convert_concat(node: OnnxNode, ctx: Context) -> None:
     k-th parts side by side, an operand with fewer parts adding its first population with the pending
     scale 0 (docs/math.md §8)."""
     values = [ctx.get(node, i, raw=True) for i in range(len(node.inputs))]
-    rank = len(getattr(values[0], "shape", None) or values[0].layer.shape)
+    rank = len(values[0].shape)
     axis = int(node.attr("axis")) % (rank + 1)
     if axis == 0:
         raise unsupported(node, "it concatenates along the batch axis")
