@@ -192,7 +192,8 @@ def _average_of_real_positions(node: OnnxNode, ctx: Context, a: Pop, kernel, str
     """AveragePool with count_include_pad = 0 (and ceil_mode's cut windows): Σ over the window's real positions
     divided by their count n(p), = (K/n(p))·(P·a) with P the pooling by 1/K per tap over the same windows
     (extra zero padding at the end for cut windows). The factor K/n(p) > 0 varies with the position: it joins
-    the pending map, which a dense reader absorbs (docs/math.md §6)."""
+    the pending map, which a dense reader absorbs; for any other reader the pooling becomes spiking blocks of
+    one divisor each (``core.divided_pooling``, docs/math.md §6)."""
     rank = len(kernel)
     before = a.pads or (0,) * 2 * rank
     own = tuple(p - q for p, q in zip(pads, before))
