@@ -560,6 +560,19 @@ def test_two_average_pools_without_padding_in_the_count_in_sequence(tmp_path):
     exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 6, 6)))
 
 
+def test_average_pool_scaled_by_a_map_of_many_blocks_read_by_a_conv_is_refused(tmp_path):
+    """A pooling multiplied by a constant that changes at every position would need one spiking block per
+    position: refused naming the pooling."""
+    rng = np.random.default_rng(23)
+    b = GraphBuilder((2, 10, 10), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[1, 1])
+    h = b.op("Mul", [h, b.const(rng.uniform(0.5, 1.5, (1, 10, 10)))])
+    _, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(1, 1))])), tmp_path,
+                          kind=UnsupportedOperatorError)
+    assert "AveragePool 'AveragePool_" in msg and "more than 64 blocks" in msg
+
+
 def test_average_pool_without_padding_in_the_count_in_1d(tmp_path):
     rng = np.random.default_rng(19)
     b = GraphBuilder((2, 9), opset=13)

@@ -395,6 +395,9 @@ def position_runs(scale: np.ndarray) -> list[list[tuple[int, int]]]:
     return runs
 
 
+MAX_BLOCKS = 64   # spiking blocks of one divided pooling (a padded count_include_pad = 0 pooling needs at most 9)
+
+
 def divided_pooling(ctx: "Context", layer: ir.Affine, scale: np.ndarray, shift: np.ndarray) -> Pop:
     """An average pooling P·a under a pending map whose scale varies over the positions of a channel (the
     divisor K/n(p) of count_include_pad = 0) as spiking layers, exactly (docs/math.md §6): scale = ρ(p)·k per
@@ -422,8 +425,12 @@ def divided_pooling(ctx: "Context", layer: ir.Affine, scale: np.ndarray, shift: 
     rho = scale / ops.channel_axis(k, scale.ndim)
     if np.any(rho < 0):
         raise _pooling_error(layer, "its output is scaled with different signs at different positions of a channel")
+    runs = position_runs(scale)
+    if int(np.prod([len(r) for r in runs])) > MAX_BLOCKS:
+        raise _pooling_error(layer, f"its output is scaled by a map that changes over positions in more than "
+                                    f"{MAX_BLOCKS} blocks (a product with a constant that varies over positions)")
     blocks = []
-    for block in itertools.product(*position_runs(scale)):
+    for block in itertools.product(*runs):
         src, in_shape, pads = term.input, tuple(term.in_shape), [0] * (2 * rank)
         for axis, (start, stop) in enumerate(block):
             n, s, d, p = in_shape[axis + 1], term.strides[axis], term.dilations[axis], term.pads[axis]
