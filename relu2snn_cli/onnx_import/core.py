@@ -402,7 +402,7 @@ def divided_pooling(ctx: "Context", layer: ir.Affine, scale: np.ndarray, shift: 
     """An average pooling P·a under a pending map whose scale varies over the positions of a channel (the
     divisor K/n(p) of count_include_pad = 0) as spiking layers, exactly (docs/math.md §6): scale = ρ(p)·k per
     channel with ρ ≥ 0, and ρ is constant on each block of position runs (``position_runs``, at most three
-    per axis for a padded pooling). Each block is its own depthwise convolution of the positions of a its
+    per axis for a padded pooling). Each block is its own depthwise convolution of the positions of a that its
     windows read (a Take per axis, the pooling's padding where the block's windows reach past the border),
     taps ρ_block/K, and ReLU the identity on it (a ≥ 0); the blocks are concatenated back along the spatial
     axes, k and the shift pending on the result. Neurons: one per pooled position, as without the divisor."""
