@@ -399,11 +399,13 @@ def _realworld_script():
 
 
 @pytest.mark.skipif(not REALWORLD.is_dir(), reason="../shared/realworld-onnx is absent")
-@pytest.mark.parametrize("name", ["light_squeezenet"])
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_shufflenet", "light_inception_v2"])
 def test_realworld_opset_9_graphs_import_like_onnxruntime(tmp_path, name):
-    """onnx-caffe2's SqueezeNet (Fire modules, Dropout) at opset 9, with seeded random weights: upgraded on
-    import, the float64 forward pass equals onnxruntime's on two samples (rtol 1e-4, atol 1e-4 · max |output|
-    as ``check``). ResNet-50 (``Sum`` residuals) takes 20 s: benchmarks/realworld_onnx.py runs it."""
+    """onnx-caffe2's SqueezeNet (Fire modules, Dropout), ShuffleNet (channel shuffles, a linear layer concatenated
+    with an AveragePool with count_include_pad = 0) and Inception-v2 (pool projections: that pooling read by a
+    Conv) at opset 9, with seeded random weights: upgraded on import, the float64 forward pass equals
+    onnxruntime's on two samples (rtol 1e-4, atol 1e-4 · max |output| as ``check``). ResNet-50 (``Sum``
+    residuals) and DenseNet-121 take 20 s and more: benchmarks/realworld_onnx.py runs them."""
     path = _realworld_script().materialize(REALWORLD / f"{name}.onnx", tmp_path / f"{name}.onnx")
     imp = import_model(path)
     assert (imp.opset, imp.imported_opset, imp.graph.removed) == (9, 11, ("Softmax",))
