@@ -5,8 +5,9 @@ The ``light_*`` graphs carry every weight as a ConstantOfShape; they are given s
 by the role of the tensor's reader (He-normal Conv and Gemm weights, small biases, BatchNorm scales in
 [0.5, 1.5] with mean 0 and variance 1, Mul/Add of a BatchNorm written out in [0.5, 1.5] and small), and
 written to the work directory. Calibration and test data are the same normal samples of the input shape.
-Prints one row per model: converted exactly (agreement, logit error relative to max |logit|, early spikes)
-or refused, with the one-line message.
+Prints one row per model: converted exactly (agreement, logit error relative to max |logit|, early spikes,
+spiking neurons of the hidden layers and readout, latency T_out in τ_c) or refused, with the one-line message;
+and the process's peak resident memory so far (run one model per process for its own).
 
     python benchmarks/realworld_onnx.py [--samples 16] [--batch-size 8] [--work /tmp/realworld] [NAME ...]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from relu2snn_cli import h5io, snn
 from relu2snn_cli.convert import convert
 from relu2snn_cli.errors import Relu2SnnError
 from relu2snn_cli.verify import verify
@@ -105,11 +108,14 @@ def run(name: str, work: Path, samples: int, batch_size: int) -> dict:
     except Relu2SnnError as e:
         row.update(result="refused", message=str(e).replace(str(path.parent) + "/", ""))
     else:
+        net = h5io.read(work / f"{name}.snn.h5")
         row.update(result="exact" if check["passed"] else "FAILED", layers=report["layers"],
-                   agreement=check["agreement"], early_spikes=check["early_spikes"],
+                   neurons=sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, (snn.SpikingLayer, snn.Readout))),
+                   latency=report["latency"], agreement=check["agreement"], early_spikes=check["early_spikes"],
                    relative_logit_error=check["max_abs_logit_error_ref"] / max(check["max_abs_logit"], 1e-300),
                    failures=check["failures"])
     row["seconds"] = round(time.perf_counter() - clock, 1)
+    row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return row
 
 

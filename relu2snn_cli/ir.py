@@ -374,9 +374,8 @@ def fold_term_input(term: Term, scale, shift) -> tuple[Term, np.ndarray]:
     per_channel = scale.reshape(scale.shape[0], -1)[:, :1]
     if not np.all(scale.reshape(scale.shape[0], -1) == per_channel):
         raise GraphError(f"the neurons of {term.input} have different scales at different positions of a channel "
-                         "(populations with their own scales concatenated along a spatial axis, or an AveragePool "
-                         "with count_include_pad=0 dividing by a count that varies with the position), which one "
-                         "convolution kernel cannot carry")
+                         "(populations with their own affine maps concatenated along a spatial axis, or a product "
+                         "with a constant that varies over positions), which one convolution kernel cannot carry")
     c = term.weight.shape[1]
     k = per_channel[:, 0].reshape(term.groups, 1, c)   # the scale of each group's input channels
     weight = (term.weight.reshape(term.groups, -1, c, *term.weight.shape[2:])

@@ -276,21 +276,23 @@ def move_codes(node, codes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
 
 
 def spatial_groups(graph: ir.Graph) -> dict[str, frozenset]:
-    """ReLU layers whose neurons a Concat puts side by side along a spatial axis (directly or through max
-    poolings): each with the set of layers it meets. A convolution reading the concatenation needs one code
-    scale per channel across them (``scale_graph``)."""
+    """ReLU layers whose neurons a Concat puts side by side along a spatial axis (directly, through max
+    poolings or through other spatial Concats): each with the set of layers it meets. A convolution reading
+    the concatenation needs one code scale per channel across them (``scale_graph``)."""
     by_name = {n.name: n for n in graph.nodes}
 
-    def layer_of(name):
+    def layers_of(name) -> set:
         node = by_name[name]
         while isinstance(node, ir.MaxPool):
             node = by_name[node.input]
-        return node.name if isinstance(node, ir.Affine) and node.relu else None
+        if isinstance(node, ir.Concat) and node.axis > 0:
+            return set().union(*(layers_of(i) for i in node.inputs))
+        return {node.name} if isinstance(node, ir.Affine) and node.relu else set()
 
     groups: dict[str, frozenset] = {}
     for node in graph.nodes:
         if isinstance(node, ir.Concat) and node.axis > 0:
-            members = {layer_of(name) for name in node.inputs} - {None}
+            members = set().union(*(layers_of(name) for name in node.inputs))
             for name in list(members):
                 members |= groups.get(name, frozenset())
             for name in members:
@@ -318,7 +320,8 @@ def scale_graph(graph: ir.Graph, input_range: tuple[float, float], options: Mapp
         scaled = _scale_once(graph, input_range, options, cap, groups)
         if not isinstance(scaled, dict):
             return scaled
-        cap = {name: np.min([scaled[m] for m in members], axis=0) for name, members in groups.items()}
+        cap = {name: np.min([scaled[m] for m in members if m in scaled], axis=0)   # groups the walk reached
+               for name, members in groups.items() if any(m in scaled for m in members)}
     raise GraphError("the code scales of layers concatenated along a spatial axis do not settle")
 
 

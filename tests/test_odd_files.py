@@ -399,11 +399,13 @@ def _realworld_script():
 
 
 @pytest.mark.skipif(not REALWORLD.is_dir(), reason="../shared/realworld-onnx is absent")
-@pytest.mark.parametrize("name", ["light_squeezenet"])
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_shufflenet", "light_inception_v2"])
 def test_realworld_opset_9_graphs_import_like_onnxruntime(tmp_path, name):
-    """onnx-caffe2's SqueezeNet (Fire modules, Dropout) at opset 9, with seeded random weights: upgraded on
-    import, the float64 forward pass equals onnxruntime's on two samples (rtol 1e-4, atol 1e-4 · max |output|
-    as ``check``). ResNet-50 (``Sum`` residuals) takes 20 s: benchmarks/realworld_onnx.py runs it."""
+    """onnx-caffe2's SqueezeNet (Fire modules, Dropout), ShuffleNet (channel shuffles, a linear layer concatenated
+    with an AveragePool with count_include_pad = 0) and Inception-v2 (pool projections: that pooling read by a
+    Conv) at opset 9, with seeded random weights: upgraded on import, the float64 forward pass equals
+    onnxruntime's on two samples (rtol 1e-4, atol 1e-4 · max |output| as ``check``). ResNet-50 (``Sum``
+    residuals) and DenseNet-121 take 20 s and more: benchmarks/realworld_onnx.py runs them."""
     path = _realworld_script().materialize(REALWORLD / f"{name}.onnx", tmp_path / f"{name}.onnx")
     imp = import_model(path)
     assert (imp.opset, imp.imported_opset, imp.graph.removed) == (9, 11, ("Softmax",))
@@ -510,11 +512,87 @@ def test_average_pool_without_padding_in_the_count(tmp_path, case, after_pad):
     exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 5, 5)))
 
 
-def test_average_pool_without_padding_in_the_count_read_by_a_conv_is_refused(tmp_path):
-    rng = np.random.default_rng(18)
-    b = GraphBuilder((2, 5, 5), opset=13)
+def test_ceil_mode_keeps_a_last_window_that_starts_in_a_pads_zeros(tmp_path):
+    """ceil_mode drops a last window that starts in the pooling's own padding, not one that starts in the zeros
+    of a Pad before it (real positions of the pooled tensor): 6 columns and 1 of the Pad → 4 windows, not 3."""
+    rng = np.random.default_rng(21)
+    b = GraphBuilder((2, 4, 6), opset=13)
     h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
-    h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)
+    h = b.op("Pad", [h, b.int_const([0, 0, 0, 0, 0, 0, 0, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    imp = check(readout(b, rng, h), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 4, 6)))
+
+
+@pytest.mark.parametrize("reader", ["conv1x1", "conv3x3", "bn_then_conv"])
+@pytest.mark.parametrize("after_pad", [False, True])
+@pytest.mark.parametrize("case", AVERAGE_POOLS)
+def test_average_pool_without_padding_in_the_count_read_by_a_conv(tmp_path, case, after_pad, reader):
+    """Inception-v2's pool projection: the pooling read by a convolution, which cannot carry a divisor that
+    varies with the position. The pooling becomes spiking blocks of positions with one divisor each, concatenated
+    back: as many neurons as pooled positions, exact against onnxruntime and in the whole pipeline."""
+    rng = np.random.default_rng(18)
+    b = GraphBuilder((2, 5, 6), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    if after_pad:
+        h = b.op("Pad", [h, b.int_const([0, 0, 1, 0, 0, 0, 0, 1])])
+    h = b.op("AveragePool", [h], count_include_pad=0, **AVERAGE_POOLS[case])
+    if reader == "bn_then_conv":
+        h = bn(b, rng, h)
+    kernel, pads = ((3, 3), [1, 1, 1, 1]) if reader == "conv3x3" else ((1, 1), [0, 0, 0, 0])
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=kernel, pads=pads)])), tmp_path)
+    blocks = [n for n in imp.graph.nodes if isinstance(n, ir.Affine) and "average pooling" in n.origin]
+    after = imp.graph.nodes[imp.graph.nodes.index(blocks[-1]) + 1:]
+    reader = next(n for n in after if isinstance(n, ir.Affine))   # the convolution reading the pooling
+    assert blocks and all(n.relu for n in blocks)
+    assert sum(int(np.prod(n.shape)) for n in blocks) == int(np.prod(reader.terms[0].in_shape))
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 5, 6)))
+
+
+def test_two_average_pools_without_padding_in_the_count_in_sequence(tmp_path):
+    """Two poolings made of blocks, each read by a convolution: the blocks of each share one code scale per
+    channel, the second pooling's blocks scaled only once the walk reaches them (docs/math.md §8)."""
+    rng = np.random.default_rng(22)
+    b = GraphBuilder((2, 6, 6), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    for _ in range(2):
+        h = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)
+        h = b.op("Relu", [conv(b, rng, h, 3, kernel=(1, 1))])
+    imp = check(readout(b, rng, h), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 6, 6)))
+
+
+def test_average_pool_scaled_by_a_map_of_many_blocks_read_by_a_conv_is_refused(tmp_path):
+    """A pooling multiplied by a constant that changes at every position would need one spiking block per
+    position: refused naming the pooling."""
+    rng = np.random.default_rng(23)
+    b = GraphBuilder((2, 10, 10), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[1, 1])
+    h = b.op("Mul", [h, b.const(rng.uniform(0.5, 1.5, (1, 10, 10)))])
     _, msg = import_error(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(1, 1))])), tmp_path,
                           kind=UnsupportedOperatorError)
-    assert "Conv node" in msg and "different scales at different positions" in msg and "count_include_pad=0" in msg
+    assert "AveragePool 'AveragePool_" in msg and "more than 64 blocks" in msg
+
+
+def test_average_pool_without_padding_in_the_count_in_1d(tmp_path):
+    rng = np.random.default_rng(19)
+    b = GraphBuilder((2, 9), opset=13)
+    h = b.op("Relu", [conv(b, rng, "x", 3, kernel=(3,), pads=[1, 1])])
+    h = b.op("AveragePool", [h], kernel_shape=[3], strides=[2], pads=[1, 1], count_include_pad=0, ceil_mode=1)
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(3,), pads=[1, 1])])), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 9)))
+
+
+def test_linear_layer_concatenated_with_an_average_pool_without_padding_in_the_count(tmp_path):
+    """ShuffleNet (Caffe2) units with stride 2: Concat(BN(Conv(...)) before its ReLU, AveragePool of the unit's
+    input with count_include_pad = 0), then Relu. The linear layer is stacked with the pooling, whose divisor
+    varies over positions: the pooling becomes spiking blocks first."""
+    rng = np.random.default_rng(20)
+    b = GraphBuilder((2, 6, 6), opset=9)
+    x = b.op("Relu", [conv(b, rng, "x", 3, pads=[1, 1, 1, 1])])
+    branch = bn(b, rng, conv(b, rng, x, 4, pads=[1, 1, 1, 1], strides=[2, 2]))
+    pool = b.op("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    h = b.op("Relu", [b.op("Concat", [branch, pool], axis=1)])
+    imp = check(readout(b, rng, b.op("Relu", [conv(b, rng, h, 2, kernel=(1, 1))])), tmp_path)
+    exact(tmp_path / "model.onnx", imp.graph, tmp_path, inputs((2, 6, 6)))

@@ -1147,7 +1147,8 @@ def test_average_pooling_after_batchnorm_with_negative_scale(tmp_path, head):
 
 
 def test_concat_of_layers_before_their_relu(tmp_path):
-    """DenseNet-BC: concat(x, conv(x), grouped conv(x)) then BN → ReLU: one layer stacking the channels."""
+    """DenseNet-BC: concat(x, conv(x), grouped conv(x)) then BN → ReLU: one ReLU layer per operand, each on its
+    own channels (no weight padded to all 9), concatenated along the channels: the neurons of one layer."""
     rng = np.random.default_rng(95)
     b = GraphBuilder((2, 5, 5))
     x = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
@@ -1155,8 +1156,44 @@ def test_concat_of_layers_before_their_relu(tmp_path):
     h = b.op("Concat", [x, conv(b, rng, x, 3, pads=[1, 1, 1, 1]), grouped], axis=1)
     h = b.op("Relu", [bn(b, rng, h)])
     imp = check(readout(b, rng, h), tmp_path)
-    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+Conv+Conv+relu", "Flatten", "Dense"]
+    assert ir_kinds(imp.graph) == ["Input", "Conv+relu", "Conv+relu", "Conv+relu", "Conv+relu", "Concat", "Flatten",
+                                   "Dense"]
+    assert [n.shape[0] for n in imp.graph.nodes[2:5]] == [4, 3, 4]
+    assert [n.terms[0].weight.shape[0] for n in imp.graph.nodes[2:5]] == [4, 3, 4]
     x = rng.normal(size=(40, 2, 5, 5)).astype(np.float32)
+    assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
+
+
+def test_dense_blocks_never_stack_their_concatenations(tmp_path, monkeypatch):
+    """DenseNet-BC (onnx-caffe2's light_densenet121): two dense blocks of BN → ReLU → Conv1x1 → BN → ReLU →
+    Conv3x3 layers whose linear outputs are concatenated (BN as BatchNormalization, and as Mul and Add of
+    constants), a transition Conv1x1 → AveragePool between them, GlobalAveragePool → Conv1x1 classifier. No
+    weight is padded to all the channels of a concatenation (``ir.stack_channels`` is never called): each
+    layer's ReLU is one spiking layer per concatenated block."""
+    def refuse(*args):
+        raise AssertionError("a concatenation was stacked into one layer")
+    monkeypatch.setattr(ir, "stack_channels", refuse)
+    rng = np.random.default_rng(96)
+    b = GraphBuilder((2, 6, 6))
+    h = b.op("Relu", [conv(b, rng, "x", 4, pads=[1, 1, 1, 1])])
+
+    def bn_mul_add(h):
+        c = shape_of(b, h)[0]
+        h = b.op("Mul", [h, b.const(rng.uniform(0.5, 1.5, (c, 1, 1)))])
+        return b.op("Add", [h, b.const(0.3 * rng.standard_normal((c, 1, 1)))])
+
+    for block in range(2):
+        for layer in range(3):
+            norm = bn(b, rng, h) if layer % 2 else bn_mul_add(h)
+            y = b.op("Relu", [bn(b, rng, conv(b, rng, b.op("Relu", [norm]), 4, kernel=(1, 1)))])
+            h = b.op("Concat", [h, conv(b, rng, y, 2, pads=[1, 1, 1, 1])], axis=1)
+        if block == 0:
+            h = conv(b, rng, b.op("Relu", [bn(b, rng, h)]), 3, kernel=(1, 1))
+            h = b.op("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("GlobalAveragePool", [b.op("Relu", [bn_mul_add(h)])])
+    model = b.build(conv(b, rng, h, 3, kernel=(1, 1)))
+    imp = check(model, tmp_path)
+    x = rng.normal(size=(40, 2, 6, 6)).astype(np.float32)
     assert convert_and_simulate(tmp_path / "model.onnx", imp.graph, tmp_path, x) <= 1e-9
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from builders import GraphBuilder, run_ort, save
@@ -427,57 +427,50 @@ def test_piecewise_linear_samples_verify_exactly(tmp_path, name):
 # ----------------------------------------------------------------------------- random piecewise-linear DAGs
 
 MONOTONE = ("relu", "clip", "leaky", "hardsigmoid", "min", "none")   # may be max-pooled
+KINDS = MONOTONE + ("prelu", "abs", "max")
 
 
-@st.composite
-def pwl_dags(draw):
-    """(model, input shape, seed): a random network of convolutions or dense layers, each followed by a
-    random piecewise-linear activation — Relu, Clip (random breakpoints), LeakyRelu and PRelu (random slopes,
-    negative ones too where nothing pools them), HardSigmoid (either sign), Abs, Min with a constant, the
-    elementwise Max of two branches, or none (a linear chain) — with max pooling after a monotone one, and a
-    linear readout."""
-    seed = draw(st.integers(0, 2**31 - 1))
+def pwl_dag(seed: int, shape: tuple[int, ...], layers: list[tuple], n_out: int):
+    """(model, input shape, seed): a network of convolutions (images) or dense layers, each followed by a
+    piecewise-linear activation, and a linear readout. ``layers`` are (out, kernel, act, params, pool): out
+    channels, the kernel size (1 or 3; images only), the activation — relu, clip (params lo, hi), leaky
+    (alpha), prelu (random slopes), hardsigmoid (alpha, beta), abs, min with a constant, max of two branches
+    (params: whether the second is a Relu population) or none (a linear chain) — and a 2×2 max pooling
+    after it."""
     rng = np.random.default_rng(seed)
-    image = draw(st.booleans())
-    shape = (draw(st.integers(1, 2)), draw(st.integers(4, 6)), draw(st.integers(4, 6))) if image \
-        else (draw(st.integers(2, 6)),)
+    image = len(shape) == 3
     b = GraphBuilder(shape)
     h, cur = "x", shape
 
-    def linear(h, cur, out):
+    def linear(h, cur, out, k):
         if image:
-            k = draw(st.sampled_from([1, 3]))
             w = rng.normal(0, 1.2 / np.sqrt(cur[0] * k * k), (out, cur[0], k, k))
             return b.op("Conv", [h, b.const(w), b.const(rng.normal(0, 0.3, out))], kernel_shape=[k, k],
                         pads=[k // 2] * 4)
         w = rng.normal(0, 1.2 / np.sqrt(cur[0]), (out, cur[0]))
         return b.op("Gemm", [h, b.const(w), b.const(rng.normal(0, 0.3, out))], transB=1)
 
-    for _ in range(draw(st.integers(1, 3))):
-        out, prev = draw(st.integers(1, 3)), cur
-        z = linear(h, prev, out)
+    for out, k, act, params, pool in layers:
+        prev, z = cur, linear(h, cur, out, k)
         cur = (out,) + tuple(cur[1:])
-        pool = image and min(cur[1:]) >= 2 and draw(st.booleans())
-        act = draw(st.sampled_from(MONOTONE if pool else MONOTONE + ("prelu", "abs", "max")))
+        per_channel = (out, 1, 1) if image else (out,)
         if act == "relu":
             h = b.op("Relu", [z])
         elif act == "clip":
-            lo = draw(st.floats(-1.0, 0.5))
-            h = b.op("Clip", [z, b.const(lo), b.const(lo + draw(st.floats(0.1, 2.0)))])
+            h = b.op("Clip", [z, b.const(params[0]), b.const(params[1])])
         elif act == "leaky":
-            h = b.op("LeakyRelu", [z], alpha=draw(st.floats(0.0, 1.0)))
+            h = b.op("LeakyRelu", [z], alpha=params)
         elif act == "prelu":
-            slope = rng.uniform(-1.0, 1.0, (out, 1, 1) if image else (out,))
-            h = b.op("PRelu", [z, b.const(slope)])
+            h = b.op("PRelu", [z, b.const(rng.uniform(-1.0, 1.0, per_channel))])
         elif act == "hardsigmoid":
-            h = b.op("HardSigmoid", [z], alpha=draw(st.sampled_from([-0.7, 0.3, 1.0])), beta=draw(st.floats(-0.5, 1.0)))
+            h = b.op("HardSigmoid", [z], alpha=params[0], beta=params[1])
         elif act == "abs":
             h = b.op("Abs", [z])
         elif act == "min":
-            h = b.op("Min", [z, b.const(rng.uniform(-0.5, 1.0, (out, 1, 1) if image else (out,)))])
+            h = b.op("Min", [z, b.const(rng.uniform(-0.5, 1.0, per_channel))])
         elif act == "max":   # maxout of two branches, or of a branch and a ReLU population
-            other = linear(h, prev, out)
-            h = b.op("Max", [z, b.op("Relu", [other]) if draw(st.booleans()) else other])
+            other = linear(h, prev, out, k)
+            h = b.op("Max", [z, b.op("Relu", [other]) if params else other])
         else:
             h = z
         if pool:
@@ -485,13 +478,53 @@ def pwl_dags(draw):
             cur = (cur[0], cur[1] // 2, cur[2] // 2)
     if image:
         h, cur = b.op("Flatten", [h]), (int(np.prod(cur)),)
-    n_out = draw(st.integers(1, 3))
     h = b.op("Gemm", [h, b.const(rng.normal(0, 1, (n_out, cur[0]))), b.const(rng.normal(0, 0.3, n_out))], transB=1)
     return b.build(h), shape, seed
 
 
+@st.composite
+def pwl_dags(draw):
+    """``pwl_dag`` of 1–3 random layers: random breakpoints (Clip), slopes (LeakyRelu, PRelu: negative ones too
+    where nothing pools them), HardSigmoid of either sign, max pooling only after a monotone activation."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    image = draw(st.booleans())
+    shape = (draw(st.integers(1, 2)), draw(st.integers(4, 6)), draw(st.integers(4, 6))) if image \
+        else (draw(st.integers(2, 6)),)
+    layers, size = [], min(shape[1:], default=0)
+    for _ in range(draw(st.integers(1, 3))):
+        out, k = draw(st.integers(1, 3)), draw(st.sampled_from([1, 3])) if image else 1
+        pool = image and size >= 2 and draw(st.booleans())
+        act = draw(st.sampled_from(MONOTONE if pool else KINDS))
+        if act == "clip":
+            lo = draw(st.floats(-1.0, 0.5))
+            params = (lo, lo + draw(st.floats(0.1, 2.0)))
+        elif act == "leaky":
+            params = draw(st.floats(0.0, 1.0))
+        elif act == "hardsigmoid":
+            params = (draw(st.sampled_from([-0.7, 0.3, 1.0])), draw(st.floats(-0.5, 1.0)))
+        else:
+            params = act == "max" and draw(st.booleans())
+        layers.append((out, k, act, params, pool))
+        size //= 2 if pool else 1
+    return pwl_dag(seed, shape, layers, draw(st.integers(1, 3)))
+
+
+PARAMS = {"clip": (-0.5, 1.0), "leaky": 0.2, "hardsigmoid": (-0.7, 0.4), "max": True}
+# every activation kind at least once whatever the profile (derandomized CI draws few of them): an image network
+# with a layer of that kind (max-pooled when monotone) before a ReLU layer
+KIND_EXAMPLES = [pwl_dag(3 + i, (2, 4, 5), [(3, 3, act, PARAMS.get(act), act in MONOTONE), (2, 1, "relu", None, False)], 2)
+                 for i, act in enumerate(KINDS)]
+
+
+def with_kind_examples(test):
+    for dag in KIND_EXAMPLES:
+        test = example(dag=dag)(test)
+    return test
+
+
 @settings(max_examples=20, deadline=None)
 @given(dag=pwl_dags())
+@with_kind_examples
 def test_random_piecewise_linear_dags_are_exact(tmp_path_factory, dag):
     """onnxruntime = the IR forward pass; calibrated on the inputs it runs on, the spiking network equals
     the float64 forward pass within 1e-9 of the largest logit, without early spikes."""
@@ -511,6 +544,7 @@ def test_random_piecewise_linear_dags_are_exact(tmp_path_factory, dag):
 
 @settings(max_examples=12, deadline=None)
 @given(dag=pwl_dags())
+@with_kind_examples
 def test_random_piecewise_linear_dags_match_the_reference_with_early_spikes(tmp_path_factory, dag):
     """Calibrated on small inputs and run on large ones, so activations overrun their windows and neurons fire
     early: the simulator equals the event-by-event reference, spike by spike."""

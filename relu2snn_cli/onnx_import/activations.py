@@ -18,7 +18,7 @@ FLOAT_MAX = 3.4028234663852886e38   # Clip's defaults before opset 11: no bound
 
 def _shape(node: OnnxNode, value) -> tuple[int, ...]:
     if isinstance(value, Lin):
-        return tuple(value.layer.shape)
+        return tuple(value.shape)
     if value is None or isinstance(value, Const):
         raise unsupported(node, "it has no activation operand")
     return tuple(value.shape)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .core import Const, Context, Lin, OnnxNode, Pop, converter, unsupported
+from .core import Const, Context, OnnxNode, Pop, converter, unsupported
 
 
 @converter("Shape")
@@ -17,7 +17,7 @@ def convert_shape(node: OnnxNode, ctx: Context) -> None:
     if isinstance(v, Const):
         full = np.array(v.value.shape, dtype=np.int64)
     else:
-        shape = v.layer.shape if isinstance(v, Lin) else v.shape
+        shape = v.shape
         if isinstance(v, Pop) and v.pads:
             rank = len(shape) - 1
             shape = (shape[0], *(n + v.pads[i] + v.pads[i + rank] for i, n in enumerate(shape[1:])))

@@ -3,7 +3,9 @@ context, and the folding helpers that converters share (docs/math.md §7, docs/s
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -45,9 +47,27 @@ class Pop:
 
 @dataclass(frozen=True, eq=False)
 class Lin:
-    """tensor = layer(a…): an affine layer on populations, its ReLU not yet applied."""
+    """tensor = layer(a…): an affine layer on populations, its ReLU not yet applied.
 
-    layer: ir.Affine
+    A Concat of linear layers (DenseNet's dense blocks) is given as its ``blocks``, the layers whose output
+    channels it puts side by side, and ``layer`` stacks them (``ir.stack_channels``, each block's weights
+    padded with zeros to every channel) only when a reader needs the layer whole: a per-channel affine map,
+    a ReLU and a further Concat act block by block (``apply_affine``, ``spiking_blocks``), so a dense block's
+    k-th concatenation holds k small layers, not k terms as wide as all its channels."""
+
+    whole: ir.Affine | None = None
+    blocks: tuple = ()
+    name: str = ""
+
+    @cached_property
+    def layer(self) -> ir.Affine:
+        return self.whole if self.whole is not None else ir.stack_channels(self.name, list(self.blocks))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.whole is not None:
+            return tuple(self.whole.shape)
+        return (sum(b.shape[0] for b in self.blocks), *self.blocks[0].shape[1:])
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,11 +276,17 @@ class Context:
         return pop
 
     def pooled_layer(self, v: Pooled) -> Pop:
-        """``materialize`` without recording the result as the value of a tensor (a part of a Sum)."""
+        """``materialize`` without recording the result as the value of a tensor (a part of a Sum). A pending
+        scale that varies over the positions of a channel (count_include_pad = 0) goes into the weights of
+        spatial blocks (``divided_pooling``)."""
         shape = tuple(v.layer.shape)
-        name = self.add(replace(v.layer, name=self.unique(v.layer.name), relu=True,
-                                source=v.tensor if v.identity and v.tensor else ""))
-        pop = Pop(name, shape, v.scale.reshape(shape), v.shift.reshape(shape), nonnegative=v.identity)
+        scale = v.scale.reshape(shape)
+        if varies_in_channel(scale):
+            pop = divided_pooling(self, v.layer, scale, v.shift.reshape(shape))
+        else:
+            name = self.add(replace(v.layer, name=self.unique(v.layer.name), relu=True,
+                                    source=v.tensor if v.identity and v.tensor else ""))
+            pop = Pop(name, shape, scale, v.shift.reshape(shape), nonnegative=v.identity)
         if v.shape != shape:
             pop = reshaped(self, pop, v.shape, f"{v.layer.name}/reshape")
         return pop
@@ -351,6 +377,99 @@ class Context:
         return name
 
 
+def varies_in_channel(values: np.ndarray) -> bool:
+    """A map of a (C, …) shape whose values differ between positions of one channel."""
+    flat = np.asarray(values).reshape(values.shape[0], -1)
+    return bool(np.any(flat != flat[:, :1]))
+
+
+def position_runs(scale: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Per spatial axis of a (C, …) map, the runs [start, stop) of consecutive positions whose slices (every
+    channel, every other position) are equal: the map is constant per channel on each product of runs."""
+    runs = []
+    for axis in range(1, scale.ndim):
+        moved = np.moveaxis(scale, axis, 0)
+        cuts = [i for i in range(1, len(moved)) if not np.array_equal(moved[i], moved[i - 1])]
+        bounds = [0, *cuts, len(moved)]
+        runs.append(list(zip(bounds[:-1], bounds[1:])))
+    return runs
+
+
+MAX_BLOCKS = 64   # spiking blocks of one divided pooling (a padded count_include_pad = 0 pooling needs at most 9)
+
+
+def divided_pooling(ctx: "Context", layer: ir.Affine, scale: np.ndarray, shift: np.ndarray) -> Pop:
+    """An average pooling P·a under a pending map whose scale varies over the positions of a channel (the
+    divisor K/n(p) of count_include_pad = 0) as spiking layers, exactly (docs/math.md §6): scale = ρ(p)·k per
+    channel with ρ ≥ 0, and ρ is constant on each block of position runs (``position_runs``, at most three
+    per axis for a padded pooling). Each block is its own depthwise convolution of the positions of a that its
+    windows read (a Take per axis, the pooling's padding where the block's windows reach past the border),
+    taps ρ_block/K, and ReLU the identity on it (a ≥ 0); the blocks are concatenated back along the spatial
+    axes, k and the shift pending on the result. Neurons: one per pooled position, as without the divisor."""
+    term = layer.terms[0]
+    c, rank = scale.shape[0], scale.ndim - 1
+    kernel = term.weight.shape[2:]
+    scale = np.array(scale)
+    for axis in range(rank):   # a window wholly in a Pad's zeros gives 0 at any scale: take its neighbour's
+        n, s, d, p = term.in_shape[axis + 1], term.strides[axis], term.dilations[axis], term.pads[axis]
+        taps = np.arange(scale.shape[axis + 1])[:, None] * s - p + d * np.arange(kernel[axis])[None]
+        live = np.flatnonzero(np.any((taps >= 0) & (taps < n), axis=1))
+        if not len(live):
+            raise _pooling_error(layer, f"all its windows along axis {axis + 2} lie in a Pad's zeros")
+        nearest = live[np.abs(np.arange(scale.shape[axis + 1])[:, None] - live[None]).argmin(axis=1)]
+        scale = np.take(scale, nearest, axis=axis + 1)
+    centre = scale[(slice(None),) + tuple(n // 2 for n in scale.shape[1:])]
+    flat = scale.reshape(c, -1)
+    widest = flat[np.arange(c), np.argmax(np.abs(flat), axis=1)]
+    k = np.where(centre != 0, centre, np.where(widest != 0, widest, 1.0))
+    rho = scale / ops.channel_axis(k, scale.ndim)
+    if np.any(rho < 0):
+        raise _pooling_error(layer, "its output is scaled with different signs at different positions of a channel")
+    runs = position_runs(scale)
+    if int(np.prod([len(r) for r in runs])) > MAX_BLOCKS:
+        raise _pooling_error(layer, f"its output is scaled by a map that changes over positions in more than "
+                                    f"{MAX_BLOCKS} blocks (a product with a constant that varies over positions)")
+    blocks = []
+    for block in itertools.product(*runs):
+        src, in_shape, pads = term.input, tuple(term.in_shape), [0] * (2 * rank)
+        for axis, (start, stop) in enumerate(block):
+            n, s, d, p = in_shape[axis + 1], term.strides[axis], term.dilations[axis], term.pads[axis]
+            lo, hi = start * s - p, (stop - 1) * s + (kernel[axis] - 1) * d - p
+            first, last = max(lo, 0), min(hi, n - 1)
+            pads[axis], pads[axis + rank] = first - lo, hi - last
+            if (first, last) != (0, n - 1):
+                take = ir.Take(ctx.unique(f"{layer.name}/take"), src, in_shape, axis + 1, tuple(range(first, last + 1)))
+                src, in_shape = ctx.add(take), take.shape
+        at = (slice(None),) + tuple(b[0] for b in block)
+        taps = term.weight * ops.channel_axis(rho[at], term.weight.ndim)
+        conv = ir.Conv(src, taps, in_shape, term.strides, tuple(pads), term.dilations, groups=term.groups)
+        where = ", ".join(f"{b[0]}–{b[1] - 1}" for b in block)
+        blocks.append((block, ctx.add(ir.Affine(ctx.unique(layer.name), (conv,), np.zeros(c), relu=True,
+                                                origin=f"{layer.origin}, positions {where}"))))
+    name = _concat_blocks(ctx, layer.name, blocks, 0)
+    return Pop(name, tuple(scale.shape), ops.channel_axis(k, scale.ndim) * np.ones(scale.shape), shift,
+               nonnegative=bool(np.all(k == 1) and not np.any(shift)))
+
+
+def _pooling_error(layer: ir.Affine, why: str) -> UnsupportedOperatorError:
+    what = layer.origin.split(":")[0] or layer.name
+    return UnsupportedOperatorError(f"{what} is not supported: {why} (see {SUPPORTED_DOC})")
+
+
+def _concat_blocks(ctx: "Context", base: str, blocks: list, axis: int) -> str:
+    """The blocks (runs, IR node) of one product of runs, concatenated along spatial ``axis`` and the later ones."""
+    if axis == len(blocks[0][0]):
+        return blocks[0][1]
+    groups: dict = {}
+    for runs, name in blocks:
+        groups.setdefault(runs[axis], []).append((runs, name))
+    parts = [_concat_blocks(ctx, base, group, axis + 1) for group in groups.values()]
+    if len(parts) == 1:
+        return parts[0]
+    shapes = tuple(tuple(ctx.by_name[p].shape) for p in parts)
+    return ctx.add(ir.Concat(ctx.unique(f"{base}/concat"), tuple(parts), shapes, axis + 1))
+
+
 def unsupported(node: OnnxNode, why: str) -> UnsupportedOperatorError:
     return UnsupportedOperatorError(f"{node.label} is not supported: {why} (see {SUPPORTED_DOC})",
                                     ((node.name, node.op_type),))
@@ -389,10 +508,15 @@ def apply_affine(node: OnnxNode, ctx: Context, value, k: np.ndarray, h: np.ndarr
         raise ModelError(f"{node.label}: its constants give a non-finite affine map "
                          "(a division by zero, or a negative variance)")
     if isinstance(value, Lin):
-        shape = value.layer.shape
+        shape = value.shape
         k = per_channel(node, const_for(node, k, shape), shape)
         h = const_for(node, h, shape)
-        ctx.set(node, Lin(ir.scale_outputs(value.layer, k, h)))
+        if value.blocks:
+            h, starts = np.broadcast_to(h, shape), np.cumsum([0] + [b.shape[0] for b in value.blocks])
+            ctx.set(node, Lin(blocks=tuple(ir.scale_outputs(b, k[i:j], h[i:j])
+                                           for b, i, j in zip(value.blocks, starts, starts[1:])), name=value.name))
+        else:
+            ctx.set(node, Lin(ir.scale_outputs(value.layer, k, h)))
     elif isinstance(value, (Pop, Pooled)):
         ctx.set(node, _mapped(node, value, k, h))
     elif isinstance(value, Sum):
@@ -457,7 +581,7 @@ def as_linear(node: OnnxNode, ctx: Context, value) -> ir.Affine:
                          origin=origin_of(node))
     if isinstance(value, Pooled):
         shape = tuple(value.layer.shape)
-        if value.shape == shape:
+        if value.shape == shape and not varies_in_channel(value.scale):
             k = per_channel(node, value.scale, shape)
             return ir.scale_outputs(value.layer, k, value.shift)
         value = ctx.materialize(node.inputs[0], value) if value.tensor else ctx.pooled_layer(value)
@@ -470,6 +594,17 @@ def spiking(node: OnnxNode, ctx: Context, layer: ir.Affine) -> Pop:
     """Make ``layer`` a ReLU layer whose output is this node's output tensor; its population."""
     name = ctx.add(replace(layer, relu=True, source=node.outputs[0], origin=f"{of(node, layer)}: relu(z)"))
     return identity_pop(name, layer.shape, relu=True)
+
+
+def spiking_blocks(node: OnnxNode, ctx: Context, value: Lin) -> Pop:
+    """relu of a channel concatenation of linear layers (``Lin.blocks``), block by block: one ReLU layer per
+    block, concatenated along the channels. As many neurons as one ReLU layer of all the channels, each
+    block's synapses only to its own channels."""
+    names = [ctx.add(replace(b, name=ctx.unique(b.name), relu=True, origin=f"{of(node, b)}: relu(z)"))
+             for b in value.blocks]
+    shapes = tuple(tuple(ctx.by_name[name].shape) for name in names)
+    out = ctx.add(ir.Concat(ctx.unique(node.name), tuple(names), shapes, 0))
+    return identity_pop(out, value.shape, relu=True)
 
 
 def origin_of(node: OnnxNode) -> str:

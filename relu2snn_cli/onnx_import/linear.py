@@ -10,8 +10,8 @@ import numpy as np
 from .. import ir, ops
 from ..errors import ModelError
 from .core import (Const, Context, Lin, OnnxNode, Pooled, Pop, Sum, affine, apply_affine, as_linear, check_window,
-                   const_for, converter, geometry, identity_pop, kernel_shape, of, origin_of, parts_of, spiking, spread,
-                   tensor_nonnegative, term_window_values, unsupported)
+                   const_for, converter, geometry, identity_pop, kernel_shape, of, origin_of, parts_of, spiking,
+                   spiking_blocks, spread, tensor_nonnegative, term_window_values, unsupported)
 
 
 @converter("Gemm")
@@ -31,7 +31,7 @@ def _dense(node: OnnxNode, ctx: Context, w: np.ndarray, bias, given: tuple[int, 
     pooling x = P·a + p folds in: W·P on a, b + W·p. On a linear layer z = Σ W_k·a_k + c whose terms are
     dense, the composition W·W_k on a_k, bias W·c + b (linear∘linear, exact)."""
     v = ctx.get(node, 0, raw=True)
-    shape = tuple(v.layer.shape if isinstance(v, Lin) else getattr(v, "shape", ()))
+    shape = tuple(getattr(v, "shape", ()))
     if w.ndim != 2 or len(shape) != 1 or w.shape[1] != shape[0]:
         raise ModelError(f"{node.label}: its weight of shape {given} does not fit its input of shape {shape}")
     if isinstance(v, Lin) and all(isinstance(t, ir.Dense) for t in v.layer.terms):
@@ -105,8 +105,6 @@ def convert_conv(node: OnnxNode, ctx: Context) -> None:
 
 def value_shape(v) -> tuple[int, ...] | None:
     """The shape (batch axis omitted) of an activation value; None for a constant."""
-    if isinstance(v, Lin):
-        return tuple(v.layer.shape)
     return None if v is None or isinstance(v, Const) else tuple(v.shape)
 
 
@@ -148,6 +146,8 @@ def convert_relu(node: OnnxNode, ctx: Context) -> None:
     if isinstance(v, Pooled) and v.nonnegative or (isinstance(v, Pop) and not v.pads
                                                      and (v.nonnegative or tensor_nonnegative(v))):
         ctx.set(node, v)
+    elif isinstance(v, Lin) and v.blocks:
+        ctx.set(node, spiking_blocks(node, ctx, v))
     elif isinstance(v, (Lin, Pop, Pooled, Sum)):
         ctx.set(node, spiking(node, ctx, as_linear(node, ctx, v)))
     else:
@@ -166,7 +166,7 @@ def convert_batchnorm(node: OnnxNode, ctx: Context) -> None:
     k = gamma / np.sqrt(var + node.attr("epsilon", 1e-5))
     h = beta - mean * k
     v = ctx.get(node, 0, raw=True)
-    rank = len(v.layer.shape if isinstance(v, Lin) else getattr(v, "shape", ()))
+    rank = len(getattr(v, "shape", ()))
     apply_affine(node, ctx, v, ops.channel_axis(k, rank), ops.channel_axis(h, rank))
 
 

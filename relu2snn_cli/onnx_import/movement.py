@@ -127,13 +127,14 @@ def convert_transpose(node: OnnxNode, ctx: Context) -> None:
 @converter("Concat")
 def convert_concat(node: OnnxNode, ctx: Context) -> None:
     """Populations side by side along a non-batch axis (from different windows: delays align them, docs/math.md §2).
-    If an operand is a linear layer still waiting for its ReLU (DenseNet-BC) and none is a sum, the channels
-    are stacked into one linear layer instead: each operand's synapses feed its own block of output channels.
+    If an operand is a linear layer still waiting for its ReLU (DenseNet-BC) and none is a sum, the result is
+    a linear layer of channel blocks instead (``Lin.blocks``): each operand's synapses feed its own block of
+    output channels.
     Sums of populations (and linear layers along a spatial axis, split) are concatenated part by part: the
     k-th parts side by side, an operand with fewer parts adding its first population with the pending
     scale 0 (docs/math.md §8)."""
     values = [ctx.get(node, i, raw=True) for i in range(len(node.inputs))]
-    rank = len(getattr(values[0], "shape", None) or values[0].layer.shape)
+    rank = len(values[0].shape)
     axis = int(node.attr("axis")) % (rank + 1)
     if axis == 0:
         raise unsupported(node, "it concatenates along the batch axis")
@@ -145,10 +146,11 @@ def convert_concat(node: OnnxNode, ctx: Context) -> None:
         ctx.set(node, make_sum(_concat(node, ctx, [g[k] for g in groups], axis) for k in range(n)))
         return
     if any(isinstance(v, Lin) for v in values):
-        layers = [as_linear(node, ctx, v) for v in values]
+        layers = [layer for v in values
+                  for layer in (v.blocks if isinstance(v, Lin) and v.blocks else (as_linear(node, ctx, v),))]
         if len({tuple(layer.shape[1:]) for layer in layers}) != 1:
             raise unsupported(node, f"its operands have shapes {[layer.shape for layer in layers]}")
-        ctx.set(node, Lin(ir.stack_channels(ctx.unique(node.name), layers)))
+        ctx.set(node, Lin(blocks=tuple(layers), name=ctx.unique(node.name)))   # stacked when read whole
         return
     ctx.set(node, _concat(node, ctx, [ctx.pop(node, i) for i in range(len(node.inputs))], axis))
 

@@ -88,7 +88,7 @@ def convert_avgpool(node: OnnxNode, ctx: Context) -> None:
     a = _pooled_population(node, ctx)
     kernel, strides, pads, dilations = _window(node, a)
     if _divisor_varies(node, a.shape, kernel, strides, pads, dilations, getattr(a, "pads", ())):
-        out = ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations, bool(node.attr("ceil_mode", 0)))
+        out = pooled_size(a.shape, kernel, strides, pads, dilations, bool(node.attr("ceil_mode", 0)), a.pads)
         ctx.set(node, _average_of_real_positions(node, ctx, a, kernel, strides, pads, dilations, out))
         return
     ctx.set(node, _average(node, ctx, a, kernel, strides, pads, dilations))
@@ -103,11 +103,23 @@ def _window(node: OnnxNode, a) -> tuple[tuple, tuple, tuple, tuple]:
         return kernel, (1,) * rank, pads, (1,) * rank
     kernel = kernel_shape(node, rank)
     strides, pads, dilations = geometry(node, rank, a.shape[1:], kernel, getattr(a, "pads", ()))
+    before = getattr(a, "pads", ())
     if node.attr("count_include_pad", 0) and node.attr("ceil_mode", 0) and (
-            ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations, True)
-            != ops.out_spatial(a.shape[1:], kernel, strides, pads, dilations)):
+            pooled_size(a.shape, kernel, strides, pads, dilations, True, before)
+            != pooled_size(a.shape, kernel, strides, pads, dilations, False, before)):
         raise unsupported(node, "ceil_mode=1 adds windows that are cut short")
     return kernel, strides, pads, dilations
+
+
+def pooled_size(shape, kernel, strides, pads, dilations, ceil_mode: bool, before=()) -> tuple[int, ...]:
+    """The output size of a pooling of a population of ``shape`` (C, n…) whose pads include a pending Pad
+    ``before``: ONNX pools the Pad's output, of size n + the Pad, with its own pads only, so ceil_mode drops a
+    last window that starts in its own padding, not one that starts in the Pad's zeros."""
+    rank = len(kernel)
+    before = tuple(before) or (0,) * 2 * rank
+    size = tuple(n + before[i] + before[i + rank] for i, n in enumerate(shape[1:]))
+    own = tuple(p - q for p, q in zip(pads, before))
+    return ops.out_spatial(size, kernel, strides, own, dilations, ceil_mode)
 
 
 def _divisor_varies(node: OnnxNode, shape, kernel, strides, pads, dilations, before) -> bool:
@@ -117,9 +129,9 @@ def _divisor_varies(node: OnnxNode, shape, kernel, strides, pads, dilations, bef
         return False
     rank = len(kernel)
     before = before or (0,) * 2 * rank
-    cut = ops.out_spatial(shape[1:], kernel, strides, pads, dilations, bool(node.attr("ceil_mode", 0)))
-    return any(p != q for p, q in zip(pads, before)) or cut != ops.out_spatial(shape[1:], kernel, strides, pads,
-                                                                               dilations)
+    cut = pooled_size(shape, kernel, strides, pads, dilations, bool(node.attr("ceil_mode", 0)), before)
+    return any(p != q for p, q in zip(pads, before)) or cut != pooled_size(shape, kernel, strides, pads, dilations,
+                                                                           False, before)
 
 
 def _compose_pooling(node: OnnxNode, ctx: Context, v: Lin) -> bool:
@@ -180,7 +192,8 @@ def _average_of_real_positions(node: OnnxNode, ctx: Context, a: Pop, kernel, str
     """AveragePool with count_include_pad = 0 (and ceil_mode's cut windows): Σ over the window's real positions
     divided by their count n(p), = (K/n(p))·(P·a) with P the pooling by 1/K per tap over the same windows
     (extra zero padding at the end for cut windows). The factor K/n(p) > 0 varies with the position: it joins
-    the pending map, which a dense reader absorbs (docs/math.md §6)."""
+    the pending map, which a dense reader absorbs; for any other reader the pooling becomes spiking blocks of
+    one divisor each (``core.divided_pooling``, docs/math.md §6)."""
     rank = len(kernel)
     before = a.pads or (0,) * 2 * rank
     own = tuple(p - q for p, q in zip(pads, before))
