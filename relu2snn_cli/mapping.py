@@ -191,6 +191,35 @@ def grid_margin(e: np.ndarray, i: np.ndarray, base: np.ndarray, fan_in: int) -> 
     return fan_in * ROUNDING * (np.sum(np.abs(e) + np.abs(i), axis=1) + np.abs(base))
 
 
+F32_UNIT = 2.0 ** -24    # u, the unit roundoff of float32
+F32_TINY = 2.0 ** -126   # μ, the smallest normal float32: the most an underflow or a flush to zero can lose
+
+
+def float32_sum_bounds(s: np.ndarray, fan_in: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (low, high) of exact sums T = Σ_{j≤K} w_j·x_j of K = ``fan_in`` products of non-negative float64
+    numbers, from s, the same sums computed in float32 (docs/math.md §5, float32 screening).
+
+    s: w and x each cast to float32, the products and their sum evaluated in float32 in any order and
+    blocking (a BLAS product, with or without fused multiply-adds); ``scale`` ≥ max w + max x. Every
+    cast, product and addition has a relative error of at most u = 2⁻²⁴ plus, at an underflow or a flush
+    to zero, an absolute error of at most μ = 2⁻¹²⁶; a sum of K non-negative terms in any order is within
+    γ_{K−1} = (K−1)·u/(1 − (K−1)·u) of the sum of its terms. Tracing both through the casts and products
+    gives, with c = (2K + 2)·u and A = K·μ·(4 + 2·scale),
+        (s − A)·(1 − c) ≤ T ≤ (s + A)/(1 − c),
+    (c carries one u more than the derivation needs, which covers this function's own float64 rounding).
+    A sum of non-positive terms is the negated sum of their magnitudes. Where c ≥ 1 (K > 8 million) or s
+    is not finite (an overflow, or inf·0 after one) the bounds are −∞ and +∞: nothing is certified from them.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    c = (2.0 * fan_in + 2.0) * F32_UNIT
+    if not c < 1.0:
+        return np.full(s.shape, -np.inf), np.full(s.shape, np.inf)
+    slack = fan_in * F32_TINY * (4.0 + 2.0 * scale)
+    finite = np.isfinite(s)   # an overflow in float32 says nothing of the exact sum
+    return (np.where(finite, (s - slack) * (1.0 - c), -np.inf),
+            np.where(finite, (s + slack) / (1.0 - c), np.inf))
+
+
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
     """α = b / B_in for the readout, so that V(T_out) = α·B_in + Σ J·a = W·a + b — docs/math.md §3."""
     return bias / b_in
