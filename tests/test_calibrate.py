@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import hashlib
 from pathlib import Path
 
@@ -334,15 +335,34 @@ def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make):
     need = np.array([mapping.required_window(vals[None], wts[None], bias[c:c + 1],
                                              s[c // per_channel:c // per_channel + 1])[0] for _, c, vals, wts in pairs])
     z = ir.apply_linear(layer, [a]).reshape(len(a), -1)
-    pos_layer = ir.Affine("p", (dataclasses.replace(layer.terms[0], weight=np.clip(layer.terms[0].weight, 0, None)),),
-                          layer.bias, relu=True)
-    positive = ir.apply_linear(pos_layer, [a]).reshape(len(a), -1)
+    positive = calibrate.positive_sums(layer, [a])   # bounds of Σ max(W, 0)·a from float32 sums
     ruled_out = 0
     for running in np.quantile(need, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]):
         sure = calibrate.grid_screen(layer, [a], rows, cols, positive, z, float(running))
         assert np.all(need[sure] <= running)
         ruled_out += int(np.count_nonzero(sure & (need > np.quantile(need, 0.0))))
     assert ruled_out > 0
+
+
+@pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
+def test_positive_sums_bound_the_exact_sums(make):
+    """positive_sums bounds Σ max(W, 0)·a of every pair from float32 sums (within a few K·2⁻²⁴ of it, K the fan-in);
+    with a code below 0 (an input below the encoder's range) it gives the float64 sums themselves."""
+    rng = np.random.default_rng(4)
+    layer, a, gather = make(rng)
+    a = a * 10.0 ** rng.uniform(-3, 3, a.shape)   # magnitudes over six decades
+    pos = np.clip(layer.terms[0].weight, 0, None)
+    per_channel = int(np.prod(layer.shape[1:]))
+    exact = {(n, c): math.fsum(pos.reshape(pos.shape[0], -1)[c // per_channel] * vals) for n, c, vals, _ in
+             gather(layer, a)}
+    low, high = calibrate.positive_sums(layer, [a])
+    fan_in = pos[0].size
+    for (n, c), want in exact.items():
+        assert low[n, c] <= want <= high[n, c]
+        assert high[n, c] - low[n, c] <= 8 * (fan_in + 2) * 2.0 ** -24 * want + 1e-30
+    a[0].flat[0] = -0.5
+    low, high = calibrate.positive_sums(layer, [a])
+    assert low is high and low.dtype == np.float64
 
 
 def test_update_requirement_ignores_pairs_below_running_maximum():
