@@ -27,7 +27,7 @@ import onnxruntime as ort
 from . import ir, ops
 from .data import batches, check_inputs
 from .errors import ModelError
-from .mapping import (Scaled, float32_sum_bounds, grid_bound, grid_margin, grid_times, requirement_bound,
+from .mapping import (Scaled, float32_sum_bounds, float32_sum_limit, grid_bound, grid_margin, grid_times, requirement_bound,
                       sorted_requirement)
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
@@ -152,15 +152,20 @@ def negative_code(a: list[np.ndarray]) -> bool:
     return min(float(a_k.min(initial=0.0)) for a_k in a) < 0
 
 
-def positive_sums(layer: ir.Affine, a: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds (low, high) of the exact Σ_k Σ_j max(W_kij, 0)·a_kj of every (sample, neuron) (N, neurons), from the
-    sums in float32 (``mapping.float32_sum_bounds``, docs/math.md §5, float32 screening); both the float64 sums
-    where a code is negative (``negative_code``)."""
+def positive_sums(layer: ir.Affine, a: list[np.ndarray]) -> tuple[np.ndarray, tuple[int, float] | None]:
+    """Σ_k Σ_j max(W_kij, 0)·a_kj of every (sample, neuron) (N, neurons), computed in float32, and the arguments
+    (K, scale) with which ``mapping.float32_sum_bounds`` bounds the exact sums from them (docs/math.md §5,
+    float32 screening); in float64, and None, where a code is negative (``negative_code``)."""
     n = len(a[0])
     dtype = np.float64 if negative_code(a) else np.float32
     p = sum(term_product(t, a_k.astype(dtype), np.clip(t.weight, 0, None).astype(dtype))
             for t, a_k in zip(layer.terms, a)).reshape(n, -1)
-    return (p, p) if dtype == np.float64 else float32_sum_bounds(p, *fan_in_scale(layer, a))
+    return p, (None if dtype == np.float64 else fan_in_scale(layer, a))
+
+
+def sum_bounds(p: np.ndarray, bounding: tuple[int, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) bounds of the exact sums from sums of ``positive_sums`` and its ``bounding``."""
+    return (p, p) if bounding is None else float32_sum_bounds(p, *bounding)
 
 
 def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: np.ndarray,
@@ -168,7 +173,7 @@ def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: n
     """(P,) mask of the pairs (rows, cols) whose requirement R* cannot exceed ``running``: ``mapping.grid_bound``
     of R(σ) = b + E(σ) + I(σ) − (1 − s)·σ, plus ``mapping.grid_margin``, is at most it (docs/math.md §4, §5).
 
-    positive: (low, high) bounds of Σ max(W, 0)·a (N, neurons) (``positive_sums``) and z = b + Σ W·a, so
+    positive: (low, high) bounds of Σ max(W, 0)·a of the pairs (P,) (``sum_bounds``); z = b + Σ W·a (N, neurons), so
     E(0) ≤ high and I(0) = z − b − Σ max(W, 0)·a ≤ z − b − low; E and I at the interior grid times from one
     float32 product, the ramps (a − σ_g)+ of the pairs' samples for every interior time stacked on the batch
     axis against the weights of the pairs' channels (all channels for grouped convolutions), bounded from
@@ -182,8 +187,8 @@ def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: n
     sigmas = grid_times(np.concatenate([a_k[samples].reshape(-1) for a_k in a]))
     bias = ir.full_bias(layer).reshape(-1)[cols]
     e, i = np.zeros((len(rows), len(sigmas))), np.zeros((len(rows), len(sigmas)))
-    e[:, 0] = positive[1][rows, cols]
-    i[:, 0] = z[rows, cols] - bias - positive[0][rows, cols]
+    e[:, 0] = positive[1]
+    i[:, 0] = z[rows, cols] - bias - positive[0]
     inner = sigmas[1:-1]
     if len(inner):
         dtype = np.float64 if negative_code(a) else np.float32
@@ -217,7 +222,8 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
     a: the layer's input codes, one (N, *in_shape) array per term; z: the layer's pre-activation
     ``ir.apply_linear(layer, a)`` when the caller has it already. A pair whose
     ``mapping.requirement_bound`` is at most ``running`` cannot raise the maximum (its
-    requirement is below its bound; p there is the upper bound of ``positive_sums``, from float32 sums),
+    requirement is below its bound; p there is the upper bound of its float32 sum from ``positive_sums``, and
+    the plain bound b + p, never below it, screens the raw sums first: ``mapping.float32_sum_limit``),
     nor one whose grid bound is (``grid_screen``); the others get the
     exact requirement (``mapping.sorted_requirement`` on ``ops.sorted_fan_ins``), the largest bounds first,
     then those whose bound still exceeds the maximum found. The result does not depend on the batch order.
@@ -225,19 +231,23 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
     n = len(a[0])
     s = ir.incoming_sum(layer)
     w_neg = sum(t.weight.clip(None, 0).reshape(t.weight.shape[0], -1).sum(axis=1) for t in layer.terms)
-    positive = positive_sums(layer, a)
+    p, bounding = positive_sums(layer, a)
     z = (ir.apply_linear(layer, a) if z is None else z).reshape(n, -1)
-    flat = (ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1))
-    bound = requirement_bound(z, ir.full_bias(layer).reshape(1, -1) + positive[1], *flat)
-    rows, cols = np.nonzero(bound > running)
+    s_flat, w_neg_flat = ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1)
+    bias = ir.full_bias(layer).reshape(-1)
+    limit = running - bias
+    rows, cols = np.nonzero(~(p <= (limit if bounding is None else float32_sum_limit(limit, *bounding))))
+    positive = sum_bounds(p[rows, cols], bounding)
+    bound = requirement_bound(z[rows, cols], bias[cols] + positive[1], s_flat[cols], w_neg_flat[cols])
+    keep = bound > running
+    rows, cols, bound, positive = rows[keep], cols[keep], bound[keep], (positive[0][keep], positive[1][keep])
     if len(rows):
         keep = ~grid_screen(layer, a, rows, cols, positive, z, running)
-        rows, cols = rows[keep], cols[keep]
+        rows, cols, bound = rows[keep], cols[keep], bound[keep]
     if not len(rows):
         return running, 0
-    order = np.argsort(-bound[rows, cols], kind="stable")
-    rows, cols, bound = rows[order], cols[order], bound[rows[order], cols[order]]
-    bias = ir.full_bias(layer).reshape(-1)
+    order = np.argsort(-bound, kind="stable")
+    rows, cols, bound = rows[order], cols[order], bound[order]
     per_channel = int(np.prod(layer.shape[1:]))
     sources, weights = term_sources(layer, a), [t.weight for t in layer.terms]
     head = max(1, (1 << 20) // sum(int(np.prod(w.shape[1:])) for w in weights))

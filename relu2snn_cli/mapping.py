@@ -220,6 +220,15 @@ def float32_sum_bounds(s: np.ndarray, fan_in: int, scale: float) -> tuple[np.nda
             np.where(finite, (s + slack) / (1.0 - c), np.inf))
 
 
+def float32_sum_limit(x: np.ndarray, fan_in: int, scale: float) -> np.ndarray:
+    """x·(1 − c) − A, with c and A of ``float32_sum_bounds``: a float32 sum s ≤ it has the upper bound
+    (s + A)/(1 − c) ≤ x, so one comparison of the raw sums screens a whole array (docs/math.md §5, float32
+    screening); −∞ where c ≥ 1. c's spare u covers the rounding of this evaluation."""
+    c = (2.0 * fan_in + 2.0) * F32_UNIT
+    x = np.asarray(x, dtype=np.float64)
+    return x * (1.0 - c) - fan_in * F32_TINY * (4.0 + 2.0 * scale) if c < 1.0 else np.full(x.shape, -np.inf)
+
+
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:
     """α = b / B_in for the readout, so that V(T_out) = α·B_in + Σ J·a = W·a + b — docs/math.md §3."""
     return bias / b_in

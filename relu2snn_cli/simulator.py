@@ -29,7 +29,7 @@ import numpy as np
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
 from .errors import NonFiniteError, naming
-from .mapping import (early_bound, float32_sum_bounds, grid_bound, grid_margin, grid_times, ramp_peak,
+from .mapping import (early_bound, float32_sum_bounds, float32_sum_limit, grid_bound, grid_margin, grid_times, ramp_peak,
                       static_certificate)
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact check and scan
@@ -264,13 +264,12 @@ class CompiledLayer:
         in_window = np.all([f.max(axis=1) <= b for f, b in zip(flat, self.lengths)], axis=0) & ~late
         if len(self.unsure) and in_window.any():
             idx, cols = np.flatnonzero(in_window), self.unsure_cols
-            p_high = float32_sum_bounds(p[idx] if len(idx) < n else p, self.fan_in, self.scale)[1]
-            self._mark(failing, idx, cols, u, p_high, ~self.static[cols])
+            self._mark(failing, idx, cols, u, p[idx] if len(idx) < n else p, ~self.static[cols], float32=True)
         if not (in_window | late).all():   # inputs before their window: no neuron is certified statically
             idx = np.flatnonzero(~in_window & ~late)
             p_all = sum(drive(syn, a_k[idx], j_pos).reshape(len(idx), -1)
                         for syn, j_pos, a_k in zip(self.layer.synapses, self.j_pos, a))
-            self._mark(failing, idx, np.arange(self.size), u, p_all, np.ones(self.size, dtype=bool))
+            self._mark(failing, idx, np.arange(self.size), u, p_all, np.ones(self.size, dtype=bool), float32=False)
         return failing, late, in_window
 
     def _grid_screen(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray, rows: np.ndarray,
@@ -315,12 +314,18 @@ class CompiledLayer:
         margin = grid_margin(e, i, alpha * self.b_in, self.fan_in)
         return bound + margin < theta - TIE * np.maximum(1.0, np.abs(theta))
 
-    def _mark(self, failing, idx, cols, u, p, check) -> None:
+    def _mark(self, failing, idx, cols, u, p, check, float32: bool) -> None:
         """Mark the pairs (idx × cols, where ``check``) whose ``mapping.early_bound`` is not below ϑ. The plain
-        bound α·B_in + p screens first: the sharper one is needed only where the plain one fails."""
-        r, c = np.nonzero(~(self.alpha[cols] * self.b_in + p < self.theta[cols]) & check)
+        bound α·B_in + p screens first: the sharper one is needed only where the plain one fails. With
+        ``float32`` p are float32 sums of non-negative terms, and their upper bounds stand for them
+        (``mapping.float32_sum_limit`` for the plain bound, ``mapping.float32_sum_bounds`` for the others)."""
+        limit = self.theta[cols] - self.alpha[cols] * self.b_in
+        if float32:
+            limit = float32_sum_limit(limit, self.fan_in, self.scale)
+        r, c = np.nonzero(~(p < limit) & check)
         rows, neurons = idx[r], cols[c]
-        bound = early_bound(u[rows, neurons], p[r, c], self.alpha[neurons], self.b_in, self.j_neg[neurons])
+        p_rc = float32_sum_bounds(p[r, c], self.fan_in, self.scale)[1] if float32 else p[r, c]
+        bound = early_bound(u[rows, neurons], p_rc, self.alpha[neurons], self.b_in, self.j_neg[neurons])
         keep = ~(bound < self.theta[neurons])
         failing[rows[keep], neurons[keep]] = True
 

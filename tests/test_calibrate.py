@@ -335,7 +335,8 @@ def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make):
     need = np.array([mapping.required_window(vals[None], wts[None], bias[c:c + 1],
                                              s[c // per_channel:c // per_channel + 1])[0] for _, c, vals, wts in pairs])
     z = ir.apply_linear(layer, [a]).reshape(len(a), -1)
-    positive = calibrate.positive_sums(layer, [a])   # bounds of Σ max(W, 0)·a from float32 sums
+    p, bounding = calibrate.positive_sums(layer, [a])   # Σ max(W, 0)·a in float32
+    positive = calibrate.sum_bounds(p[rows, cols], bounding)
     ruled_out = 0
     for running in np.quantile(need, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]):
         sure = calibrate.grid_screen(layer, [a], rows, cols, positive, z, float(running))
@@ -355,14 +356,14 @@ def test_positive_sums_bound_the_exact_sums(make):
     per_channel = int(np.prod(layer.shape[1:]))
     exact = {(n, c): math.fsum(pos.reshape(pos.shape[0], -1)[c // per_channel] * vals) for n, c, vals, _ in
              gather(layer, a)}
-    low, high = calibrate.positive_sums(layer, [a])
+    low, high = calibrate.sum_bounds(*calibrate.positive_sums(layer, [a]))
     fan_in = pos[0].size
     for (n, c), want in exact.items():
         assert low[n, c] <= want <= high[n, c]
         assert high[n, c] - low[n, c] <= 8 * (fan_in + 2) * 2.0 ** -24 * want + 1e-30
     a[0].flat[0] = -0.5
-    low, high = calibrate.positive_sums(layer, [a])
-    assert low is high and low.dtype == np.float64
+    p, bounding = calibrate.positive_sums(layer, [a])
+    assert bounding is None and p.dtype == np.float64
 
 
 def test_update_requirement_ignores_pairs_below_running_maximum():
