@@ -169,16 +169,29 @@ def grid_bound(e: np.ndarray, i: np.ndarray, base: np.ndarray, c: np.ndarray, j_
     """
     h = np.diff(sigmas)
     base, c, slope = base[:, None], c[:, None], -j_neg[:, None]
-    line0 = base - c * sigmas[:-1] + e[:, :-1]     # the line (−c·σ and E's chord) at both ends of each interval
-    line1 = base - c * sigmas[1:] + e[:, 1:]
+    line0 = e[:, :-1] - c * sigmas[:-1]     # the line (−c·σ and E's chord) at both ends of each interval
+    line0 += base
+    line1 = e[:, 1:] - c * sigmas[1:]
+    line1 += base
     i0, i1 = i[:, :-1], i[:, 1:]
-    start = line0 + np.minimum(i0, i1)
-    end = line1 + np.minimum(i1, i0 + slope * h)
+    best = np.minimum(i0, i1)               # x = 0
+    best += line0
+    end = slope * h                         # x = h
+    end += i0
+    np.minimum(end, i1, out=end)
+    end += line1
+    np.maximum(best, end, out=best)
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = (i1 - i0) / slope
+        x = np.subtract(i1, i0, out=end)    # where the two pieces of the minimum meet, x* (in place of end)
+        x /= slope
         inside = (x > 0) & (x < h)
-        cross = np.where(inside, line0 + (line1 - line0) * np.where(inside, x / h, 0.0) + i1, -np.inf)
-    return np.maximum(np.maximum(start, end), cross).max(axis=1)
+        x /= h
+        line1 -= line0                      # there: the line at x*/h of the way, plus I(σ_{g+1})
+        line1 *= x
+        line1 += line0
+        line1 += i1
+    np.maximum(best, line1, out=best, where=inside)
+    return best.max(axis=1)
 
 
 ROUNDING = 4 * np.finfo(np.float64).eps   # per input: the rounding of a float64 sum of K products, K·ROUNDING·Σ|terms|
@@ -215,9 +228,13 @@ def float32_sum_bounds(s: np.ndarray, fan_in: int, scale: float) -> tuple[np.nda
     if not c < 1.0:
         return np.full(s.shape, -np.inf), np.full(s.shape, np.inf)
     slack = fan_in * F32_TINY * (4.0 + 2.0 * scale)
-    finite = np.isfinite(s)   # an overflow in float32 says nothing of the exact sum
-    return (np.where(finite, (s - slack) * (1.0 - c), -np.inf),
-            np.where(finite, (s + slack) / (1.0 - c), np.inf))
+    low, high = s - slack, s + slack
+    low *= 1.0 - c
+    high /= 1.0 - c
+    bad = ~np.isfinite(s)     # an overflow in float32 says nothing of the exact sum
+    if bad.any():
+        low[bad], high[bad] = -np.inf, np.inf
+    return low, high
 
 
 def float32_sum_limit(x: np.ndarray, fan_in: int, scale: float) -> np.ndarray:

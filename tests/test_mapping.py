@@ -237,7 +237,7 @@ def exact_26bit(rng, size, low_exp, high_exp):
        spread=st.sampled_from([(0, 1), (-20, 20), (-150, -110), (-140, 30), (40, 64)]))
 def test_float32_sums_are_bounded_rigorously(seed, k, spread):
     """The exact sum Σ w·x of non-negative float64 numbers lies within float32_sum_bounds of the same sum computed
-    in float32, for every order a float32 sum can take: BLAS dot and matrix products, pairwise and sequential
+    in float32, and a float32 sum at most float32_sum_limit(x) has an upper bound (and exact sum) ≤ x, for every order a float32 sum can take: BLAS dot and matrix products, pairwise and sequential
     sums, the largest terms first (small ones absorbed) or last; huge fan-ins, magnitudes mixed over 40
     binades, subnormal float32 casts and products, and overflow (a float32 inf: the bounds give up)."""
     rng = np.random.default_rng(seed)
@@ -255,6 +255,10 @@ def test_float32_sums_are_bounded_rigorously(seed, k, spread):
     for s in sums:
         low, high = mapping.float32_sum_bounds(np.array([s]), k, scale)
         assert low[0] <= exact <= high[0], (s, exact, low, high)
+        # the limit screens raw sums: s ≤ limit(x) only where the upper bound is at most x, so x ≥ the exact sum
+        for x_ in (exact * (1 - 1e-3), exact, high[0], exact * (1 + 1e-3), exact * (1 + 1e-9)):
+            if s <= mapping.float32_sum_limit(np.array([x_]), k, scale)[0]:
+                assert high[0] <= x_ * (1 + 1e-15) and exact <= x_
         if np.isfinite(s) and exact > 1e-30:   # useful: within a few K·u of the sum
             assert high[0] - low[0] <= 8 * (k + 2) * 2.0 ** -24 * exact + 1e-30
 
