@@ -27,8 +27,8 @@ import onnxruntime as ort
 from . import ir, ops
 from .data import batches, check_inputs
 from .errors import ModelError
-from .mapping import (Scaled, float32_sum_bounds, float32_sum_limit, grid_bound, grid_margin, grid_times, requirement_bound,
-                      sorted_requirement)
+from .mapping import (Scaled, float32_sum_bounds, float32_sum_limit, grid_bound, grid_margin, grid_times,
+                      requirement_bound, sorted_requirement)
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
 FORWARD_TOLERANCE = 1e-3  # relative to max |logit|: float32 rounding is far below, an import error far above

@@ -29,8 +29,8 @@ import numpy as np
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
 from .errors import NonFiniteError, naming
-from .mapping import (early_bound, float32_sum_bounds, float32_sum_limit, grid_bound, grid_margin, grid_times, ramp_peak,
-                      static_certificate)
+from .mapping import (early_bound, float32_sum_bounds, float32_sum_limit, grid_bound, grid_margin, grid_times,
+                      ramp_peak, static_certificate)
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact check and scan
 TIE = 1e-9            # a peak within TIE·max(1, |ϑ|) below ϑ goes to the event-by-event scan too
