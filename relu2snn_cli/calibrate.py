@@ -174,14 +174,15 @@ def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: n
     of R(σ) = b + E(σ) + I(σ) − (1 − s)·σ, plus ``mapping.grid_margin``, is at most it (docs/math.md §4, §5).
 
     positive: (low, high) bounds of Σ max(W, 0)·a of the pairs (P,) (``sum_bounds``); z = b + Σ W·a (N, neurons), so
-    E(0) ≤ high and I(0) = z − b − Σ max(W, 0)·a ≤ z − b − low; E and I at the interior grid times from one
-    float32 product, the ramps (a − σ_g)+ of the pairs' samples for every interior time stacked on the batch
-    axis against the weights of the pairs' channels (all channels for grouped convolutions), bounded from
-    above by ``mapping.float32_sum_bounds`` (float64 where a code is negative).
+    E(0) ≤ high and I(0) = z − b − Σ max(W, 0)·a ≤ z − b − low; E and I at the interior grid times from
+    float32 products, the ramps (a − σ_g)+ of the pairs' samples for the interior times stacked on the batch
+    axis (``ops.ramp_products``) against the weights of the pairs' channels (all channels for grouped
+    convolutions), bounded from above by ``mapping.float32_sum_bounds`` (float64 where a code is negative).
     Beyond the largest code R falls (1 − s > 0), so the grid's maximum is R*'s bound.
     """
     n_out = layer.shape[0]
     per_channel = int(np.prod(layer.shape[1:]))
+    fan_in = sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms)
     channel = cols // per_channel
     samples, r_idx = np.unique(rows, return_inverse=True)
     sigmas = grid_times(np.concatenate([a_k[samples].reshape(-1) for a_k in a]))
@@ -192,14 +193,13 @@ def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: n
     inner = sigmas[1:-1]
     if len(inner):
         dtype = np.float64 if negative_code(a) else np.float32
-        ramps = [np.concatenate([np.maximum(a_k[samples] - sigma, 0.0).astype(dtype) for sigma in inner]) for a_k in a]
         if all(isinstance(t, ir.Dense) or t.groups == 1 for t in layer.terms):   # only the pairs' channels
             subset, c_idx = np.unique(channel, return_inverse=True)
             at, n_ch = c_idx * per_channel + cols % per_channel, len(subset)
         else:
             subset, at, n_ch = None, cols, n_out
-        both = sum(split_term(t, r_k, subset) for t, r_k in zip(layer.terms, ramps))
-        both = both.reshape(len(inner), len(samples), -1)
+        both = ops.ramp_products(lambda ramps: sum(split_term(t, r_k, subset) for t, r_k in zip(layer.terms, ramps)),
+                                 [a_k[samples] for a_k in a], inner, dtype, per_channel * fan_in)
         pos, neg = both[:, r_idx, at].T, both[:, r_idx, at + n_ch * per_channel].T
         if dtype == np.float64:
             e[:, 1:-1], i[:, 1:-1] = pos, neg
@@ -209,7 +209,6 @@ def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: n
             i[:, 1:-1] = -float32_sum_bounds(-neg, k, scale)[0]
     s = ir.incoming_sum(layer)[channel]
     w_neg = sum(t.weight.clip(None, 0).reshape(n_out, -1).sum(axis=1) for t in layer.terms)[channel]
-    fan_in = sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms)
     bound = grid_bound(e, i, bias, 1.0 - s, w_neg, sigmas)
     return bound + grid_margin(e, i, bias, fan_in) <= running
 

@@ -277,9 +277,10 @@ class CompiledLayer:
         """(P,) mask of the pairs (rows, cols) of samples with every input in its window that ``mapping.grid_bound``
         certifies: its bound, plus a rounding margin, is below ϑ − TIE·max(1, |ϑ|) (docs/math.md §5, grid bound).
 
-        E and I at the interior grid times σ_g come from one float32 product, the ramps (a − σ_g)+ of every
-        interior time stacked on the batch axis against the excitatory and inhibitory weights of the channels
-        that have a pair (stacked when not grouped), bounded from above by ``mapping.float32_sum_bounds``; at
+        E and I at the interior grid times σ_g come from float32 products, the ramps (a − σ_g)+ of the interior
+        times stacked on the batch axis (``ops.ramp_products``) against the excitatory and inhibitory weights
+        of the channels that have a pair (stacked when not grouped), bounded from above by
+        ``mapping.float32_sum_bounds``; at
         σ = 0 they are p and u − p (p's upper and lower bound from its float32 sums), at the largest code of
         these samples both are 0; ``mapping.grid_margin`` covers the float64 rounding of u and of the bound.
         """
@@ -303,10 +304,9 @@ class CompiledLayer:
             weights, at, n_ch = self.split, cols, n_out
         inner = sigmas[1:-1]
         if len(inner):
-            ramps = [np.concatenate([np.maximum(a_k[samples] - sigma, 0.0).astype(np.float32) for sigma in inner])
-                     for a_k in a]
-            both = sum(split_drive(syn, r_k, w) for syn, w, r_k in zip(self.layer.synapses, weights, ramps))
-            both = both.reshape(len(inner), len(samples), -1)
+            both = ops.ramp_products(
+                lambda ramps: sum(split_drive(syn, r_k, w) for syn, w, r_k in zip(self.layer.synapses, weights, ramps)),
+                [a_k[samples] for a_k in a], inner, np.float32, per_ch * self.fan_in)
             e[:, 1:-1] = float32_sum_bounds(both[:, r_idx, at].T, self.fan_in, self.scale)[1]
             i[:, 1:-1] = -float32_sum_bounds(-both[:, r_idx, at + n_ch * per_ch].T, self.fan_in, self.scale)[0]
         alpha, theta = self.alpha[cols], self.theta[cols]
