@@ -158,8 +158,9 @@ def positive_sums(layer: ir.Affine, a: list[np.ndarray]) -> tuple[np.ndarray, tu
     float32 screening); in float64, and None, where a code is negative (``negative_code``)."""
     n = len(a[0])
     dtype = np.float64 if negative_code(a) else np.float32
-    p = sum(term_product(t, a_k.astype(dtype), np.clip(t.weight, 0, None).astype(dtype))
-            for t, a_k in zip(layer.terms, a)).reshape(n, -1)
+    with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which rule out nothing
+        p = sum(term_product(t, a_k.astype(dtype), np.clip(t.weight, 0, None).astype(dtype))
+                for t, a_k in zip(layer.terms, a)).reshape(n, -1)
     return p, (None if dtype == np.float64 else fan_in_scale(layer, a))
 
 
@@ -198,8 +199,11 @@ def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: n
             at, n_ch = c_idx * per_channel + cols % per_channel, len(subset)
         else:
             subset, at, n_ch = None, cols, n_out
-        both = ops.ramp_products(lambda ramps: sum(split_term(t, r_k, subset) for t, r_k in zip(layer.terms, ramps)),
-                                 [a_k[samples] for a_k in a], inner, dtype, per_channel * fan_in)
+        def product(ramps):
+            return sum(split_term(t, r_k, subset) for t, r_k in zip(layer.terms, ramps))
+
+        with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which rule out nothing
+            both = ops.ramp_products(product, [a_k[samples] for a_k in a], inner, dtype, per_channel * fan_in)
         pos, neg = both[:, r_idx, at].T, both[:, r_idx, at + n_ch * per_channel].T
         if dtype == np.float64:
             e[:, 1:-1], i[:, 1:-1] = pos, neg
@@ -237,7 +241,9 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
     limit = running - bias
     rows, cols = np.nonzero(~(p <= (limit if bounding is None else float32_sum_limit(limit, *bounding))))
     positive = sum_bounds(p[rows, cols], bounding)
-    bound = requirement_bound(z[rows, cols], bias[cols] + positive[1], s_flat[cols], w_neg_flat[cols])
+    with np.errstate(invalid="ignore"):   # inf − inf of a sum that overflowed float32: it bounds nothing
+        bound = requirement_bound(z[rows, cols], bias[cols] + positive[1], s_flat[cols], w_neg_flat[cols])
+    bound[np.isnan(bound)] = np.inf
     keep = bound > running
     rows, cols, bound, positive = rows[keep], cols[keep], bound[keep], (positive[0][keep], positive[1][keep])
     if len(rows):

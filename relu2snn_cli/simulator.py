@@ -179,8 +179,9 @@ class CompiledLayer:
         # weights max(J, 0) of the channels not statically certified (all channels of a grouped convolution,
         # whose groups follow the output axis), and ``scale`` ≥ max |J| + the largest code of a sample whose
         # inputs are all in their windows, for ``mapping.float32_sum_bounds``
-        self.screen_pos = [(j_pos[self.unsure] if syn.groups == 1 else j_pos).astype(np.float32)
-                           for syn, j_pos in zip(layer.synapses, self.j_pos)]
+        with np.errstate(over="ignore"):   # a weight beyond float32 becomes inf: its sums bound nothing
+            self.screen_pos = [(j_pos[self.unsure] if syn.groups == 1 else j_pos).astype(np.float32)
+                               for syn, j_pos in zip(layer.synapses, self.j_pos)]
         self.scale = max(float(np.abs(syn.J).max(initial=0.0)) for syn in layer.synapses) + max(self.lengths)
         self.fan_in = sum(int(np.prod(syn.J.shape[1:])) for syn in layer.synapses)
         # the grid bound's weights in float32: max(J, 0) above min(J, 0), built on first use
@@ -239,10 +240,11 @@ class CompiledLayer:
         n = a[0].shape[0]
         u = sum(drive(syn, a_k).reshape(n, -1) for syn, a_k in zip(self.layer.synapses, a))
         p = np.zeros((n, len(self.unsure_cols)), dtype=np.float32)
-        if len(self.unsure):
+        with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which certify nothing
             for syn, w, a_k in zip(self.layer.synapses, self.screen_pos, a):
-                part = drive(syn, a_k.astype(np.float32), w).reshape(n, -1)
-                p += part if syn.groups == 1 else part[:, self.unsure_cols]
+                if len(self.unsure):
+                    part = drive(syn, a_k.astype(np.float32), w).reshape(n, -1)
+                    p += part if syn.groups == 1 else part[:, self.unsure_cols]
         return u, p
 
     def _uncertified(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -293,8 +295,9 @@ class CompiledLayer:
         p_low, e[:, 0] = float32_sum_bounds(p[rows, in_p], self.fan_in, self.scale)
         i[:, 0] = u[rows, cols] - p_low
         if self.split is None:
-            self.split = [np.concatenate([j_pos, syn.J - j_pos]).astype(np.float32)
-                          for syn, j_pos in zip(self.layer.synapses, self.j_pos)]
+            with np.errstate(over="ignore"):
+                self.split = [np.concatenate([j_pos, syn.J - j_pos]).astype(np.float32)
+                              for syn, j_pos in zip(self.layer.synapses, self.j_pos)]
         n_out = self.layer.shape[0]
         subset = 2 * len(channels) <= n_out and all(syn.groups == 1 for syn in self.layer.synapses)
         if subset:   # only the channels that have a pair, when that saves at least half of the product
@@ -304,9 +307,11 @@ class CompiledLayer:
             weights, at, n_ch = self.split, cols, n_out
         inner = sigmas[1:-1]
         if len(inner):
-            both = ops.ramp_products(
-                lambda ramps: sum(split_drive(syn, r_k, w) for syn, w, r_k in zip(self.layer.synapses, weights, ramps)),
-                [a_k[samples] for a_k in a], inner, np.float32, per_ch * self.fan_in)
+            def product(ramps):
+                return sum(split_drive(syn, r_k, w) for syn, w, r_k in zip(self.layer.synapses, weights, ramps))
+
+            with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which certify nothing
+                both = ops.ramp_products(product, [a_k[samples] for a_k in a], inner, np.float32, per_ch * self.fan_in)
             e[:, 1:-1] = float32_sum_bounds(both[:, r_idx, at].T, self.fan_in, self.scale)[1]
             i[:, 1:-1] = -float32_sum_bounds(-both[:, r_idx, at + n_ch * per_ch].T, self.fan_in, self.scale)[0]
         alpha, theta = self.alpha[cols], self.theta[cols]

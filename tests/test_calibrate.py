@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import hashlib
 from pathlib import Path
 
@@ -320,6 +321,25 @@ def test_update_requirement(make):
     want = max(running, max(needs))  # pairs below the running maximum have R* ≤ bound ≤ running
     got, _ = calibrate.update_requirement(layer, [a], running)
     assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
+def test_update_requirement_with_weights_beyond_float32(make):
+    """Weights of 1e39 overflow the float32 screening sums (inf, and NaN where a padded tap reads 0): those
+    sums rule out nothing, no NumPy warning is raised, and the requirement is the exact one."""
+    rng = np.random.default_rng(5)
+    small, a, gather = make(rng)
+    layer = dataclasses.replace(small, terms=(dataclasses.replace(small.terms[0], weight=small.terms[0].weight * 1e39),),
+                                bias=small.bias * 1e39)
+    per_channel = int(np.prod(layer.shape[1:]))
+    s, bias = ir.incoming_sum(layer), ir.full_bias(layer).reshape(-1)
+    needs = [mapping.required_window(vals[None], wts[None], bias[c:c + 1], s[c // per_channel:c // per_channel + 1])[0]
+             for n, c, vals, wts in gather(layer, a)]
+    running = float(np.median(needs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, evaluated = calibrate.update_requirement(layer, [a], running)
+    assert got == pytest.approx(max(needs), rel=1e-12) and evaluated > 0
 
 
 @pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -226,6 +227,24 @@ def test_float32_screens_certify_no_pair_that_reaches_the_threshold():
     with np.errstate(divide="ignore"):
         want = np.minimum(np.where(slope > 0, 1.0 + b_in + (theta - alpha * b_in - u) / slope, np.inf), 6.0)
     assert close(got[peak < theta[None]], want[peak < theta[None]])
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_weights_beyond_float32_screen_nothing_and_warn_nothing(kind):
+    """α, J and ϑ scaled by 1e39 scale the potential, not the spike times; the float32 screening sums overflow
+    (inf, or NaN where an inf weight meets a code 0): they certify nothing, no NumPy warning is raised, and the
+    spike times are those of the unscaled layer."""
+    rng = np.random.default_rng(13 + LAYER_KINDS.index(kind))
+    layer, windows = random_layer(rng, kind, early=1.5)
+    t_in = [t + b - b * rng.choice([0.0, 1.0], (4,) + syn.in_shape) * rng.random((4,) + syn.in_shape)
+            for syn, (t, b) in zip(layer.synapses, windows)]
+    huge = dataclasses.replace(layer, synapses=tuple(dataclasses.replace(syn, J=syn.J * 1e39) for syn in layer.synapses),
+                               alpha=layer.alpha * 1e39, theta=layer.theta * 1e39)
+    want, want_early, _, _ = simulator.CompiledLayer(layer, windows).fire(t_in)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, early, _, _ = simulator.CompiledLayer(huge, windows).fire(t_in)
+    assert close(got, want) and early == want_early
 
 
 @pytest.mark.parametrize("kind", LAYER_KINDS)
