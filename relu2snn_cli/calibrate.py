@@ -17,7 +17,7 @@ Two streaming passes over the calibration data, batch by batch (``data.load_arra
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ import onnxruntime as ort
 from . import ir, ops
 from .data import batches, check_inputs
 from .errors import ModelError
-from .mapping import Scaled, grid_bound, grid_margin, grid_times, ramp_slope, requirement_bound, sorted_requirement
+from .mapping import (Scaled, float32_sum_bounds, float32_sum_limit, grid_bound, grid_margin, grid_times,
+                      ramp_slope, requirement_bound, sorted_requirement)
 
 CHECK_SAMPLES = 64  # samples on which the float64 forward pass is compared with onnxruntime
 FORWARD_TOLERANCE = 1e-3  # relative to max |logit|: float32 rounding is far below, an import error far above
@@ -119,42 +120,102 @@ def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0)
             if isinstance(t, ir.Conv) else x for t, x in zip(layer.terms, xs)]
 
 
-def split_term(term: ir.Term, x: np.ndarray) -> np.ndarray:
-    """Σ max(W, 0)·x and Σ min(W, 0)·x of one term, side by side on the output axis (N, 2·O, …)."""
-    pos = np.clip(term.weight, 0, None)
+def term_product(term: ir.Term, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``ir.apply_term`` of the term's geometry with other weights of its kind, in their dtype and x's (a term
+    itself holds float64 weights)."""
+    if isinstance(term, ir.Dense):
+        return x.reshape(len(x), -1) @ weight.T
+    return ops.conv(x, weight, term.strides, term.pads, term.dilations, term.groups)
+
+
+def split_term(term: ir.Term, x: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
+    """Σ max(W, 0)·x and Σ min(W, 0)·x of one term, side by side on the output axis (N, 2·O, …), in the dtype
+    of x (the weights cast to it); only the output ``channels`` listed, when given (not for a grouped convolution)."""
+    weight = term.weight if channels is None else term.weight[channels]
+    pos = np.clip(weight, 0, None)
+    pos, neg = pos.astype(x.dtype), (weight - pos).astype(x.dtype)
     if isinstance(term, ir.Conv) and term.groups > 1:   # the groups follow the output axis: one half at a time
-        return np.concatenate([ir.apply_term(replace(term, weight=w), x) for w in (pos, term.weight - pos)], axis=1)
-    return ir.apply_term(replace(term, weight=np.concatenate([pos, term.weight - pos])), x)
+        return np.concatenate([term_product(term, x, w) for w in (pos, neg)], axis=1)
+    return term_product(term, x, np.concatenate([pos, neg]))
 
 
-def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: np.ndarray, positive: np.ndarray,
-                z: np.ndarray, running: float, coding: str = "dense") -> np.ndarray:
+def fan_in_scale(layer: ir.Affine, a: list[np.ndarray]) -> tuple[int, float]:
+    """The fan-in K of a layer and max |W| + the largest code of the batch: the arguments of
+    ``mapping.float32_sum_bounds`` for its sums over these codes."""
+    fan_in = sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms)
+    scale = max(float(np.abs(t.weight).max(initial=0.0)) for t in layer.terms)
+    return fan_in, scale + max(float(a_k.max(initial=0.0)) for a_k in a)
+
+
+def negative_code(a: list[np.ndarray]) -> bool:
+    """A code below 0 (an input below the encoder's range): the float32 bounds, for non-negative terms, do not hold."""
+    return min(float(a_k.min(initial=0.0)) for a_k in a) < 0
+
+
+def positive_sums(layer: ir.Affine, a: list[np.ndarray]) -> tuple[np.ndarray, tuple[int, float] | None]:
+    """Σ_k Σ_j max(W_kij, 0)·a_kj of every (sample, neuron) (N, neurons), computed in float32, and the arguments
+    (K, scale) with which ``mapping.float32_sum_bounds`` bounds the exact sums from them (docs/math.md §5,
+    float32 screening); in float64, and None, where a code is negative (``negative_code``)."""
+    n = len(a[0])
+    dtype = np.float64 if negative_code(a) else np.float32
+    with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which rule out nothing
+        p = sum(term_product(t, a_k.astype(dtype), np.clip(t.weight, 0, None).astype(dtype))
+                for t, a_k in zip(layer.terms, a)).reshape(n, -1)
+    return p, (None if dtype == np.float64 else fan_in_scale(layer, a))
+
+
+def sum_bounds(p: np.ndarray, bounding: tuple[int, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) bounds of the exact sums from sums of ``positive_sums`` and its ``bounding``."""
+    return (p, p) if bounding is None else float32_sum_bounds(p, *bounding)
+
+
+def grid_screen(layer: ir.Affine, a: list[np.ndarray], rows: np.ndarray, cols: np.ndarray,
+                positive: tuple[np.ndarray, np.ndarray], z: np.ndarray, running: float,
+                coding: str = "dense") -> np.ndarray:
     """(P,) mask of the pairs (rows, cols) whose requirement R* cannot exceed ``running``: ``mapping.grid_bound``
     of R(σ) = b + E(σ) + I(σ) − c·σ (c = ``mapping.ramp_slope``: 1 − s, or 0 in the sparse coding), plus
     ``mapping.grid_margin``, is at most it (docs/math.md §4, §5, §9).
 
-    positive, z: (N, neurons) b + Σ max(W, 0)·a and b + Σ W·a, so E(0) = positive − b and I(0) = z − positive;
-    E and I at the interior grid times from one product per time with (a − σ_g)+ of the pairs' samples.
+    positive: (low, high) bounds of Σ max(W, 0)·a of the pairs (P,) (``sum_bounds``); z = b + Σ W·a (N, neurons), so
+    E(0) ≤ high and I(0) = z − b − Σ max(W, 0)·a ≤ z − b − low; E and I at the interior grid times from
+    float32 products, the ramps (a − σ_g)+ of the pairs' samples for the interior times stacked on the batch
+    axis (``ops.ramp_products``) against the weights of the pairs' channels (all channels for grouped
+    convolutions), bounded from above by ``mapping.float32_sum_bounds`` (float64 where a code is negative).
     Beyond the largest code R falls (c > 0) or stays at b, its value there (c = 0), so the grid's maximum is
     R*'s bound.
     """
     n_out = layer.shape[0]
     per_channel = int(np.prod(layer.shape[1:]))
+    fan_in = sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms)
     channel = cols // per_channel
     samples, r_idx = np.unique(rows, return_inverse=True)
     sigmas = grid_times(np.concatenate([a_k[samples].reshape(-1) for a_k in a]))
     bias = ir.full_bias(layer).reshape(-1)[cols]
     e, i = np.zeros((len(rows), len(sigmas))), np.zeros((len(rows), len(sigmas)))
-    e[:, 0] = positive[rows, cols] - bias
-    i[:, 0] = z[rows, cols] - positive[rows, cols]
-    for g, sigma in enumerate(sigmas[1:-1], 1):
-        both = sum(split_term(t, np.maximum(a_k[samples] - sigma, 0.0))
-                   for t, a_k in zip(layer.terms, a)).reshape(len(samples), -1)
-        e[:, g] = both[r_idx, cols]
-        i[:, g] = both[r_idx, cols + n_out * per_channel]
+    e[:, 0] = positive[1]
+    i[:, 0] = z[rows, cols] - bias - positive[0]
+    inner = sigmas[1:-1]
+    if len(inner):
+        dtype = np.float64 if negative_code(a) else np.float32
+        if all(isinstance(t, ir.Dense) or t.groups == 1 for t in layer.terms):   # only the pairs' channels
+            subset, c_idx = np.unique(channel, return_inverse=True)
+            at, n_ch = c_idx * per_channel + cols % per_channel, len(subset)
+        else:
+            subset, at, n_ch = None, cols, n_out
+        def product(ramps):
+            return sum(split_term(t, r_k, subset) for t, r_k in zip(layer.terms, ramps))
+
+        with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which rule out nothing
+            both = ops.ramp_products(product, [a_k[samples] for a_k in a], inner, dtype, per_channel * fan_in)
+        pos, neg = both[:, r_idx, at].T, both[:, r_idx, at + n_ch * per_channel].T
+        if dtype == np.float64:
+            e[:, 1:-1], i[:, 1:-1] = pos, neg
+        else:
+            k, scale = fan_in_scale(layer, a)
+            e[:, 1:-1] = float32_sum_bounds(pos, k, scale)[1]
+            i[:, 1:-1] = -float32_sum_bounds(-neg, k, scale)[0]
     c = ramp_slope(ir.incoming_sum(layer), coding)[channel]
     w_neg = sum(t.weight.clip(None, 0).reshape(n_out, -1).sum(axis=1) for t in layer.terms)[channel]
-    fan_in = sum(int(np.prod(t.weight.shape[1:])) for t in layer.terms)
     bound = grid_bound(e, i, bias, c, w_neg, sigmas)
     return bound + grid_margin(e, i, bias, fan_in) <= running
 
@@ -168,7 +229,9 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
     ``ir.apply_linear(layer, a)`` when the caller has it already; ``coding`` chooses R's slope c
     (``mapping.ramp_slope``: 1 − s dense, 0 sparse, docs/math.md §9). A pair whose
     ``mapping.requirement_bound`` is at most ``running`` cannot raise the maximum (its
-    requirement is below its bound), nor one whose grid bound is (``grid_screen``); the others get the
+    requirement is below its bound; p there is the upper bound of its float32 sum from ``positive_sums``, and
+    the plain bound b + p, never below it, screens the raw sums first: ``mapping.float32_sum_limit``),
+    nor one whose grid bound is (``grid_screen``); the others get the
     exact requirement (``mapping.sorted_requirement`` on ``ops.sorted_fan_ins``), the largest bounds first,
     then those whose bound still exceeds the maximum found. The result does not depend on the batch order.
     """
@@ -176,20 +239,26 @@ def update_requirement(layer: ir.Affine, a: list[np.ndarray], running: float,
     s = ir.incoming_sum(layer)
     slope = ramp_slope(s, coding)
     w_neg = sum(t.weight.clip(None, 0).reshape(t.weight.shape[0], -1).sum(axis=1) for t in layer.terms)
-    positive = ir.apply_linear(replace(layer, terms=tuple(replace(t, weight=np.clip(t.weight, 0, None))
-                                                          for t in layer.terms)), a).reshape(n, -1)
+    p, bounding = positive_sums(layer, a)
     z = (ir.apply_linear(layer, a) if z is None else z).reshape(n, -1)
-    flat = (ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1))
-    bound = requirement_bound(z, positive, *flat, ops.per_neuron(slope, layer.shape).reshape(-1))
-    rows, cols = np.nonzero(bound > running)
+    s_flat, w_neg_flat = ops.per_neuron(s, layer.shape).reshape(-1), ops.per_neuron(w_neg, layer.shape).reshape(-1)
+    c_flat = ops.per_neuron(slope, layer.shape).reshape(-1)
+    bias = ir.full_bias(layer).reshape(-1)
+    limit = running - bias
+    rows, cols = np.nonzero(~(p <= (limit if bounding is None else float32_sum_limit(limit, *bounding))))
+    positive = sum_bounds(p[rows, cols], bounding)
+    with np.errstate(invalid="ignore"):   # inf − inf of a sum that overflowed float32: it bounds nothing
+        bound = requirement_bound(z[rows, cols], bias[cols] + positive[1], s_flat[cols], w_neg_flat[cols], c_flat[cols])
+    bound[np.isnan(bound)] = np.inf
+    keep = bound > running
+    rows, cols, bound, positive = rows[keep], cols[keep], bound[keep], (positive[0][keep], positive[1][keep])
     if len(rows):
         keep = ~grid_screen(layer, a, rows, cols, positive, z, running, coding)
-        rows, cols = rows[keep], cols[keep]
+        rows, cols, bound = rows[keep], cols[keep], bound[keep]
     if not len(rows):
         return running, 0
-    order = np.argsort(-bound[rows, cols], kind="stable")
-    rows, cols, bound = rows[order], cols[order], bound[rows[order], cols[order]]
-    bias = ir.full_bias(layer).reshape(-1)
+    order = np.argsort(-bound, kind="stable")
+    rows, cols, bound = rows[order], cols[order], bound[order]
     per_channel = int(np.prod(layer.shape[1:]))
     sources, weights = term_sources(layer, a), [t.weight for t in layer.terms]
     head = max(1, (1 << 20) // sum(int(np.prod(w.shape[1:])) for w in weights))

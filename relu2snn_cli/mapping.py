@@ -187,16 +187,29 @@ def grid_bound(e: np.ndarray, i: np.ndarray, base: np.ndarray, c: np.ndarray, j_
     """
     h = np.diff(sigmas)
     base, c, slope = base[:, None], c[:, None], -j_neg[:, None]
-    line0 = base - c * sigmas[:-1] + e[:, :-1]     # the line (−c·σ and E's chord) at both ends of each interval
-    line1 = base - c * sigmas[1:] + e[:, 1:]
+    line0 = e[:, :-1] - c * sigmas[:-1]     # the line (−c·σ and E's chord) at both ends of each interval
+    line0 += base
+    line1 = e[:, 1:] - c * sigmas[1:]
+    line1 += base
     i0, i1 = i[:, :-1], i[:, 1:]
-    start = line0 + np.minimum(i0, i1)
-    end = line1 + np.minimum(i1, i0 + slope * h)
+    best = np.minimum(i0, i1)               # x = 0
+    best += line0
+    end = slope * h                         # x = h
+    end += i0
+    np.minimum(end, i1, out=end)
+    end += line1
+    np.maximum(best, end, out=best)
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = (i1 - i0) / slope
+        x = np.subtract(i1, i0, out=end)    # where the two pieces of the minimum meet, x* (in place of end)
+        x /= slope
         inside = (x > 0) & (x < h)
-        cross = np.where(inside, line0 + (line1 - line0) * np.where(inside, x / h, 0.0) + i1, -np.inf)
-    return np.maximum(np.maximum(start, end), cross).max(axis=1)
+        x /= h
+        line1 -= line0                      # there: the line at x*/h of the way, plus I(σ_{g+1})
+        line1 *= x
+        line1 += line0
+        line1 += i1
+    np.maximum(best, line1, out=best, where=inside)
+    return best.max(axis=1)
 
 
 ROUNDING = 4 * np.finfo(np.float64).eps   # per input: the rounding of a float64 sum of K products, K·ROUNDING·Σ|terms|
@@ -207,6 +220,48 @@ def grid_margin(e: np.ndarray, i: np.ndarray, base: np.ndarray, fan_in: int) -> 
     K = fan_in products of one sign, within K·ROUNDING of its own size, and the bound adds at most a few of
     them and base: K·ROUNDING·(Σ_g (|E_g| + |I_g|) + |base|)."""
     return fan_in * ROUNDING * (np.sum(np.abs(e) + np.abs(i), axis=1) + np.abs(base))
+
+
+F32_UNIT = 2.0 ** -24    # u, the unit roundoff of float32
+F32_TINY = 2.0 ** -126   # μ, the smallest normal float32: the most an underflow or a flush to zero can lose
+
+
+def float32_sum_bounds(s: np.ndarray, fan_in: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (low, high) of exact sums T = Σ_{j≤K} w_j·x_j of K = ``fan_in`` products of non-negative float64
+    numbers, from s, the same sums computed in float32 (docs/math.md §5, float32 screening).
+
+    s: w and x each cast to float32, the products and their sum evaluated in float32 in any order and
+    blocking (a BLAS product, with or without fused multiply-adds); ``scale`` ≥ max w + max x. Every
+    cast, product and addition has a relative error of at most u = 2⁻²⁴ plus, at an underflow or a flush
+    to zero, an absolute error of at most μ = 2⁻¹²⁶; a sum of K non-negative terms in any order is within
+    γ_{K−1} = (K−1)·u/(1 − (K−1)·u) of the sum of its terms. Tracing both through the casts and products
+    gives, with c = (2K + 2)·u and A = K·μ·(4 + 2·scale),
+        (s − A)·(1 − c) ≤ T ≤ (s + A)/(1 − c),
+    (c carries one u more than the derivation needs, which covers this function's own float64 rounding).
+    A sum of non-positive terms is the negated sum of their magnitudes. Where c ≥ 1 (K > 8 million) or s
+    is not finite (an overflow, or inf·0 after one) the bounds are −∞ and +∞: nothing is certified from them.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    c = (2.0 * fan_in + 2.0) * F32_UNIT
+    if not c < 1.0:
+        return np.full(s.shape, -np.inf), np.full(s.shape, np.inf)
+    slack = fan_in * F32_TINY * (4.0 + 2.0 * scale)
+    low, high = s - slack, s + slack
+    low *= 1.0 - c
+    high /= 1.0 - c
+    bad = ~np.isfinite(s)     # an overflow in float32 says nothing of the exact sum
+    if bad.any():
+        low[bad], high[bad] = -np.inf, np.inf
+    return low, high
+
+
+def float32_sum_limit(x: np.ndarray, fan_in: int, scale: float) -> np.ndarray:
+    """x·(1 − c) − A, with c and A of ``float32_sum_bounds``: a float32 sum s ≤ it has the upper bound
+    (s + A)/(1 − c) ≤ x, so one comparison of the raw sums screens a whole array (docs/math.md §5, float32
+    screening); −∞ where c ≥ 1. c's spare u covers the rounding of this evaluation."""
+    c = (2.0 * fan_in + 2.0) * F32_UNIT
+    x = np.asarray(x, dtype=np.float64)
+    return x * (1.0 - c) - fan_in * F32_TINY * (4.0 + 2.0 * scale) if c < 1.0 else np.full(x.shape, -np.inf)
 
 
 def readout_drive(bias: np.ndarray, b_in: float) -> np.ndarray:

@@ -159,6 +159,25 @@ def pool_channels(x: np.ndarray, latest, pool_max, pool_min, *geometry) -> np.nd
     return y
 
 
+STACK_BUDGET = 1 << 26   # elements of the im2col copy of one product of ``ramp_products`` (256 MB in float32)
+
+
+def ramp_products(product, a: list[np.ndarray], sigmas: np.ndarray, dtype, cost: int,
+                  budget: int = STACK_BUDGET) -> np.ndarray:
+    """product(ramps) of the ramps (a_k − σ)+ of every σ in ``sigmas``, in ``dtype``, as (len(sigmas), N, ·): the
+    ramps of several σ stacked on the batch axis of one product (one BLAS call instead of one per σ), as many as
+    keep ``cost`` (im2col elements per sample: output positions × fan-in) times the stacked batch within ``budget``.
+    a: one (N, …) array per synapse set; ``product`` takes one ramp array per set and returns (rows, …)."""
+    n = len(a[0])
+    step = max(1, budget // max(1, n * cost))
+    parts = []
+    for lo in range(0, len(sigmas), step):
+        chunk = sigmas[lo:lo + step]
+        ramps = [np.concatenate([np.maximum(a_k - sigma, 0.0).astype(dtype) for sigma in chunk]) for a_k in a]
+        parts.append(product(ramps).reshape(len(chunk), n, -1))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def gather_fan_ins(sources: list[np.ndarray], weights: list[np.ndarray], shape: tuple[int, ...],
                    samples: np.ndarray, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and weights of P (sample, flat neuron index) pairs over the synapse sets of a layer that reads

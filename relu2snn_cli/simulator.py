@@ -32,7 +32,8 @@ import numpy as np
 from . import h5io, ops, snn
 from .data import batches, check_inputs, load_array
 from .errors import NonFiniteError, naming
-from .mapping import early_bound, grid_bound, grid_margin, grid_times, ramp_peak, static_certificate
+from .mapping import (early_bound, float32_sum_bounds, float32_sum_limit, grid_bound, grid_margin, grid_times,
+                      ramp_peak, static_certificate)
 
 SCAN_CHUNK = 1 << 20  # elements per (pairs × fan-in) block in the exact check and scan
 TIE = 1e-9            # a peak within TIE·max(1, |ϑ|) below ϑ goes to the event-by-event scan too
@@ -195,12 +196,16 @@ class CompiledLayer:
         per_ch = self.size // shape[0]
         self.unsure_cols = (self.unsure[:, None] * per_ch + np.arange(per_ch)).reshape(-1)
         self.j_pos = [np.clip(syn.J, 0, None) for syn in layer.synapses]
-        # one product per synapse set gives the drive Σ J·a and, for the channels not statically certified,
-        # the certificate sums Σ max(J, 0)·a (a channel subset cannot be stacked onto a grouped convolution)
-        self.stacked = [np.concatenate([syn.J, j_pos[self.unsure]]) if len(self.unsure) and syn.groups == 1
-                        else None for syn, j_pos in zip(layer.synapses, self.j_pos)]
+        # the screens' sums are computed in float32 (docs/math.md §5, float32 screening): the certificate's
+        # weights max(J, 0) of the channels not statically certified (all channels of a grouped convolution,
+        # whose groups follow the output axis), and ``scale`` ≥ max |J| + the largest code of a sample whose
+        # inputs are all in their windows, for ``mapping.float32_sum_bounds``
+        with np.errstate(over="ignore"):   # a weight beyond float32 becomes inf: its sums bound nothing
+            self.screen_pos = [(j_pos[self.unsure] if syn.groups == 1 else j_pos).astype(np.float32)
+                               for syn, j_pos in zip(layer.synapses, self.j_pos)]
+        self.scale = max(float(np.abs(syn.J).max(initial=0.0)) for syn in layer.synapses) + max(self.lengths)
         self.fan_in = sum(int(np.prod(syn.J.shape[1:])) for syn in layer.synapses)
-        # the grid bound's weights: max(J, 0) above min(J, 0), built on first use
+        # the grid bound's weights in float32: max(J, 0) above min(J, 0), built on first use
         self.split: list[np.ndarray] | None = None
 
     def fire(self, t_in: list[np.ndarray]) -> tuple[np.ndarray, int, int, int]:
@@ -264,19 +269,18 @@ class CompiledLayer:
         return t.reshape((n,) + layer.shape), early, int(np.count_nonzero(failing)), len(rows)
 
     def _drives(self, a: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """u = Σ_k Σ_j J_kij·a_kj (N, neurons) and p = Σ_k Σ_j max(J_kij, 0)·a_kj for the neurons of the
-        ``unsure`` channels (N, ·)."""
+        """u = Σ_k Σ_j J_kij·a_kj (N, neurons) in float64, and the certificate sums p = Σ_k Σ_j max(J_kij, 0)·a_kj
+        of the neurons of the ``unsure`` channels (N, ·) in float32, which only screen: ``mapping.float32_sum_bounds``
+        bounds the exact p from them (docs/math.md §5, float32 screening)."""
         n = a[0].shape[0]
-        u, p = 0.0, 0.0
-        for syn, j_pos, stacked, a_k in zip(self.layer.synapses, self.j_pos, self.stacked, a):
-            if stacked is not None:
-                both = drive(syn, a_k, stacked).reshape(n, -1)
-                u, p = u + both[:, :self.size], p + both[:, self.size:]
-            else:
-                u = u + drive(syn, a_k).reshape(n, -1)
+        u = sum(drive(syn, a_k).reshape(n, -1) for syn, a_k in zip(self.layer.synapses, a))
+        p = np.zeros((n, len(self.unsure_cols)), dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which certify nothing
+            for syn, w, a_k in zip(self.layer.synapses, self.screen_pos, a):
                 if len(self.unsure):
-                    p = p + drive(syn, a_k, j_pos).reshape(n, -1)[:, self.unsure_cols]
-        return u, (p if len(self.unsure) else np.zeros((n, 0)))
+                    part = drive(syn, a_k.astype(np.float32), w).reshape(n, -1)
+                    p += part if syn.groups == 1 else part[:, self.unsure_cols]
+        return u, p
 
     def _uncertified(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, ...]:
         """(N, neurons) mask of the pairs the closed form cannot be trusted for without a look at their inputs,
@@ -285,7 +289,9 @@ class CompiledLayer:
         A pair is trusted when no input arrives after the input window (a_j < 0, an input value
         above the encoder's range: the closed form assumes every input is in by T) and either the
         neuron is statically certified (every input code within [0, B_k] of its population) or
-        ``mapping.early_bound`` of this sample's inputs is below ϑ.
+        ``mapping.early_bound`` of this sample's inputs is below ϑ: with p's upper bound from its float32 sums
+        (``mapping.float32_sum_bounds``: the terms are non-negative there), or in float64 for samples with an
+        input before its window.
         """
         n = a[0].shape[0]
         failing = np.zeros((n, self.theta.size), dtype=bool)
@@ -295,12 +301,12 @@ class CompiledLayer:
         in_window = np.all([f.max(axis=1) <= b for f, b in zip(flat, self.lengths)], axis=0) & ~late
         if len(self.unsure) and in_window.any():
             idx, cols = np.flatnonzero(in_window), self.unsure_cols
-            self._mark(failing, idx, cols, u, p[idx] if len(idx) < n else p, ~self.static[cols])
+            self._mark(failing, idx, cols, u, p[idx] if len(idx) < n else p, ~self.static[cols], float32=True)
         if not (in_window | late).all():   # inputs before their window: no neuron is certified statically
             idx = np.flatnonzero(~in_window & ~late)
             p_all = sum(drive(syn, a_k[idx], j_pos).reshape(len(idx), -1)
                         for syn, j_pos, a_k in zip(self.layer.synapses, self.j_pos, a))
-            self._mark(failing, idx, np.arange(self.size), u, p_all, np.ones(self.size, dtype=bool))
+            self._mark(failing, idx, np.arange(self.size), u, p_all, np.ones(self.size, dtype=bool), float32=False)
         return failing, late, in_window
 
     def _grid_screen(self, a: list[np.ndarray], u: np.ndarray, p: np.ndarray, rows: np.ndarray,
@@ -308,10 +314,12 @@ class CompiledLayer:
         """(P,) mask of the pairs (rows, cols) of samples with every input in its window that ``mapping.grid_bound``
         certifies: its bound, plus a rounding margin, is below ϑ − TIE·max(1, |ϑ|) (docs/math.md §5, grid bound).
 
-        E and I at the grid times σ_g come from one product per interior time with (a − σ_g)+ and the
-        excitatory and inhibitory weights of the channels that have a pair (stacked when not grouped); at
-        σ = 0 they are p and u − p, at the largest code of these samples both are 0; ``mapping.grid_margin``
-        covers the rounding.
+        E and I at the interior grid times σ_g come from float32 products, the ramps (a − σ_g)+ of the interior
+        times stacked on the batch axis (``ops.ramp_products``) against the excitatory and inhibitory weights
+        of the channels that have a pair (stacked when not grouped), bounded from above by
+        ``mapping.float32_sum_bounds``; at
+        σ = 0 they are p and u − p (p's upper and lower bound from its float32 sums), at the largest code of
+        these samples both are 0; ``mapping.grid_margin`` covers the float64 rounding of u and of the bound.
         """
         n_pairs, per_ch = len(rows), self.size // self.layer.shape[0]
         samples, r_idx = np.unique(rows, return_inverse=True)
@@ -319,10 +327,12 @@ class CompiledLayer:
         sigmas = grid_times(np.concatenate([a_k[samples].reshape(-1) for a_k in a]))
         e, i = np.zeros((n_pairs, len(sigmas))), np.zeros((n_pairs, len(sigmas)))
         in_p = np.searchsorted(self.unsure_cols, cols)   # in-window pairs are in the unsure channels
-        e[:, 0] = p[rows, in_p]
-        i[:, 0] = u[rows, cols] - e[:, 0]
+        p_low, e[:, 0] = float32_sum_bounds(p[rows, in_p], self.fan_in, self.scale)
+        i[:, 0] = u[rows, cols] - p_low
         if self.split is None:
-            self.split = [np.concatenate([j_pos, syn.J - j_pos]) for syn, j_pos in zip(self.layer.synapses, self.j_pos)]
+            with np.errstate(over="ignore"):
+                self.split = [np.concatenate([j_pos, syn.J - j_pos]).astype(np.float32)
+                              for syn, j_pos in zip(self.layer.synapses, self.j_pos)]
         n_out = self.layer.shape[0]
         subset = 2 * len(channels) <= n_out and all(syn.groups == 1 for syn in self.layer.synapses)
         if subset:   # only the channels that have a pair, when that saves at least half of the product
@@ -330,22 +340,32 @@ class CompiledLayer:
             at, n_ch = c_idx * per_ch + cols % per_ch, len(channels)
         else:
             weights, at, n_ch = self.split, cols, n_out
-        for g, sigma in enumerate(sigmas[1:-1], 1):
-            both = sum(split_drive(syn, np.maximum(a_k[samples] - sigma, 0.0), w)
-                       for syn, w, a_k in zip(self.layer.synapses, weights, a)).reshape(len(samples), -1)
-            e[:, g] = both[r_idx, at]
-            i[:, g] = both[r_idx, at + n_ch * per_ch]
+        inner = sigmas[1:-1]
+        if len(inner):
+            def product(ramps):
+                return sum(split_drive(syn, r_k, w) for syn, w, r_k in zip(self.layer.synapses, weights, ramps))
+
+            with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which certify nothing
+                both = ops.ramp_products(product, [a_k[samples] for a_k in a], inner, np.float32, per_ch * self.fan_in)
+            e[:, 1:-1] = float32_sum_bounds(both[:, r_idx, at].T, self.fan_in, self.scale)[1]
+            i[:, 1:-1] = -float32_sum_bounds(-both[:, r_idx, at + n_ch * per_ch].T, self.fan_in, self.scale)[0]
         alpha, theta = self.alpha[cols], self.theta[cols]
         bound = grid_bound(e, i, alpha * self.b_in, alpha, self.j_neg[cols], sigmas)
         margin = grid_margin(e, i, alpha * self.b_in, self.fan_in)
         return bound + margin < theta - TIE * np.maximum(1.0, np.abs(theta))
 
-    def _mark(self, failing, idx, cols, u, p, check) -> None:
+    def _mark(self, failing, idx, cols, u, p, check, float32: bool) -> None:
         """Mark the pairs (idx × cols, where ``check``) whose ``mapping.early_bound`` is not below ϑ. The plain
-        bound α·B_in + p screens first: the sharper one is needed only where the plain one fails."""
-        r, c = np.nonzero(~(self.alpha[cols] * self.b_in + p < self.theta[cols]) & check)
+        bound α·B_in + p screens first: the sharper one is needed only where the plain one fails. With
+        ``float32`` p are float32 sums of non-negative terms, and their upper bounds stand for them
+        (``mapping.float32_sum_limit`` for the plain bound, ``mapping.float32_sum_bounds`` for the others)."""
+        limit = self.theta[cols] - self.alpha[cols] * self.b_in
+        if float32:
+            limit = float32_sum_limit(limit, self.fan_in, self.scale)
+        r, c = np.nonzero(~(p < limit) & check)
         rows, neurons = idx[r], cols[c]
-        bound = early_bound(u[rows, neurons], p[r, c], self.alpha[neurons], self.b_in, self.j_neg[neurons])
+        p_rc = float32_sum_bounds(p[r, c], self.fan_in, self.scale)[1] if float32 else p[r, c]
+        bound = early_bound(u[rows, neurons], p_rc, self.alpha[neurons], self.b_in, self.j_neg[neurons])
         keep = ~(bound < self.theta[neurons])
         failing[rows[keep], neurons[keep]] = True
 

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 import hashlib
 from pathlib import Path
 
@@ -376,6 +378,25 @@ def test_update_requirement(make, coding):
     assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
+@pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
+def test_update_requirement_with_weights_beyond_float32(make):
+    """Weights of 1e39 overflow the float32 screening sums (inf, and NaN where a padded tap reads 0): those
+    sums rule out nothing, no NumPy warning is raised, and the requirement is the exact one."""
+    rng = np.random.default_rng(5)
+    small, a, gather = make(rng)
+    layer = dataclasses.replace(small, terms=(dataclasses.replace(small.terms[0], weight=small.terms[0].weight * 1e39),),
+                                bias=small.bias * 1e39)
+    per_channel = int(np.prod(layer.shape[1:]))
+    s, bias = ir.incoming_sum(layer), ir.full_bias(layer).reshape(-1)
+    needs = [mapping.required_window(vals[None], wts[None], bias[c:c + 1], s[c // per_channel:c // per_channel + 1])[0]
+             for n, c, vals, wts in gather(layer, a)]
+    running = float(np.median(needs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, evaluated = calibrate.update_requirement(layer, [a], running)
+    assert got == pytest.approx(max(needs), rel=1e-12) and evaluated > 0
+
+
 @pytest.mark.parametrize("coding", ["dense", "sparse"])
 @pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
 def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make, coding):
@@ -393,15 +414,35 @@ def test_grid_screen_rules_out_only_pairs_that_cannot_raise_the_maximum(make, co
                                              slope[c // per_channel:c // per_channel + 1])[0]
                      for _, c, vals, wts in pairs])
     z = ir.apply_linear(layer, [a]).reshape(len(a), -1)
-    pos_layer = ir.Affine("p", (dataclasses.replace(layer.terms[0], weight=np.clip(layer.terms[0].weight, 0, None)),),
-                          layer.bias, relu=True)
-    positive = ir.apply_linear(pos_layer, [a]).reshape(len(a), -1)
+    p, bounding = calibrate.positive_sums(layer, [a])   # Σ max(W, 0)·a in float32
+    positive = calibrate.sum_bounds(p[rows, cols], bounding)
     ruled_out = 0
     for running in np.quantile(need, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]):
         sure = calibrate.grid_screen(layer, [a], rows, cols, positive, z, float(running), coding)
         assert np.all(need[sure] <= running)
         ruled_out += int(np.count_nonzero(sure & (need > np.quantile(need, 0.0))))
     assert ruled_out > 0
+
+
+@pytest.mark.parametrize("make", [dense_layer, conv_layer], ids=["dense", "conv"])
+def test_positive_sums_bound_the_exact_sums(make):
+    """positive_sums bounds Σ max(W, 0)·a of every pair from float32 sums (within a few K·2⁻²⁴ of it, K the fan-in);
+    with a code below 0 (an input below the encoder's range) it gives the float64 sums themselves."""
+    rng = np.random.default_rng(4)
+    layer, a, gather = make(rng)
+    a = a * 10.0 ** rng.uniform(-3, 3, a.shape)   # magnitudes over six decades
+    pos = np.clip(layer.terms[0].weight, 0, None)
+    per_channel = int(np.prod(layer.shape[1:]))
+    exact = {(n, c): math.fsum(pos.reshape(pos.shape[0], -1)[c // per_channel] * vals) for n, c, vals, _ in
+             gather(layer, a)}
+    low, high = calibrate.sum_bounds(*calibrate.positive_sums(layer, [a]))
+    fan_in = pos[0].size
+    for (n, c), want in exact.items():
+        assert low[n, c] <= want <= high[n, c]
+        assert high[n, c] - low[n, c] <= 8 * (fan_in + 2) * 2.0 ** -24 * want + 1e-30
+    a[0].flat[0] = -0.5
+    p, bounding = calibrate.positive_sums(layer, [a])
+    assert bounding is None and p.dtype == np.float64
 
 
 def test_update_requirement_ignores_pairs_below_running_maximum():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -221,6 +223,56 @@ def test_grid_bound_numbers():
     one = mapping.grid_bound(e[None][:, ::2], i[None][:, ::2], np.array([3.0]), np.array([1.0]), np.array([-3.0]),
                              sigmas[::2])[0]
     assert one == pytest.approx(4.0, abs=1e-12)
+
+
+def exact_26bit(rng, size, low_exp, high_exp):
+    """Non-negative float64 numbers with 26-bit significands (not float32 numbers: their cast rounds), exponents in
+    [low_exp, high_exp), some zeros: products of two are exact in float64."""
+    m = rng.integers(2 ** 25, 2 ** 26, size).astype(np.float64)
+    return np.ldexp(m, rng.integers(low_exp, high_exp, size) - 26) * (rng.random(size) < 0.9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.sampled_from([1, 2, 7, 100, 4608, 65536, 200000]),
+       spread=st.sampled_from([(0, 1), (-20, 20), (-150, -110), (-140, 30), (40, 64)]))
+def test_float32_sums_are_bounded_rigorously(seed, k, spread):
+    """The exact sum Σ w·x of non-negative float64 numbers lies within float32_sum_bounds of the same sum computed
+    in float32, and a float32 sum at most float32_sum_limit(x) has an upper bound (and exact sum) ≤ x, for every order a float32 sum can take: BLAS dot and matrix products, pairwise and sequential
+    sums, the largest terms first (small ones absorbed) or last; huge fan-ins, magnitudes mixed over 40
+    binades, subnormal float32 casts and products, and overflow (a float32 inf: the bounds give up)."""
+    rng = np.random.default_rng(seed)
+    w, x = exact_26bit(rng, k, *spread), exact_26bit(rng, k, *spread)
+    if k > 2:
+        w[0], x[0] = np.ldexp(1.0, spread[1]), np.ldexp(1.0, spread[1])  # one large term beside many small ones
+    terms = w * x                    # exact: 26 + 26 bits
+    exact = math.fsum(terms)         # correctly rounded; the bounds carry far more slack than its rounding
+    w32, x32 = w.astype(np.float32), x.astype(np.float32)
+    order = np.argsort(-terms)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = [np.dot(w32, x32), (x32[None] @ w32[:, None])[0, 0], np.sum(w32 * x32),
+                np.cumsum(w32[order] * x32[order])[-1], np.cumsum(w32[order[::-1]] * x32[order[::-1]])[-1]]
+    scale = float(w.max() + x.max())
+    for s in sums:
+        low, high = mapping.float32_sum_bounds(np.array([s]), k, scale)
+        assert low[0] <= exact <= high[0], (s, exact, low, high)
+        # the limit screens raw sums: s ≤ limit(x) only where the upper bound is at most x, so x ≥ the exact sum
+        for x_ in (exact * (1 - 1e-3), exact, high[0], exact * (1 + 1e-3), exact * (1 + 1e-9)):
+            if s <= mapping.float32_sum_limit(np.array([x_]), k, scale)[0]:
+                assert high[0] <= x_ * (1 + 1e-15) and exact <= x_
+        if np.isfinite(s):   # useful: within a few K·u of the sum, plus twice the slack A for underflows
+            slack = k * 2.0 ** -126 * (4 + 2 * scale)
+            assert high[0] - low[0] <= 8 * (k + 2) * 2.0 ** -24 * exact + 4 * slack
+
+
+def test_float32_sum_bounds_numbers():
+    """K = 3: c = 8·2⁻²⁴, the slack A = 3·2⁻¹²⁶·(4 + 2·scale) is negligible; a non-finite sum or a fan-in above
+    8 million bounds nothing."""
+    low, high = mapping.float32_sum_bounds(np.array([1.0, np.inf, np.nan]), 3, 2.0)
+    c = 8 * 2.0 ** -24
+    assert low[0] == pytest.approx(1 - c, rel=1e-15) and high[0] == pytest.approx(1 / (1 - c), rel=1e-15)
+    assert low[1] == low[2] == -np.inf and high[1] == high[2] == np.inf
+    low, high = mapping.float32_sum_bounds(np.array([1.0]), 2 ** 23, 1.0)
+    assert low[0] == -np.inf and high[0] == np.inf
 
 
 @settings(max_examples=200, deadline=None)

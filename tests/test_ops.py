@@ -273,3 +273,29 @@ def test_threaded_keeps_order_and_takes_only_a_few_tasks_ahead(workers):
         results.append(result)
         assert len(taken) <= len(results) + 2 * workers   # bounded lookahead: memory stays per chunk
     assert results == [(i, i * i + 1) for i in range(20)]
+
+
+def test_ramp_products_stack_the_times_within_the_budget():
+    """ramp_products gives product((a − σ)+) for every σ, (len(σ), N, …), whatever the number of σ per product: one
+    product per σ (budget below one), some per product, all in one; the ramps in the dtype asked for."""
+    rng = np.random.default_rng(2)
+    a = [rng.uniform(0, 2, (3, 4)), rng.uniform(0, 1, (3, 2))]
+    w = [rng.normal(size=(4, 5)), rng.normal(size=(2, 5))]
+    sigmas = np.array([0.2, 0.5, 0.9, 1.4])
+    calls, dtypes = [], set()
+
+    def product(ramps):
+        calls.append(len(ramps[0]))
+        dtypes.update(r.dtype for r in ramps)
+        return sum(r @ w_k for r, w_k in zip(ramps, w))
+
+    want = np.stack([sum(np.maximum(a_k - s, 0.0) @ w_k for a_k, w_k in zip(a, w)) for s in sigmas])
+    for budget, stacked in ((1, [3, 3, 3, 3]), (3 * 6 * 2, [6, 6]), (10 ** 6, [12])):
+        calls.clear()
+        got = ops.ramp_products(product, a, sigmas, np.float64, 6, budget)
+        assert calls == stacked and got.shape == (4, 3, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+    assert dtypes == {np.dtype(np.float64)}
+    dtypes.clear()
+    ops.ramp_products(product, a, sigmas, np.float32, 6)
+    assert dtypes == {np.dtype(np.float32)}

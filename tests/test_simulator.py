@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 import reference
 from builders import GraphBuilder, save
-from relu2snn_cli import convert, h5io, ir, simulator, snn
+from relu2snn_cli import convert, h5io, ir, mapping, simulator, snn
 from relu2snn_cli.errors import NonFiniteError
 from relu2snn_cli.mapping import MappingOptions
 from relu2snn_cli.onnx_import import import_model
@@ -170,6 +171,81 @@ def test_grid_screen_agrees_with_the_reference(kind, monkeypatch):
             assert n_early == int(np.sum(want < sum(merged)))
             total_early += n_early
     assert total_early > 0 and screened["certified"] > 0 and screened["left"] > 0, (total_early, screened)
+
+
+def test_float32_screens_certify_no_pair_that_reaches_the_threshold():
+    """The screens' float32 sums (docs/math.md §5, float32 screening) at the edge of their rounding margin: a dense
+    layer with a fan-in of 2,000, weights over four decades, thresholds within ±1e-9 … ±1e-5 (relative; a few
+    1e-3 and 1e-2 above) of sample 0's exact bound from sums or of its exact peak potential, or between the exact
+    bound from sums and the same bound from float32 sums taken as exact where that is lower. No pair whose
+    exact peak reaches ϑ is certified (by the bound from sums or the grid); none whose exact bound from sums
+    reaches ϑ is certified by that bound; those 1e-2 above it are, and some 1e-3 above the peak; the pairs
+    that stay below ϑ get the closed form, the others fire early."""
+    rng = np.random.default_rng(5)
+    k, o, n, b_in = 2000, 128, 3, 2.0
+    a = b_in * rng.random((n, k)) * (rng.random((n, k)) < 0.8)
+    magnitude = 10.0 ** rng.uniform(-3, 1, (o, k)) / k
+    # inhibitory inputs late in sample 0 (small codes): its potential rises, then falls, and the bound from sums
+    # is where its two lines cross, which depends on p
+    J = np.where(a[0] < 0.3 * b_in, -3 * magnitude, magnitude * rng.random((o, k)))
+    alpha = rng.uniform(0.2, 1.5, o)
+    u, p, j_neg = a @ J.T, a @ np.clip(J, 0, None).T, np.clip(J, None, 0).sum(axis=1)
+    exact_bound = mapping.early_bound(u, p, alpha, b_in, j_neg)    # (n, o), p in float64
+    sigmas = np.concatenate([[0.0, b_in], a[0]])                     # the potential's corners
+    ramps = np.maximum(a[:, None, :] - sigmas[None, :, None], 0.0)   # (n, σ, k)
+    peak = (alpha[None, None] * (b_in - sigmas)[None, :, None] + ramps @ J.T).max(axis=1)   # sample 0's corners
+    peak[1:] = [(alpha[None] * (b_in - s)[:, None] + np.maximum(a_s[None] - s[:, None], 0.0) @ J.T).max(axis=0)
+                for a_s, s in ((a[m], np.concatenate([[0.0, b_in], a[m]])) for m in range(1, n))]
+    r = rng.choice([-1, 1], o) * 10.0 ** rng.uniform(-9, -5, o)   # about the float32 sums' rounding
+    r[:8] = [-1e-9, 1e-9, 1e-2, 1e-2, 1e-2, 1e-2, 1e-3, 1e-3]
+    even = np.arange(o) % 2 == 0
+    theta = np.where(even, exact_bound[0], peak[0]) * (1 + r)   # even neurons: at the bound, odd: at the peak
+    # where the bound from float32 sums taken as exact falls below the exact bound, ϑ between the two
+    raw = mapping.early_bound(u, a.astype(np.float32) @ np.clip(J, 0, None).astype(np.float32).T, alpha, b_in,
+                              j_neg)[0]
+    below = even & (raw < exact_bound[0]) & (np.arange(o) >= 8)
+    theta[below] = 0.5 * (raw + exact_bound[0])[below]
+    assert below.sum() >= 8
+    layer = snn.SpikingLayer("l", (snn.Synapses("in", (k,), J),), alpha, (1.0 + b_in, 3.0), theta=theta,
+                             certified=np.zeros(o, bool), scale=np.ones(o), x_max=np.ones(o), x_n=1.0)
+    compiled = simulator.CompiledLayer(layer, [(1.0, b_in)])
+    codes = [a]
+    drives, sums = compiled._drives(codes)
+    failing, _, in_window = compiled._uncertified(codes, drives, sums)
+    by_sums = ~failing
+    rows, cols = np.nonzero(failing)
+    certified = by_sums.copy()
+    certified[rows, cols] = compiled._grid_screen(codes, drives, sums, rows, cols)
+    assert in_window.all()
+    assert not np.any(certified & (peak >= theta[None]))
+    assert not np.any(by_sums & (exact_bound >= theta[None]))
+    assert by_sums[0, even & (r >= 1e-2)].all() and certified[0, ~even & (r >= 1e-3)].any()
+    assert not by_sums[0, even & (r < 0)].any() and not certified[0, ~even & (r < 0)].any()
+    assert (~certified[0]).sum() >= o // 4   # the edge is exercised
+    got, early, _, _ = compiled.fire([1.0 + b_in - a])
+    assert early == int(np.sum(peak >= theta[None]))
+    slope = alpha + J.sum(axis=1)   # where the peak stays below ϑ: the closed form, clipped to the window end
+    with np.errstate(divide="ignore"):
+        want = np.minimum(np.where(slope > 0, 1.0 + b_in + (theta - alpha * b_in - u) / slope, np.inf), 6.0)
+    assert close(got[peak < theta[None]], want[peak < theta[None]])
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_weights_beyond_float32_screen_nothing_and_warn_nothing(kind):
+    """α, J and ϑ scaled by 1e39 scale the potential, not the spike times; the float32 screening sums overflow
+    (inf, or NaN where an inf weight meets a code 0): they certify nothing, no NumPy warning is raised, and the
+    spike times are those of the unscaled layer."""
+    rng = np.random.default_rng(13 + LAYER_KINDS.index(kind))
+    layer, windows = random_layer(rng, kind, early=1.5)
+    t_in = [t + b - b * rng.choice([0.0, 1.0], (4,) + syn.in_shape) * rng.random((4,) + syn.in_shape)
+            for syn, (t, b) in zip(layer.synapses, windows)]
+    huge = dataclasses.replace(layer, synapses=tuple(dataclasses.replace(syn, J=syn.J * 1e39) for syn in layer.synapses),
+                               alpha=layer.alpha * 1e39, theta=layer.theta * 1e39)
+    want, want_early, _, _ = simulator.CompiledLayer(layer, windows).fire(t_in)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, early, _, _ = simulator.CompiledLayer(huge, windows).fire(t_in)
+    assert close(got, want) and early == want_early
 
 
 @pytest.mark.parametrize("kind", LAYER_KINDS)
