@@ -25,7 +25,7 @@ import numpy as np
 from . import h5io, snn
 from .data import batches, check_inputs, load_array
 from .errors import DataError, RegressionFailed, naming
-from .simulator import Counts, Simulator, hidden_share
+from .simulator import Counts, Simulator, spike_shares
 
 
 def macs(layer) -> int:
@@ -93,7 +93,7 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
     check_inputs(data, net.nodes[0].shape, data_spec)
     parts = [x for _, x in batches(data, batch_size, data_spec)]
     n = sum(len(x) for x in parts)
-    total = n * (repeats + 2) + len(parts[0])   # the counting pass, the warm-up batch and the timed passes
+    total = n * (repeats + 1) + len(parts[0])   # the counting pass, the warm-up batch and the timed passes
     counts = Counts()
     with naming(snn_path):   # a NonFiniteError of the simulation names the file
         counter = Simulator(net)
@@ -131,8 +131,7 @@ def bench(snn_path, data_spec: str, onnx_path=None, batch_size: int = 64, repeat
         "coding": net.coding,
         "spikes": counts.spikes,
         "spikes_per_sample": counts.spikes / n,
-        "spikes_per_neuron": counts.spikes / (n * sim.neurons),
-        "spikes_per_hidden_neuron": hidden_share(counts, sim),
+        **spike_shares(counts, net),
         "layer_spikes_per_sample": {name: value / n for name, value in counts.layer_spikes.items()},
         "synaptic_events": counts.synaptic_events,
         "synaptic_events_per_sample": counts.synaptic_events / n,

@@ -375,7 +375,7 @@ def sparse_crossing(crossing: np.ndarray, closed: np.ndarray, t_start: float) ->
     before T = t_start, else the output phase's closed form T + ϑ − V(T) (``closed``). Up to T the potential is
     the input phase's, which ``first_crossing`` walks; after T it rises with slope 1 from V(T), so the input
     phase's own crossings after T are not the neuron's."""
-    return np.where(crossing <= t_start, crossing, closed)
+    return np.where(crossing <= t_start, crossing, np.maximum(closed, t_start))
 
 
 def spike_counts(t: np.ndarray, t_end: float) -> tuple[int, int]:
@@ -435,9 +435,7 @@ class Simulator:
         windows = {n.name: n.window for n in net.nodes}
         self.compiled = {n.name: CompiledLayer(n, [windows[name] for name in n.inputs], net.coding)
                          for n in net.nodes if isinstance(n, snn.SpikingLayer)}
-        spiking = [n for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer))]
-        self.neurons = sum(int(np.prod(n.shape)) for n in spiking)  # spiking neurons per sample
-        self.hidden_neurons = self.neurons - int(np.prod(net.nodes[0].shape))   # those of the spiking layers
+        self.neurons, self.hidden_neurons = neuron_counts(net)
         self.last_use = {name: i for i, n in enumerate(net.nodes) for name in n.inputs}
         self.nonzero: dict = {}   # per receiving node, its synapse sets' [J ≠ 0], built on first use
 
@@ -565,13 +563,21 @@ def simulate_file(snn_path, data_spec: str, out_path, keep_times: bool = False, 
     counts = result.counts
     return {"output": str(out_path), "n_samples": counts.samples, "early_spikes": counts.early_spikes,
             "out_of_range_inputs": counts.out_of_range_inputs, "latency": sim.net.latency,
-            "coding": sim.net.coding, "spikes_per_neuron": counts.spikes / (counts.samples * sim.neurons),
-            "spikes_per_hidden_neuron": hidden_share(counts, sim),
+            "coding": sim.net.coding, **spike_shares(counts, sim.net),
             "forced_spike_share": counts.forced_share}
 
 
-def hidden_share(counts: Counts, sim: Simulator) -> float | None:
-    """Spikes per hidden neuron and sample: the spiking layers' spikes over their neurons (None without any). In
-    the sparse coding the share of positive hidden activations (docs/math.md §9); 1 in the dense one."""
-    total = counts.samples * sim.hidden_neurons
-    return counts.hidden_spikes / total if total else None
+def neuron_counts(net: snn.Network) -> tuple[int, int]:
+    """Spiking neurons per sample: those of the encoder and the spiking layers, and those of the spiking layers."""
+    inputs = int(np.prod(net.nodes[0].shape))
+    hidden = sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, snn.SpikingLayer))
+    return inputs + hidden, hidden
+
+
+def spike_shares(counts: Counts, net: snn.Network) -> dict:
+    """``spikes_per_neuron`` (all spikes over the spiking neurons) and ``spikes_per_hidden_neuron`` (the spiking
+    layers' spikes over their neurons; None without any) per sample: 1 in the dense coding, in the sparse one
+    the share of positive activations (docs/math.md §9)."""
+    neurons, hidden = neuron_counts(net)
+    return {"spikes_per_neuron": counts.spikes / (counts.samples * neurons),
+            "spikes_per_hidden_neuron": counts.hidden_spikes / (counts.samples * hidden) if hidden else None}

@@ -18,7 +18,7 @@ from .convert import import_model
 from .data import batches, check_inputs, load_labels
 from .errors import ArtifactError, NonFiniteError, naming, onnxruntime_errors
 from .shard import load_data
-from .simulator import Counts, Simulator
+from .simulator import Counts, Simulator, spike_shares
 
 # a batch whose logit error exceeds this × its largest |logit| gets the rounding bound (``rounding.logit_bounds``);
 # one number whatever --max-logit-error, so that sharded and single-process runs compute the same bounds
@@ -166,8 +166,6 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     onnxruntime session of one intra-op thread."""
     checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output)
     net = checker.net
-    neurons = sum(int(np.prod(n.shape)) for n in net.nodes if isinstance(n, (snn.Encoder, snn.SpikingLayer)))
-    hidden = neurons - int(np.prod(net.nodes[0].shape))
     data = load_data(data_spec)
     check_inputs(data, checker.graph.input.shape, data_spec)
     labels = load_labels(labels_spec, len(data), net.nodes[-1].shape[0]) if labels_spec else None
@@ -204,8 +202,7 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
         "early_spikes": counts.early_spikes,
         "out_of_range_inputs": counts.out_of_range_inputs,
         "coding": net.coding,
-        "spikes_per_neuron": counts.spikes / (n * neurons),
-        "spikes_per_hidden_neuron": counts.hidden_spikes / (n * hidden) if hidden else None,
+        **spike_shares(counts, net),
         "forced_spike_share": counts.forced_share,
         "checked_pairs": counts.checked,
         "event_scan_pairs": counts.scanned,
