@@ -226,8 +226,8 @@ Example:
                    "or a quoted glob of .npy shards.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .snn.h5 [default: MODEL with .snn.h5].")
 @click.option("--zeta", type=float, default=0.5, show_default=True, help="Window headroom: B = (1 + zeta)·X.")
-@click.option("--s-max", type=float, default=0.99, show_default=True, help="Largest allowed incoming weight sum.")
-@click.option("--s-min", type=float, default=-10.0, show_default=True, help="Smallest allowed incoming weight sum.")
+@click.option("--s-max", type=float, default=0.99, show_default=True, help="Largest allowed incoming weight sum (dense coding; the sparse one needs no scaling).")
+@click.option("--s-min", type=float, default=-10.0, show_default=True, help="Smallest allowed incoming weight sum (dense coding).")
 @click.option("--coding", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
               help="dense: every neuron fires once, a zero activation at its window end; sparse: a zero activation "
                    "sends no spike (docs/math.md §9).")
