@@ -34,7 +34,7 @@ import numpy as np
 
 from relu2snn_cli import h5io, ir, ops, rounding, snn
 from relu2snn_cli.convert import import_model
-from relu2snn_cli.simulator import CompiledLayer, Simulator, move, read_out
+from relu2snn_cli.simulator import CompiledLayer, Simulator, move
 
 LD = np.longdouble
 
