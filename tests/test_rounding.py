@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from click.testing import CliRunner
+
 from builders import GraphBuilder, converted_sample, save
 from relu2snn_cli import convert, h5io, ir, ops, rounding, snn, verify
+from relu2snn_cli.cli import cli
 from relu2snn_cli.convert import import_model
 from relu2snn_cli.mapping import MappingOptions
 from relu2snn_cli.simulator import Simulator
@@ -260,6 +264,9 @@ def test_verify_passes_within_the_bound_and_fails_beyond_it(deep, tmp_path):
     assert off["logit_error_beyond_bound"] == off["max_abs_logit_error_ref"]
     [message] = off["failures"]
     assert "logit_rounding_bound" in message
+    assert verify.verify(artifact, model, str(x), max_logit_error=0.0)["passed"]   # every error within its bound
+    [message] = verify.verify(tmp_path / "moved.snn.h5", model, str(x), max_logit_error=0.0)["failures"]
+    assert "exceeds both its own float64 rounding bound" in message and "--max-logit-error 0 " in message
 
 
 def test_verify_reports_no_bound_where_the_plain_check_passes(tmp_path):
@@ -268,6 +275,35 @@ def test_verify_reports_no_bound_where_the_plain_check_passes(tmp_path):
     report = verify.verify(artifact, SAMPLES / "mlp" / "model.onnx", str(x))
     assert report["passed"] and report["logit_rounding_bound"] is None
     assert report["logit_error_beyond_bound"] == report["max_abs_logit_error_ref"]
+
+
+def test_max_logit_error_0_judges_every_error_by_its_bound(tmp_path):
+    """`verify --max-logit-error 0`: every batch with a logit error gets its rounding bound (above min(1e-9, 0) of
+    its max |logit|), so the mlp sample, whose errors of 1e-13 are float64 rounding far below 1e-9, passes with
+    its bound rather than failing for want of one; 16 samples in two batches."""
+    artifact, x, _ = converted_sample(tmp_path, "mlp", 16)
+    result = CliRunner().invoke(cli, [str(a) for a in ("verify", artifact, "--onnx", SAMPLES / "mlp" / "model.onnx",
+                                                       "--data", x, "--batch-size", 8, "--max-logit-error", 0,
+                                                       "--json", "--quiet")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["max_logit_error"] == 0.0
+    assert 0 < report["max_abs_logit_error_ref"] <= report["logit_rounding_bound"] < 1e-9 * report["max_abs_logit"]
+    assert report["logit_error_beyond_bound"] == 0.0
+
+
+def test_sharded_verify_computes_the_same_bounds(tmp_path):
+    """The threshold for the bound reaches the workers of a sharded run: with --max-logit-error 0 the report of
+    two workers equals the single process's, bound included."""
+    distributed = pytest.importorskip("dask.distributed")
+    artifact, x, _ = converted_sample(tmp_path, "mlp", 16)
+    model = SAMPLES / "mlp" / "model.onnx"
+    one = verify.verify(artifact, model, str(x), max_logit_error=0.0, batch_size=8)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        two = verify.verify(artifact, model, str(x), max_logit_error=0.0, batch_size=8, client=client)
+    assert one["logit_rounding_bound"] is not None and two == one
 
 
 def test_failures_allow_the_rounding_bound_and_name_it():
@@ -280,7 +316,9 @@ def test_failures_allow_the_rounding_bound_and_name_it():
     assert failures(report) == []
     assert failures({**report, "logit_error_beyond_bound": 2e-8}) == []   # above its bound, within the limit
     [message] = failures({**report, "max_abs_logit_error_ref": 2e-5, "logit_error_beyond_bound": 2e-5})
-    assert message.startswith("max_abs_logit_error_ref 2e-05") and "logit_rounding_bound up to 1e-05" in message
+    assert message == ("max_abs_logit_error_ref 2e-05: an error of 2e-05 exceeds both its own float64 rounding "
+                       "bound (logit_rounding_bound up to 1e-05) and --max-logit-error 1e-09 × max_abs_logit 20 "
+                       "= 2e-08")
     plain = {k: v for k, v in report.items() if k not in ("logit_rounding_bound", "logit_error_beyond_bound")}
     [message] = failures(plain)   # a report without bounds: the largest error against the limit, as before
     assert message.startswith("max_abs_logit_error_ref 1e-06") and "rounding" not in message
