@@ -70,10 +70,10 @@ def deep_stack(depth: int = 5, width: int = 8, big: float = 50.0, seed: int = 0)
 
 
 def sparse_stack(depth: int = 5, width: int = 8, seed: int = 1):
-    """A dense ReLU stack where the dense coding's closed form is wrong in every layer, for the sparse coding (docs/math.md
-    §9): neuron 0 of each layer never fires (bias −1000) but sends a weight of −50 to every neuron of the next, so
+    """A ReLU stack for the sparse coding (docs/math.md §9) on which the dense closed form is wrong in every layer:
+    neuron 0 of each layer never fires (bias −1000) but sends a weight of −50 to every neuron of the next, so
     Σ J < 0 (the dense slope α + Σ J would never cross) while the sparse slope is 1 and a silent input adds
-    nothing; neurons 1 and 2 of layer depth − 1 are twins 1e-3 apart (same weights) whose difference the last
+    nothing; neurons 1 and 2 of the second-to-last layer are twins 1e-3 apart (same weights) whose difference the last
     layer reads with weights ±1000, so the rounding of their absolute spike times reaches the logits 1000-fold."""
     rng = np.random.default_rng(seed)
     b = GraphBuilder((width,))
@@ -209,8 +209,8 @@ def test_bound_holds_on_a_sparse_stack(sparse):
 @needs_longdouble
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_sparse_bound_holds_and_active_is_fired(name, tmp_path):
-    """On sample models converted to the sparse coding (16 test samples) and on the sparse stack, a spiking
-    neuron passes the gradient exactly where it fired (its time before its window end; none lies within 1e-6 of
+    """On sample models converted to the sparse coding (16 test samples), a spiking neuron passes the gradient
+    exactly where it fired (its time before its window end; none lies within 1e-6 of
     its sums' size of firing, where it would count as active too), and both logits lie within their bounds."""
     samples = SAMPLES / name
     artifact = tmp_path / "sparse.snn.h5"
@@ -229,6 +229,7 @@ def test_sparse_bound_holds_and_active_is_fired(name, tmp_path):
 
 
 def test_active_is_fired_on_the_sparse_stack(sparse):
+    """On the sparse stack too, whose Σ J are negative: a spiking neuron is active exactly where it fired."""
     artifact, _, x = sparse
     net = h5io.read(artifact)
     times = Simulator(net).run(np.load(x), keep_times=True).times
