@@ -139,19 +139,38 @@ def ann_local(graph: ir.Graph, values: dict[str, np.ndarray]) -> dict:
     return local
 
 
+def output_phase(coding: str, alpha: np.ndarray, sums: np.ndarray, abs_sums: np.ndarray) -> tuple:
+    """What a spiking layer's coding makes of its potential once its inputs are in: (s, G, clip), per neuron.
+
+    s: the slope V rises with after the input window, τ = (ϑ − α·B_in − Σ J·â)/s (never where s ≤ 0), and
+    the gradient a neuron passes, J/s; G: the factor of g·|τ| by which the rounding of s moves τ; clip: whether
+    the input codes are max(a, 0).
+    dense (docs/math.md §1): s = α + Σ J, a float64 sum, G = (α + Σ|J|)/s; codes as they come.
+    sparse (docs/math.md §9): s = 1 exactly (the synaptic currents are off after T), G = 0; codes max(a, 0),
+    a late input is lost."""
+    if coding == "sparse":
+        return np.ones(np.shape(sums)), np.zeros(np.shape(sums)), True
+    slope = alpha + sums
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(slope > 0, (alpha + abs_sums) / slope, 0.0)
+    return slope, gain, False
+
+
 def snn_local(net: snn.Network, times: dict[str, np.ndarray]) -> dict:
     """Per spiking layer and readout of the simulator (its spike times, ``Simulator.run(..., keep_times=True)``):
     (λ, active, slope) in the units of its codes (the readout: of its logits), for neurons that cross in closed
-    form (docs/math.md §1, fast path); per encoder and Concat: λ of their codes.
+    form (docs/math.md §1, fast path; §9 in the sparse coding); per encoder and Concat: λ of their codes.
 
-    A layer of fan-in K crosses at τ = (ϑ − α·B_in − Σ J·â)/s after its input window, s = α + Σ J; with
-    S = Σ|J|·|â| + |ϑ| + α·B_in + |Σ J·â|, G = (α + Σ|J|)/s and g = γ_{2K+5} + PARAMETER_ROUNDINGS·u, its code
-    B − τ is within λ = g·(S/s + G·|τ̂|) + TIME_ROUNDINGS·u·(T + B) + |T − (T_in + B_in)| of the exact code for
-    its computed inputs: g·S/s the sums, ϑ and the stored parameters; g·G·|τ̂| the slope s, rounded in the
-    simulator's Σ J and in the mapping's s inside J and ϑ (γ_K·Σ|J| each); the rest the absolute times, t formed
-    as T_in + B_in + τ and read as T + B − t, and the window's start. Active where B − τ̂ > −KINK·S/s. The
-    readout α·B_in + Σ J·â: λ = g'·(Σ|J|·|â| + α·B_in + |V̂|) + Σ|J|·TIME_ROUNDINGS·u·T_out, g' = γ_{K+2} +
-    PARAMETER_ROUNDINGS·u. The input: (TIME_ROUNDINGS + 4)·u·(1 + â); a Concat's delays: TIME_ROUNDINGS·u·(T + B)."""
+    A layer of fan-in K crosses at τ = (ϑ − α·B_in − Σ J·â)/s after its input window, s and G as its coding
+    says (``output_phase``: dense s = α + Σ J, sparse s = 1 and G = 0); with S = Σ|J|·|â| + |ϑ| + α·B_in +
+    |Σ J·â| and g = γ_{2K+5} + PARAMETER_ROUNDINGS·u, its code B − τ is within
+    λ = g·(S/s + G·|τ̂|) + TIME_ROUNDINGS·u·(T + B) + |T − (T_in + B_in)| of the exact code for its computed
+    inputs: g·S/s the sums, ϑ and the stored parameters; g·G·|τ̂| the slope s, rounded in the simulator's Σ J
+    and in the mapping's s inside J and ϑ (γ_K·Σ|J| each); the rest the absolute times, t formed as
+    T_in + B_in + τ and read as T + B − t, and the window's start. Active where B − τ̂ > −KINK·S/s (sparse:
+    where it fired, τ̂ < B, or is that close to firing). The readout α·B_in + Σ J·â (â ≥ 0 in both codings):
+    λ = g'·(Σ|J|·|â| + α·B_in + |V̂|) + Σ|J|·TIME_ROUNDINGS·u·T_out, g' = γ_{K+2} + PARAMETER_ROUNDINGS·u.
+    The input: (TIME_ROUNDINGS + 4)·u·(1 + â); a Concat's delays: TIME_ROUNDINGS·u·(T + B)."""
     ends = {n.name: n.window[0] + n.window[1] for n in net.nodes}
     local = {}
     for node in net.nodes:
@@ -160,26 +179,26 @@ def snn_local(net: snn.Network, times: dict[str, np.ndarray]) -> dict:
         elif isinstance(node, snn.Concat):
             local[node.name] = (np.full((1,) + tuple(node.shape), TIME_ROUNDINGS * U * ends[node.name]),)
         elif isinstance(node, (snn.SpikingLayer, snn.Readout)):
-            codes = [ends[s.input] - times[s.input] for s in node.synapses]   # as the simulator forms them
-            if isinstance(node, snn.Readout):
-                codes = [np.maximum(a, 0.0) for a in codes]
             shape = node.shape
             alpha = ops.per_neuron(node.alpha, shape)
+            sums = sum(ops.per_neuron(s.J.reshape(len(s.J), -1).sum(axis=1), shape) for s in node.synapses)
+            abs_sums = sum(ops.per_neuron(np.abs(s.J).reshape(len(s.J), -1).sum(axis=1), shape) for s in node.synapses)
+            slope, gain, clip = output_phase(net.coding, alpha, sums, abs_sums)
+            codes = [ends[s.input] - times[s.input] for s in node.synapses]   # as the simulator forms them
+            if clip or isinstance(node, snn.Readout):
+                codes = [np.maximum(a, 0.0) for a in codes]
             _, b_in = net.input_window(node)
             k = sum(int(np.prod(s.J.shape[1:])) for s in node.synapses)
             drive = sum(product(s, a) for s, a in zip(node.synapses, codes))
             size = sum(product(s, np.abs(a), np.abs(s.J)) for s, a in zip(node.synapses, codes))
-            abs_sums = sum(ops.per_neuron(np.abs(s.J).reshape(len(s.J), -1).sum(axis=1), shape) for s in node.synapses)
             if isinstance(node, snn.Readout):
                 g = gamma(k + 2) + PARAMETER_ROUNDINGS * U
                 lam = g * (size + np.abs(alpha * b_in) + np.abs(alpha * b_in + drive))
                 local[node.name] = (lam + abs_sums * TIME_ROUNDINGS * U * ends[node.name],
                                     np.ones(drive.shape, dtype=bool), np.ones(shape))
                 continue
-            slope = alpha + sum(ops.per_neuron(s.J.reshape(len(s.J), -1).sum(axis=1), shape) for s in node.synapses)
             theta = ops.per_neuron(node.theta, shape)
             with np.errstate(divide="ignore", invalid="ignore"):
-                gain = np.where(slope > 0, (alpha + abs_sums) / slope, 0.0)
                 g = gamma(2 * k + 5) + PARAMETER_ROUNDINGS * U
                 tau = np.where(slope > 0, (theta - alpha * b_in - drive) / slope, np.inf)
                 scale = np.where(slope > 0, (size + np.abs(theta) + alpha * b_in + np.abs(drive)) / slope, 0.0)

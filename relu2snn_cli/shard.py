@@ -170,23 +170,24 @@ def calibrate(client, model_path, graph, scaled, spec: str, n: int, input_range,
 # ----------------------------------------------------------------------------- verification
 
 @lru_cache(maxsize=2)
-def _checker(snn_path: str, onnx_path: str, batch_size: int, output: str | None, stamps: tuple):
+def _checker(snn_path: str, onnx_path: str, batch_size: int, output: str | None, above: float, stamps: tuple):
     from .verify import Checker
-    return Checker(snn_path, onnx_path, batch_size, threads=1, output=output)
+    return Checker(snn_path, onnx_path, batch_size, threads=1, output=output, above=above)
 
 
-def _verify_task(start, snn_path, onnx_path, spec, labels, batch_size, output):
-    checker = _checker(snn_path, onnx_path, batch_size, output, (_stamp(snn_path), _stamp(onnx_path)))
+def _verify_task(start, snn_path, onnx_path, spec, labels, batch_size, output, above):
+    checker = _checker(snn_path, onnx_path, batch_size, output, above, (_stamp(snn_path), _stamp(onnx_path)))
     x = read_batch(_data(spec, _stamp_spec(spec)), start, batch_size, spec)
     return checker.batch(x, labels, spec)
 
 
 def verify(client, snn_path, onnx_path, spec: str, n: int, labels, batch_size: int, progress,
-           output: str | None = None) -> list[dict]:
-    """``verify.Checker.batch`` of every batch on the client's workers, in batch order."""
+           output: str | None, above: float) -> list[dict]:
+    """``verify.Checker.batch`` of every batch on the client's workers, in batch order; ``above``, where a batch
+    gets the rounding bound, as in the single process (``verify.bound_above``)."""
     starts = list(range(0, n, batch_size))
     futures = [client.submit(_verify_task, s, str(snn_path), str(onnx_path), str(spec),
                              labels[s:s + batch_size] if labels is not None else None, batch_size, output,
-                             pure=False)
+                             above, pure=False)
                for s in starts]
     return gather(client, futures, [min(batch_size, n - s) for s in starts], n, progress)

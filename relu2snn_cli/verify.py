@@ -4,7 +4,8 @@ Three independent computations per batch — onnxruntime on the source model, th
 forward pass of the imported graph, and the spiking simulation — and a report as a plain dict.
 The conversion is exact (docs/math.md §1, §3), so the report lists under ``failures`` every
 exactness check that fails: agreement of the argmax with onnxruntime, the logit error against
-the float64 forward pass (beyond 1e-9 of max |logit| and what float64 rounding explains, ``rounding``),
+the float64 forward pass (beyond --max-logit-error of max |logit| and what float64 rounding explains,
+``rounding``),
 early spikes.
 """
 
@@ -20,9 +21,16 @@ from .errors import ArtifactError, NonFiniteError, naming, onnxruntime_errors
 from .shard import load_data
 from .simulator import Counts, Simulator, spike_shares
 
-# a batch whose logit error exceeds this × its largest |logit| gets the rounding bound (``rounding.logit_bounds``);
-# one number whatever --max-logit-error, so that sharded and single-process runs compute the same bounds
+# a batch whose logit error exceeds min(this, --max-logit-error) × its largest |logit| gets the rounding bound
+# (``rounding.logit_bounds``): every error the logit check can fail has its bound; the Checker is given the
+# threshold, so sharded and single-process runs compute the same bounds
 BOUND_ABOVE = 1e-9
+
+
+def bound_above(max_logit_error: float) -> float:
+    """The share of a batch's max |logit| above which its logit error gets the rounding bound: min(BOUND_ABOVE,
+    max_logit_error), so that no error above --max-logit-error × max |logit| is judged without its bound."""
+    return min(BOUND_ABOVE, max_logit_error)
 
 
 def spike_time_error(layer: snn.SpikingLayer, times: np.ndarray, activation: np.ndarray) -> float:
@@ -53,7 +61,8 @@ def failures(report: dict) -> list[str]:
     """The exactness checks a report fails, as sentences: agreement below ``min_agreement``; a logit error above
     ``max_logit_error`` × ``max_abs_logit`` that float64 rounding does not explain (``logit_error_beyond_bound``,
     the largest error above its own rounding bound, docs/math.md §1); more early spikes than
-    ``max_early_spikes``, with what to reconvert with."""
+    ``max_early_spikes``, with what to reconvert with. The logit sentence says which error failed: the largest
+    one beyond its rounding bound, or, in a report without bounds, the largest error."""
     found = []
     if report["agreement"] < report["min_agreement"]:
         found.append(f"agreement {report['agreement']:.6g} is below --min-agreement {report['min_agreement']:g}")
@@ -61,10 +70,14 @@ def failures(report: dict) -> list[str]:
     bound = report.get("logit_rounding_bound")
     beyond = report.get("logit_error_beyond_bound", report["max_abs_logit_error_ref"])
     if beyond > limit:
-        found.append(f"max_abs_logit_error_ref {report['max_abs_logit_error_ref']:.6g} exceeds --max-logit-error "
-                     f"{report['max_logit_error']:g} × max_abs_logit {report['max_abs_logit']:.6g} = {limit:.6g}"
-                     + (f", and an error of {beyond:.6g} exceeds its float64 rounding bound (logit_rounding_bound up "
-                        f"to {bound:.6g})" if bound is not None else ""))
+        what = (f"--max-logit-error {report['max_logit_error']:g} × max_abs_logit {report['max_abs_logit']:.6g} "
+                f"= {limit:.6g}")
+        if bound is None:
+            found.append(f"max_abs_logit_error_ref {report['max_abs_logit_error_ref']:.6g} exceeds {what}")
+        else:
+            found.append(f"max_abs_logit_error_ref {report['max_abs_logit_error_ref']:.6g}: an error of {beyond:.6g} "
+                         f"exceeds both its own float64 rounding bound (logit_rounding_bound up to {bound:.6g}) and "
+                         f"{what}")
     if report["early_spikes"] > report["max_early_spikes"]:
         if report["out_of_range_inputs"]:
             cause = (f"{report['out_of_range_inputs']} input values lie outside the calibrated input range; "
@@ -88,11 +101,12 @@ def _finite(values: np.ndarray, path, what: str, data_spec: str) -> np.ndarray:
 class Checker:
     """What one process needs to check batches: the network and its simulator, the imported graph and an
     onnxruntime session (``threads`` intra-op threads, 0 for onnxruntime's default). Without ``run`` (the
-    client of a sharded run) only the network and the graph, checked against each other."""
+    client of a sharded run) only the network and the graph, checked against each other. ``above``: the share of a
+    batch's max |logit| above which its logit error gets the rounding bound (``bound_above``)."""
 
     def __init__(self, snn_path, onnx_path, batch_size: int, threads: int = 0, run: bool = True,
-                 output: str | None = None):
-        self.snn_path, self.onnx_path, self.batch_size = snn_path, onnx_path, batch_size
+                 output: str | None = None, above: float = BOUND_ABOVE):
+        self.snn_path, self.onnx_path, self.batch_size, self.above = snn_path, onnx_path, batch_size, above
         self.net = h5io.read(snn_path)
         # the ONNX tensor converted: ``output``, by default the artifact's source_output
         self.imported = import_model(onnx_path, batch_size,
@@ -106,7 +120,7 @@ class Checker:
 
     def batch(self, x: np.ndarray, y: np.ndarray | None, data_spec: str) -> dict:
         """The figures of one batch (sums and maxima, merged by ``merge``); y: its labels or None. Where the logit
-        error exceeds BOUND_ABOVE × the batch's max |logit|, also the largest ``rounding.logit_bounds`` of
+        error exceeds ``above`` × the batch's max |logit|, also the largest ``rounding.logit_bounds`` of
         the batch (else None), how far float64 rounding can move the two logits apart, and ``beyond``: the largest
         error above its own (sample, logit) bound (without bounds: the largest error)."""
         graph = self.graph
@@ -120,7 +134,7 @@ class Checker:
         logits = result.logits
         err_ref = float(np.max(np.abs(logits - ref_logits)))
         bound, beyond = None, err_ref
-        if err_ref > BOUND_ABOVE * float(np.max(np.abs(ref_logits))):
+        if err_ref > self.above * float(np.max(np.abs(ref_logits))):
             bounds = rounding.logit_bounds(self.net, result.times, graph, ref)
             error = np.abs(logits - ref_logits).reshape(bounds.shape)
             bound, beyond = float(np.max(bounds)), float(np.max(error, where=error > bounds, initial=0.0))
@@ -164,14 +178,16 @@ def verify(snn_path, onnx_path, data_spec: str, labels_spec: str | None = None, 
     failed. ``output`` is the ONNX tensor converted, by default the artifact's ``source_output``. With a Dask
     ``client`` the batches (the same ones) are checked on its workers (``shard.verify``), each with its own
     onnxruntime session of one intra-op thread."""
-    checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output)
+    above = bound_above(max_logit_error)
+    checker = Checker(snn_path, onnx_path, batch_size, run=client is None, output=output, above=above)
     net = checker.net
     data = load_data(data_spec)
     check_inputs(data, checker.graph.input.shape, data_spec)
     labels = load_labels(labels_spec, len(data), net.nodes[-1].shape[0]) if labels_spec else None
     if client is not None:
         from .shard import verify as sharded
-        parts = sharded(client, snn_path, onnx_path, data_spec, len(data), labels, batch_size, progress, output)
+        parts = sharded(client, snn_path, onnx_path, data_spec, len(data), labels, batch_size, progress, output,
+                        above)
     else:
         parts = []
         for start, x in batches(data, batch_size, data_spec):
