@@ -453,7 +453,7 @@ class Simulator:
         enc = self.net.nodes[0]
         t, outside = encode(enc, x)
         check_finite(t, enc.name, "spike times")
-        fired = t < self.ends[enc.name] if self.sparse else np.ones(t.shape, dtype=bool)   # a > 0 (sparse)
+        fired = self.fired(enc.name, t)
         spikes = int(np.count_nonzero(fired))
         if emit is not None:
             t = self._emit(emit, enc, t, fired)
@@ -479,7 +479,7 @@ class Simulator:
                 counts.forced_spikes += forced
                 counts.layer_spikes[node.name] = threshold + forced
                 if emit is not None:
-                    out = self._emit(emit, node, out, out < sum(node.window) if self.sparse else None)
+                    out = self._emit(emit, node, out, self.fired(node.name, out))
             elif isinstance(node, snn.Readout):
                 logits = read_out(node, t_in)
                 check_finite(logits, node.name, "logits")
@@ -491,11 +491,16 @@ class Simulator:
                 times = {k: v for k, v in times.items() if self.last_use.get(k, -1) > i}
         return Result(logits, times if keep_times else {}, counts)
 
+    def fired(self, name: str, t: np.ndarray) -> np.ndarray:
+        """The neurons of population ``name`` that sent a spike, given its spike times t: all of them in the dense
+        coding; in the sparse one those before their window end (activation > 0, docs/math.md §9)."""
+        return t < self.ends[name] if self.sparse else np.ones(t.shape, dtype=bool)
+
     @staticmethod
-    def _emit(emit, node, t: np.ndarray, fired: np.ndarray | None) -> np.ndarray:
-        """``emit(node, t)`` where a neuron fired (all of them when ``fired`` is None); silent neurons keep t."""
+    def _emit(emit, node, t: np.ndarray, fired: np.ndarray) -> np.ndarray:
+        """``emit(node, t)`` where a neuron fired; silent neurons keep t."""
         out = emit(node, t)
-        return out if fired is None or fired.all() else np.where(fired, out, t)
+        return out if fired.all() else np.where(fired, out, t)
 
     def events(self, node, t_in: list[np.ndarray]) -> int:
         """Synaptic events of a receiving node (a spiking layer or the readout) for a batch: spikes that reach a
@@ -506,8 +511,7 @@ class Simulator:
             self.nonzero[node.name] = [(syn.J != 0).astype(np.float64) for syn in node.synapses]
         total = 0.0
         for syn, mask, t in zip(node.synapses, self.nonzero[node.name], t_in):
-            fired = (t < self.ends[syn.input]) if self.sparse else np.ones(t.shape, dtype=bool)
-            total += float(np.sum(drive(syn, fired.astype(np.float64), mask)))
+            total += float(np.sum(drive(syn, self.fired(syn.input, t).astype(np.float64), mask)))
         return int(round(total))
 
     def stream(self, data, batch_size: int = 256, keep_times: bool = False, progress=None, spec: str = "inputs",
