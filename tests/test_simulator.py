@@ -485,15 +485,20 @@ def test_overflowing_input_times_are_refused():
         sim.run(np.array([[0.0, 1e308]]))
 
 
-def test_emit_hook_transforms_the_emitted_populations(tmp_path):
-    """``Simulator.run(emit=...)`` passes each emitted population (encoder and spiking layers, not pooling) through
-    the hook before the next layers read it, as the reference does with the same hook; counts are as fired."""
+def conv_pool_gemm():
+    """A small Conv → ReLU → MaxPool → Gemm model on 1×4×4 inputs (seeded weights) for the emit-hook tests."""
     rng = np.random.default_rng(4)
     b = GraphBuilder((1, 4, 4))
     h = b.op("Relu", [b.op("Conv", ["x", b.const(rng.normal(0, 1, (2, 1, 3, 3))), b.const(np.zeros(2))],
                            pads=[1, 1, 1, 1])])
     h = b.op("Flatten", [b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])])
-    model = b.build(b.op("Gemm", [h, b.const(rng.normal(0, 1, (3, 8))), b.const(np.zeros(3))], transB=1))
+    return b.build(b.op("Gemm", [h, b.const(rng.normal(0, 1, (3, 8))), b.const(np.zeros(3))], transB=1))
+
+
+def test_emit_hook_transforms_the_emitted_populations(tmp_path):
+    """``Simulator.run(emit=...)`` passes each emitted population (encoder and spiking layers, not pooling) through
+    the hook before the next layers read it, as the reference does with the same hook; counts are as fired."""
+    model = conv_pool_gemm()
     net, _, rng = converted(tmp_path, model, (1, 4, 4), 2)
     x = rng.normal(size=(4, 1, 4, 4))
     seen = []
@@ -612,12 +617,7 @@ def test_sparse_network_with_early_spikes_and_late_inputs(tmp_path):
 def test_sparse_emit_hook_leaves_silent_neurons_silent(tmp_path):
     """The emit hook (jitter) moves the spikes only: in the sparse coding a silent neuron keeps its window end,
     in the simulator as in the reference, and the next layers see the same times."""
-    rng = np.random.default_rng(4)
-    b = GraphBuilder((1, 4, 4))
-    h = b.op("Relu", [b.op("Conv", ["x", b.const(rng.normal(0, 1, (2, 1, 3, 3))), b.const(np.zeros(2))],
-                           pads=[1, 1, 1, 1])])
-    h = b.op("Flatten", [b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])])
-    model = b.build(b.op("Gemm", [h, b.const(rng.normal(0, 1, (3, 8))), b.const(np.zeros(3))], transB=1))
+    model = conv_pool_gemm()
     net, _, rng = converted(tmp_path, model, (1, 4, 4), 2, coding="sparse")
     x = rng.normal(size=(4, 1, 4, 4))
     x[:, 0, 0, :] = net.nodes[0].low   # silent input neurons
