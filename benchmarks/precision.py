@@ -149,7 +149,7 @@ def worst_case(net: snn.Network, times: dict[str, np.ndarray]) -> np.ndarray:
         parts = local.get(node.name)
         if isinstance(node, (snn.SpikingLayer, snn.Readout)):
             lam, active, slope = parts
-            spread = sum(rounding.product(s, bounds[s.input], np.abs(s.J)) for s in node.synapses)
+            spread = sum(ops.weighted_sum(bounds[s.input], np.abs(s.J), s) for s in node.synapses)
             bounds[node.name] = np.where(active, spread / slope + lam, 0.0)
             if isinstance(node, snn.Readout):
                 return bounds[node.name]

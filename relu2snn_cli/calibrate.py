@@ -120,14 +120,6 @@ def term_sources(layer: ir.Affine, xs: list[np.ndarray], pad_value: float = 0.0)
             if isinstance(t, ir.Conv) else x for t, x in zip(layer.terms, xs)]
 
 
-def term_product(term: ir.Term, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """``ir.apply_term`` of the term's geometry with other weights of its kind, in their dtype and x's (a term
-    itself holds float64 weights)."""
-    if isinstance(term, ir.Dense):
-        return x.reshape(len(x), -1) @ weight.T
-    return ops.conv(x, weight, term.strides, term.pads, term.dilations, term.groups)
-
-
 def split_term(term: ir.Term, x: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
     """Σ max(W, 0)·x and Σ min(W, 0)·x of one term, side by side on the output axis (N, 2·O, …), in the dtype
     of x (the weights cast to it); only the output ``channels`` listed, when given (not for a grouped convolution)."""
@@ -135,8 +127,8 @@ def split_term(term: ir.Term, x: np.ndarray, channels: np.ndarray | None = None)
     pos = np.clip(weight, 0, None)
     pos, neg = pos.astype(x.dtype), (weight - pos).astype(x.dtype)
     if isinstance(term, ir.Conv) and term.groups > 1:   # the groups follow the output axis: one half at a time
-        return np.concatenate([term_product(term, x, w) for w in (pos, neg)], axis=1)
-    return term_product(term, x, np.concatenate([pos, neg]))
+        return np.concatenate([ops.weighted_sum(x, w, term) for w in (pos, neg)], axis=1)
+    return ops.weighted_sum(x, np.concatenate([pos, neg]), term)
 
 
 def fan_in_scale(layer: ir.Affine, a: list[np.ndarray]) -> tuple[int, float]:
@@ -159,7 +151,7 @@ def positive_sums(layer: ir.Affine, a: list[np.ndarray]) -> tuple[np.ndarray, tu
     n = len(a[0])
     dtype = np.float64 if negative_code(a) else np.float32
     with np.errstate(over="ignore", invalid="ignore"):   # float32 overflow: inf or NaN, which rule out nothing
-        p = sum(term_product(t, a_k.astype(dtype), np.clip(t.weight, 0, None).astype(dtype))
+        p = sum(ops.weighted_sum(a_k.astype(dtype), np.clip(t.weight, 0, None).astype(dtype), t)
                 for t, a_k in zip(layer.terms, a)).reshape(n, -1)
     return p, (None if dtype == np.float64 else fan_in_scale(layer, a))
 

@@ -99,10 +99,8 @@ Term = Dense | Conv
 
 
 def apply_term(term: Term, x: np.ndarray) -> np.ndarray:
-    """One term's synaptic sum over a batch: (N, *in_shape) → (N, *shape)."""
-    if isinstance(term, Dense):
-        return x.reshape(len(x), -1) @ term.weight.T
-    return ops.conv(x, term.weight, term.strides, term.pads, term.dilations, term.groups)
+    """One term's synaptic sum over a batch: (N, *in_shape) → (N, *shape) (``ops.weighted_sum``)."""
+    return ops.weighted_sum(x, term.weight, term)
 
 
 def term_sum(term: Term) -> np.ndarray:
@@ -176,6 +174,20 @@ class MaxPool:
         geometry = (self.kernel, self.strides, self.pads, self.dilations, self.ceil_mode)
         return ops.pool_channels(xs[0], self.latest, ops.max_pool, ops.min_pool, *geometry)
 
+    def move_back(self, g: np.ndarray, xs: list[np.ndarray], y: np.ndarray) -> list[np.ndarray]:
+        """The transpose of ``move`` at the point xs → y: each window's gradient g goes to the (first) input
+        whose value the window took (inputs and output may be values or codes)."""
+        geometry = (self.kernel, self.strides, self.pads, self.dilations)
+        one_d = len(self.kernel) == 1
+        view = ops.windows(xs[0], *geometry, np.nan, self.ceil_mode)
+        y, g = (a[:, :, None, :] if one_d else a for a in (y, g))
+        hit = view == y[..., None, None]
+        flat = hit.reshape(hit.shape[:4] + (-1,))
+        first = np.zeros_like(flat)
+        np.put_along_axis(first, flat.argmax(axis=-1)[..., None], flat.any(axis=-1, keepdims=True), axis=-1)
+        taps = g[..., None, None] * first.reshape(hit.shape)
+        return [ops.unwindows(taps, tuple(self.in_shape[1:]), *geometry)]
+
 
 @dataclass(frozen=True)
 class Reshape:
@@ -196,6 +208,10 @@ class Reshape:
 
     def move(self, xs: list[np.ndarray]) -> np.ndarray:
         return ops.reshape(xs[0], self.shape)
+
+    def move_back(self, g: np.ndarray, xs=None, y=None) -> list[np.ndarray]:
+        """The transpose of ``move``: g reshaped back to the input's shape."""
+        return [ops.reshape(g, self.in_shape)]
 
 
 @dataclass(frozen=True)
@@ -222,6 +238,10 @@ class Transpose:
     def move(self, xs: list[np.ndarray]) -> np.ndarray:
         return ops.transpose(xs[0], self.perm)
 
+    def move_back(self, g: np.ndarray, xs=None, y=None) -> list[np.ndarray]:
+        """The transpose of ``move``: the inverse permutation."""
+        return [ops.transpose(g, tuple(int(p) for p in np.argsort(self.perm)))]
+
 
 @dataclass(frozen=True)
 class Concat:
@@ -244,6 +264,10 @@ class Concat:
 
     def move(self, xs: list[np.ndarray]) -> np.ndarray:
         return ops.concat(xs, self.axis)
+
+    def move_back(self, g: np.ndarray, xs=None, y=None) -> list[np.ndarray]:
+        """The transpose of ``move``: g split back into the inputs' parts."""
+        return np.split(g, np.cumsum([s[self.axis] for s in self.in_shapes])[:-1], axis=self.axis + 1)
 
 
 @dataclass(frozen=True)
@@ -274,6 +298,12 @@ class Take:
 
     def move(self, xs: list[np.ndarray]) -> np.ndarray:
         return ops.take(xs[0], self.indices, self.axis)
+
+    def move_back(self, g: np.ndarray, xs=None, y=None) -> list[np.ndarray]:
+        """The transpose of ``move``: each taken position's gradient added back where it was taken from."""
+        out = np.zeros((len(g),) + tuple(self.in_shape))
+        np.add.at(np.moveaxis(out, self.axis + 1, 0), list(self.indices), np.moveaxis(g, self.axis + 1, 0))
+        return [out]
 
 
 Node = Input | Affine | MaxPool | Reshape | Transpose | Concat | Take

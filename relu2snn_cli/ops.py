@@ -80,9 +80,34 @@ def windows(x: np.ndarray, kernel, strides, pads, dilations, pad_value: float,
                 ::dilations[0], ::dilations[1]]
 
 
+def unwindows(taps: np.ndarray, size, kernel, strides, pads, dilations) -> np.ndarray:
+    """The transpose of ``windows``: each tap (N, C, Ho, Wo, kh, kw) added back to the input position it read,
+    taps on padding dropped, → (N, C, *size); a 1-D ``size`` (L,) as H = 1, returned as (N, C, L)."""
+    one_d = len(size) == 1
+    (kh, kw), (sh, sw), pad, (dh, dw) = lift(kernel, strides, pads, dilations)
+    h, w = (1, size[0]) if one_d else size
+    n, c, ho, wo = taps.shape[:4]
+    out = np.zeros((n, c, max(h + pad[0] + pad[2], (ho - 1) * sh + (kh - 1) * dh + 1),
+                    max(w + pad[1] + pad[3], (wo - 1) * sw + (kw - 1) * dw + 1)))
+    for u in range(kh):
+        for v in range(kw):
+            out[:, :, u * dh:u * dh + (ho - 1) * sh + 1:sh, v * dw:v * dw + (wo - 1) * sw + 1:sw] += taps[..., u, v]
+    out = out[:, :, pad[0]:pad[0] + h, pad[1]:pad[1] + w]
+    return out[:, :, 0, :] if one_d else out
+
+
 def _unlift(y: np.ndarray, ndim: int) -> np.ndarray:
     """(N, C, 1, L) back to (N, C, L) when the input was 1-D."""
     return y[:, :, 0, :] if ndim == 3 else y
+
+
+def weighted_sum(x: np.ndarray, weight: np.ndarray, geometry=None) -> np.ndarray:
+    """Σ_j w_ij·x_j over a batch x (N, *in_shape): for a dense weight (out, in), x flattened in C order, → (N, out);
+    for a kernel (O, C/groups, *k), the convolution ``conv`` with the strides, pads, dilations and groups of
+    ``geometry`` (an ``ir.Conv`` or ``snn.Synapses``), → (N, O, *spatial). Zero padding; the dtype is x's and w's."""
+    if weight.ndim == 2:
+        return x.reshape(len(x), -1) @ weight.T
+    return conv(x, weight, geometry.strides, geometry.pads, geometry.dilations, geometry.groups)
 
 
 def conv(x: np.ndarray, weight: np.ndarray, strides, pads, dilations, groups: int = 1) -> np.ndarray:

@@ -42,36 +42,19 @@ def _weights(term) -> np.ndarray:
     return term.weight if isinstance(term, (ir.Dense, ir.Conv)) else term.J
 
 
-def product(term, x: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
-    """Σ_j w_ij·x_j over a batch for a synapse term (``ir.Dense``/``ir.Conv`` or ``snn.Synapses``)."""
-    weight = _weights(term) if weight is None else weight
-    if weight.ndim == 2:
-        return x.reshape(len(x), -1) @ weight.T
-    return ops.conv(x, weight, term.strides, term.pads, term.dilations, term.groups)
-
-
 def conv_transpose(g: np.ndarray, weight: np.ndarray, in_shape, strides, pads, dilations, groups: int) -> np.ndarray:
     """The transpose of ``ops.conv``: Σ_{o,i,j} g[n,o,i,j]·∂y[n,o,i,j]/∂x[n,c,h,w], (N, O, …) → (N, *in_shape).
 
-    Each kernel tap (u, v) adds g·w[:, :, u, v] to the input positions it read, i·s + u·d (padding cut off)."""
+    Each kernel tap (u, v) adds g·w[:, :, u, v] to the input position it read (``ops.unwindows``)."""
     one_d = weight.ndim == 3
     w = weight[:, :, None, :] if one_d else weight
     g = g[:, :, None, :] if one_d else g
-    size = (1, in_shape[1]) if one_d else tuple(in_shape[1:])
-    (kh, kw), (sh, sw), pad, (dh, dw) = ops.lift(weight.shape[2:], strides, pads, dilations)
     n, o, ho, wo = g.shape
-    c = in_shape[0]
+    (kh, kw), c = w.shape[2:], in_shape[0]
     per_in, per_out = c // groups, o // groups
     taps = np.einsum("ngohw,gocuv->ngchwuv", g.reshape(n, groups, per_out, ho, wo),
                      w.reshape(groups, per_out, per_in, kh, kw), optimize=True).reshape(n, c, ho, wo, kh, kw)
-    height = max(size[0] + pad[0] + pad[2], (ho - 1) * sh + (kh - 1) * dh + 1)
-    width = max(size[1] + pad[1] + pad[3], (wo - 1) * sw + (kw - 1) * dw + 1)
-    x = np.zeros((n, c, height, width))
-    for u in range(kh):
-        for v in range(kw):
-            x[:, :, u * dh:u * dh + (ho - 1) * sh + 1:sh, v * dw:v * dw + (wo - 1) * sw + 1:sw] += taps[..., u, v]
-    x = x[:, :, pad[0]:pad[0] + size[0], pad[1]:pad[1] + size[1]]
-    return x[:, :, 0, :] if one_d else x
+    return ops.unwindows(taps, tuple(in_shape[1:]), weight.shape[2:], strides, pads, dilations)
 
 
 def term_transpose(term, g: np.ndarray) -> np.ndarray:
@@ -80,45 +63,6 @@ def term_transpose(term, g: np.ndarray) -> np.ndarray:
     if weight.ndim == 2:
         return (g.reshape(len(g), -1) @ weight).reshape((len(g),) + tuple(term.in_shape))
     return conv_transpose(g, weight, term.in_shape, term.strides, term.pads, term.dilations, term.groups)
-
-
-def move_transpose(node, g: np.ndarray, inputs: list[np.ndarray], output: np.ndarray) -> list[np.ndarray]:
-    """The transpose of a node that moves neurons, one gradient per input. A pooling passes each window's gradient
-    to the (first) input its output took, found by comparing ``inputs`` with ``output`` (values or codes)."""
-    n = len(g)
-    if isinstance(node, ir.Reshape):
-        return [g.reshape((n,) + tuple(node.in_shape))]
-    if isinstance(node, ir.Transpose):
-        return [ops.transpose(g, tuple(np.argsort(node.perm)))]
-    if isinstance(node, ir.Take):
-        out = np.zeros((n,) + tuple(node.in_shape))
-        index = [slice(None)] * out.ndim
-        for k, i in enumerate(node.indices):
-            index[node.axis + 1] = i
-            src = [slice(None)] * out.ndim
-            src[node.axis + 1] = k
-            out[tuple(index)] += g[tuple(src)]
-        return [out]
-    if isinstance(node, ir.Concat):
-        bounds = np.cumsum([s[node.axis] for s in node.in_shapes])[:-1]
-        return list(np.split(g, bounds, axis=node.axis + 1))
-    if isinstance(node, ir.MaxPool):
-        one_d = len(node.kernel) == 1
-        x, y, g = (a[:, :, None, :] if one_d else a for a in (inputs[0], output, g))
-        (kh, kw), (sh, sw), pad, (dh, dw) = ops.lift(node.kernel, node.strides, node.pads, node.dilations)
-        view = ops.windows(x, (kh, kw), (sh, sw), pad, (dh, dw), np.nan, node.ceil_mode)
-        ho, wo = y.shape[2:]
-        out = np.zeros((n, x.shape[1], max(x.shape[2] + pad[0] + pad[2], (ho - 1) * sh + (kh - 1) * dh + 1),
-                        max(x.shape[3] + pad[1] + pad[3], (wo - 1) * sw + (kw - 1) * dw + 1)))
-        taken = np.zeros(y.shape, dtype=bool)
-        for u in range(kh):
-            for v in range(kw):
-                hit = (view[..., u, v] == y) & ~taken
-                taken |= hit
-                out[:, :, u * dh:u * dh + (ho - 1) * sh + 1:sh, v * dw:v * dw + (wo - 1) * sw + 1:sw] += g * hit
-        out = out[:, :, pad[0]:pad[0] + x.shape[2], pad[1]:pad[1] + x.shape[3]]
-        return [out[:, :, 0, :] if one_d else out]
-    raise TypeError(f"no transpose for {type(node).__name__}")
 
 
 # ----------------------------------------------------------------------------- the two computations
@@ -131,7 +75,7 @@ def ann_local(graph: ir.Graph, values: dict[str, np.ndarray]) -> dict:
     for node in graph.nodes[1:]:
         if isinstance(node, ir.Affine):
             xs = [values[t.input] for t in node.terms]
-            size = sum(product(t, np.abs(x), np.abs(t.weight)) for t, x in zip(node.terms, xs))
+            size = sum(ops.weighted_sum(np.abs(x), np.abs(t.weight), t) for t, x in zip(node.terms, xs))
             size = size + np.abs(ir.full_bias(node))
             g = gamma(sum(int(np.prod(t.weight.shape[1:])) for t in node.terms) + len(node.terms) + 1)
             active = ir.apply_linear(node, xs) > -KINK * size if node.relu else np.ones(size.shape, dtype=bool)
@@ -189,8 +133,8 @@ def snn_local(net: snn.Network, times: dict[str, np.ndarray]) -> dict:
                 codes = [np.maximum(a, 0.0) for a in codes]
             _, b_in = net.input_window(node)
             k = sum(int(np.prod(s.J.shape[1:])) for s in node.synapses)
-            drive = sum(product(s, a) for s, a in zip(node.synapses, codes))
-            size = sum(product(s, np.abs(a), np.abs(s.J)) for s, a in zip(node.synapses, codes))
+            drive = sum(ops.weighted_sum(a, s.J, s) for s, a in zip(node.synapses, codes))
+            size = sum(ops.weighted_sum(np.abs(a), np.abs(s.J), s) for s, a in zip(node.synapses, codes))
             if isinstance(node, snn.Readout):
                 g = gamma(k + 2) + PARAMETER_ROUNDINGS * U
                 lam = g * (size + np.abs(alpha * b_in) + np.abs(alpha * b_in + drive))
@@ -239,7 +183,7 @@ def _backward(nodes, local: dict, values: dict, terms, factor) -> np.ndarray:
             if parts is not None:
                 total[:, o] += np.sum(np.abs(g) * parts[0], axis=tuple(range(1, g.ndim)))
             if node.inputs:
-                backs = move_transpose(node, g, [values[name] for name in node.inputs], values[node.name])
+                backs = node.move_back(g, [values[name] for name in node.inputs], values[node.name])
                 for name, back in zip(node.inputs, backs):
                     grads[name] = grads[name] + back if name in grads else back
     return total

@@ -43,10 +43,7 @@ TIE = 1e-9            # a peak within TIE·max(1, |ϑ|) below ϑ goes to the eve
 
 def drive(syn: snn.Synapses, a: np.ndarray, J: np.ndarray | None = None) -> np.ndarray:
     """Σ_j J_ij·a_j for a batch of input activations a (N, *in_shape) → (N, *shape); zero-padded for convolutions."""
-    J = syn.J if J is None else J
-    if syn.is_conv:
-        return ops.conv(a, J, syn.strides, syn.pads, syn.dilations, syn.groups)
-    return a.reshape(len(a), -1) @ J.T
+    return ops.weighted_sum(a, syn.J if J is None else J, syn)
 
 
 def split_drive(syn: snn.Synapses, a: np.ndarray, split: np.ndarray) -> np.ndarray:

@@ -141,8 +141,8 @@ def test_conv_transpose_is_the_adjoint_of_conv(geometry):
     ir.MaxPool("m", "x", (4, 3, 5), (2, 2), (1, 2), (1, 0, 0, 1), (1, 1), latest=(1,)),
     ir.MaxPool("m1", "x", (4, 5), (3,), (2,), (1, 1), (1,), ceil_mode=True),
 ])
-def test_move_transpose_is_the_adjoint_of_the_move(node):
-    """For every node that moves neurons, <move'(x)·dx, g> = <dx, move_transpose(g)>, the move's Jacobian at x
+def test_move_back_is_the_adjoint_of_the_move(node):
+    """For every node that moves neurons, <move'(x)·dx, g> = <dx, move_back(g)>, the move's Jacobian at x
     (a pooling: the input each window took, values distinct) taken as the difference quotient of a step 1e-6."""
     rng = np.random.default_rng(3)
     shapes = node.in_shapes if isinstance(node, ir.Concat) else (node.in_shape,)
@@ -151,7 +151,7 @@ def test_move_transpose_is_the_adjoint_of_the_move(node):
     y = node.move(xs)
     step = (node.move([x + 1e-6 * dx for x, dx in zip(xs, dxs)]) - y) / 1e-6
     g = rng.normal(size=y.shape)
-    backs = rounding.move_transpose(node, g, xs, y)
+    backs = node.move_back(g, xs, y)
     assert np.sum(step * g) == pytest.approx(sum(np.sum(dx * b) for dx, b in zip(dxs, backs)), rel=1e-6)
 
 
