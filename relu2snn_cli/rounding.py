@@ -115,7 +115,7 @@ def snn_local(net: snn.Network, times: dict[str, np.ndarray]) -> dict:
     where it fired, τ̂ < B, or is that close to firing). The readout α·B_in + Σ J·â (â ≥ 0 in both codings):
     λ = g'·(Σ|J|·|â| + α·B_in + |V̂|) + Σ|J|·TIME_ROUNDINGS·u·T_out, g' = γ_{K+2} + PARAMETER_ROUNDINGS·u.
     The input: (TIME_ROUNDINGS + 4)·u·(1 + â); a Concat's delays: TIME_ROUNDINGS·u·(T + B)."""
-    ends = {n.name: n.window[0] + n.window[1] for n in net.nodes}
+    ends = net.window_ends
     local = {}
     for node in net.nodes:
         if isinstance(node, snn.Encoder):
@@ -198,7 +198,7 @@ def ann_bound(graph: ir.Graph, values: dict[str, np.ndarray]) -> np.ndarray:
 def snn_bound(net: snn.Network, times: dict[str, np.ndarray]) -> np.ndarray:
     """First-order bound of |computed − exact| of the simulator's logits (N, O), from its spike times."""
     local = snn_local(net, times)
-    ends = {n.name: n.window[0] + n.window[1] for n in net.nodes}
+    ends = net.window_ends
     codes = {name: ends[name] - t for name, t in times.items()}   # pooling compares codes (max: the earliest)
     return _backward(net.nodes, local, codes, lambda node: node.synapses,
                      lambda node: 1.0 / local[node.name][2])

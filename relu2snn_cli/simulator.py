@@ -428,7 +428,7 @@ class Simulator:
     def __init__(self, net: snn.Network):
         self.net = net
         self.sparse = net.coding == "sparse"
-        self.ends = {n.name: sum(n.window) for n in net.nodes}   # each population's window end
+        self.ends = net.window_ends
         windows = {n.name: n.window for n in net.nodes}
         self.compiled = {n.name: CompiledLayer(n, [windows[name] for name in n.inputs], net.coding)
                          for n in net.nodes if isinstance(n, snn.SpikingLayer)}

@@ -362,6 +362,11 @@ class Network:
         """T_out: the end of the readout's input window."""
         return float(sum(self.nodes[-1].window))
 
+    @property
+    def window_ends(self) -> dict[str, float]:
+        """Each population's window end T + B, by node name: activation = window end − spike time."""
+        return {n.name: n.window[0] + n.window[1] for n in self.nodes}
+
     def input_window(self, node) -> tuple[float, float]:
         """The input window (T_in, B_in) of a node: ``merge_windows`` of its inputs' windows."""
         windows = {n.name: n.window for n in self.nodes}
